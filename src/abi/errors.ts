@@ -1,0 +1,116 @@
+/**
+ * Errors raised by kvm-rx.
+ *
+ * `KvmError` is the errno error of every syscall (kvm-ioctls' `errno::Error`). It is defined here,
+ * in TypeScript, and thrown by the native addon (which receives this class at load time) as well
+ * as by the mock backend, so `instanceof KvmError` and `err.code` work the same on both.
+ *
+ * @module
+ */
+import { constants } from 'node:os';
+import { getSystemErrorMap } from 'node:util';
+
+const errnoNames = new Map<number, string>();
+for (const [name, value] of Object.entries(constants.errno)) {
+  if (!errnoNames.has(value)) errnoNames.set(value, name);
+}
+
+/** The positive errno value for an error name such as `'EINVAL'`, from the host's `os.constants`. */
+export function errnoOf(code: string): number {
+  const value = (constants.errno as Record<string, number | undefined>)[code];
+  if (value === undefined) throw new RangeError(`unknown errno name ${code}`);
+  return value;
+}
+
+/** Options of a {@link KvmError}. */
+export interface KvmErrorOptions {
+  /** The ioctl request's name, e.g. `'KVM_CREATE_VCPU'`, when `syscall` is `'ioctl'`. */
+  request?: string;
+  /** The path, for `open`. */
+  path?: string;
+  /** Extra detail appended to the message (e.g. the limit a local check enforced). */
+  detail?: string;
+}
+
+/**
+ * The error of a failed system call, shaped like Node's `SystemError`.
+ *
+ * @example
+ * ```ts
+ * try { vm.createVcpu(0); vm.createVcpu(0); }
+ * catch (e) {
+ *   if (e instanceof KvmError && e.code === 'EEXIST') console.log(e.message);
+ *   // EEXIST: file already exists, ioctl KVM_CREATE_VCPU
+ * }
+ * ```
+ */
+export class KvmError extends Error {
+  /** The errno name, e.g. `'EINVAL'`. */
+  readonly code: string;
+  /** The errno, negative as in Node (`-22` for EINVAL); `util.getSystemErrorName(err.errno)` works. */
+  readonly errno: number;
+  /** The failed system call: `'ioctl'`, `'open'`, `'mmap'`, `'eventfd'`, … */
+  readonly syscall: string;
+  /** The ioctl request's name, when `syscall` is `'ioctl'`. */
+  readonly request?: string;
+  /** The path, for `open`. */
+  readonly path?: string;
+
+  /**
+   * @param errno - the errno, positive (as the C library reports it) or negative (as Node reports it)
+   * @param syscall - the system call that failed
+   * @param options - request name, path, extra detail
+   */
+  constructor(errno: number, syscall: string, options: KvmErrorOptions | string = {}) {
+    const opts: KvmErrorOptions = typeof options === 'string' ? { request: options } : options;
+    const neg = -Math.abs(errno);
+    const entry = getSystemErrorMap().get(neg);
+    const code = entry?.[0] ?? errnoNames.get(-neg) ?? `E${-neg}`;
+    const text = entry?.[1] ?? 'unknown error';
+    let message = `${code}: ${text}, ${syscall}`;
+    if (opts.request !== undefined) message += ` ${opts.request}`;
+    if (opts.path !== undefined) message += ` '${opts.path}'`;
+    if (opts.detail !== undefined) message += ` (${opts.detail})`;
+    super(message);
+    this.name = 'KvmError';
+    this.code = code;
+    this.errno = neg;
+    this.syscall = syscall;
+    if (opts.request !== undefined) this.request = opts.request;
+    if (opts.path !== undefined) this.path = opts.path;
+  }
+
+  /** Builds a KvmError from an errno name: `KvmError.fromCode('ENOMEM', 'ioctl', 'KVM_GET_CPUID2')`. */
+  static fromCode(code: string, syscall: string, options: KvmErrorOptions | string = {}): KvmError {
+    return new KvmError(errnoOf(code), syscall, options);
+  }
+}
+
+/** A `TypeError` with a Node-style `code` (`ERR_INVALID_ARG_TYPE`). */
+export class KvmTypeError extends TypeError {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.code = code;
+    this.name = 'TypeError';
+  }
+}
+
+/** A `RangeError` with a Node-style `code` (`ERR_OUT_OF_RANGE`, `ERR_INVALID_ARG_VALUE`, …). */
+export class KvmRangeError extends RangeError {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.code = code;
+    this.name = 'RangeError';
+  }
+}
+
+/** Thrown when an object is used after `close()` (code `ERR_KVM_CLOSED`). */
+export class KvmClosedError extends Error {
+  readonly code = 'ERR_KVM_CLOSED';
+  constructor(what: string) {
+    super(`${what} is closed`);
+    this.name = 'KvmClosedError';
+  }
+}
