@@ -26,6 +26,9 @@ kvm_coalesced_mmio_zone kvm_coalesced_mmio kvm_coalesced_mmio_ring kvm_nested_st
 kvm_reg_list kvm_signal_mask kvm_debug_exit_arch kvm_irq_routing_irqchip kvm_irq_routing_msi
 kvm_vmx_nested_state_hdr kvm_svm_nested_state_hdr kvm_vmx_nested_state_data kvm_svm_nested_state_data'''.split()
 
+SYS = ['O_RDWR', 'O_CLOEXEC', 'O_NONBLOCK', 'EFD_NONBLOCK', 'EFD_SEMAPHORE', 'EFD_CLOEXEC', 'FD_CLOEXEC',
+       'MADV_HUGEPAGE', 'MADV_DONTNEED']
+
 SCALARS = {
     '__u8': 'u8', 'unsigned char': 'u8', 'char': 'u8', '__s8': 'i8', 'signed char': 'i8',
     '__u16': 'u16', 'unsigned short': 'u16', '__s16': 'i16', 'short': 'i16',
@@ -145,6 +148,7 @@ def walk(node, path, out, struct):
 def main():
     tmp = tempfile.mkdtemp()
     hdr = '#include <stddef.h>\n#include <stdio.h>\n#include "%s"\n' % COMPAT
+    syshdr = '#include <fcntl.h>\n#include <sys/eventfd.h>\n#include <sys/mman.h>\n#include <signal.h>\n'
     # 1. debug info
     src = hdr + ''.join('struct %s v_%s;\n' % (s, s) for s in STRUCTS) + 'int main(void){return 0;}\n'
     open(os.path.join(tmp, 'dbg.c'), 'w').write(src)
@@ -207,6 +211,12 @@ def main():
     for line in out.splitlines():
         n, v = line.split(' ')
         values[n] = int(v)
+    sysprog = syshdr + '#include <stdio.h>\nint main(void){\n' + ''.join(
+        '  printf("%s %%llu\\n", (unsigned long long)(%s));\n' % (n, n) for n in SYS) + '  return 0;\n}\n'
+    out2, err = compile_and_run(sysprog, tmp, 'sys')
+    if out2 is None:
+        raise SystemExit(err)
+    sysvals = [(l.split(' ')[0], int(l.split(' ')[1])) for l in out2.splitlines()]
     ioctls = [(n, values[n]) for n, io in cands if io and n in values]
     consts = [(n, values[n]) for n, io in cands if not io and n in values]
 
@@ -215,6 +225,8 @@ def main():
     for n, _ in ioctls:
         inc.append('IOCTL(%s)' % n)
     for n, _ in consts:
+        inc.append('CONST(%s)' % n)
+    for n, _ in sysvals:
         inc.append('CONST(%s)' % n)
     for s in STRUCTS:
         inc.append('SIZE(%s)' % s)
@@ -337,6 +349,12 @@ def main():
     cs.append('export const kvm = {')
     for n, v in consts:
         cs.append('  %s: %s,' % (n, ('0x%xn' % v) if v > (1 << 53) - 1 else str(v)))
+    cs.append('} as const;')
+    cs.append('')
+    cs.append('/** libc constants the wrappers pass to the backend (Linux). */')
+    cs.append('export const sys = {')
+    for n, v in sysvals:
+        cs.append('  %s: %d,' % (n, v))
     cs.append('} as const;')
     open(os.path.join(ROOT, 'src/abi/kvm-constants.ts'), 'w').write('\n'.join(cs) + '\n')
     print('structs', len(STRUCTS), 'ioctls', len(ioctls), 'constants', len(consts))

@@ -4,7 +4,7 @@
  * offset must agree, so neither side can drift.
  */
 import { allOffsets } from '../src/abi/codec';
-import { ioctls, kvm } from '../src/abi/kvm-constants';
+import { ioctls, kvm, sys } from '../src/abi/kvm-constants';
 import { layouts } from '../src/abi/layouts';
 import { loadAddon } from '../src/backend/native';
 
@@ -25,7 +25,7 @@ describe('ABI tables (TypeScript vs. the addon compiled from <linux/kvm.h>)', ()
   });
 
   it('has every constant', () => {
-    for (const [name, value] of Object.entries(kvm)) expect([name, abi.constants[name]]).toEqual([name, value]);
+    for (const [name, value] of Object.entries({ ...kvm, ...sys })) expect([name, abi.constants[name]]).toEqual([name, value]);
   });
 
   it('has every struct size and field offset', () => {

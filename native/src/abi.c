@@ -7,6 +7,11 @@
 
 #include "kvm_compat.h"
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+
 _Static_assert(KVM_SET_SIGNAL_MASK == 0x4004ae8b, "kvm.h ABI: KVM_SET_SIGNAL_MASK");
 _Static_assert(KVM_GET_MSRS == 0xc008ae88, "kvm.h ABI: KVM_GET_MSRS");
 _Static_assert(KVM_SET_CPUID2 == 0x4008ae90, "kvm.h ABI: KVM_SET_CPUID2");

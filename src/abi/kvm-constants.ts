@@ -752,3 +752,16 @@ export const kvm = {
   KVM_MEMORY_EXIT_FLAG_PRIVATE: 8,
   KVM_EXIT_TDX: 40,
 } as const;
+
+/** libc constants the wrappers pass to the backend (Linux). */
+export const sys = {
+  O_RDWR: 2,
+  O_CLOEXEC: 524288,
+  O_NONBLOCK: 2048,
+  EFD_NONBLOCK: 2048,
+  EFD_SEMAPHORE: 1,
+  EFD_CLOEXEC: 524288,
+  FD_CLOEXEC: 1,
+  MADV_HUGEPAGE: 14,
+  MADV_DONTNEED: 4,
+} as const;

@@ -1,0 +1,32 @@
+/**
+ * kvm-rx: safe, typed Linux KVM for Node.js.
+ *
+ * The wrappers mirror rust-vmm's kvm-ioctls: {@link Kvm}, {@link VmFd}, {@link VcpuFd},
+ * {@link DeviceFd}, {@link KvmRunWrapper}, {@link Cap}, {@link IoEventAddress}, {@link NoDatamatch},
+ * {@link VcpuExit} and {@link KvmError}.
+ *
+ * @packageDocumentation
+ */
+export { KvmError, KvmClosedError, KvmRangeError, KvmTypeError } from './abi/errors';
+export type { KvmErrorOptions } from './abi/errors';
+import { kvm as constants } from './abi/kvm-constants';
+export { ioctls, kvm as constants } from './abi/kvm-constants';
+export * from './abi/layouts';
+export type { IoctlBackend, IoctlArg, MmapFlags } from './backend/types';
+export { NativeBackend } from './backend/native';
+export { Kvm } from './wrappers/kvm';
+export type { BackendOptions } from './wrappers/kvm';
+export { VmFd } from './wrappers/vm-fd';
+export type { UserMemoryRegion } from './wrappers/vm-fd';
+export { VcpuFd } from './wrappers/vcpu-fd';
+export { KvmRunWrapper } from './wrappers/kvm-run';
+export { Cap } from './wrappers/cap';
+export { GuestMemory, GuestMemoryMap } from './wrappers/guest-memory';
+export type { GuestMemoryOptions, GuestRegion } from './wrappers/guest-memory';
+export { VCPU_EXIT_KINDS } from './wrappers/vcpu-exit';
+export type * from './wrappers/vcpu-exit';
+
+/** `KVM_MEM_LOG_DIRTY_PAGES`: the slot keeps a dirty-page log (see `VmFd#getDirtyLog`). */
+export const KVM_MEM_LOG_DIRTY_PAGES = constants.KVM_MEM_LOG_DIRTY_PAGES;
+/** `KVM_MEM_READONLY`: guest writes to the slot exit as MMIO. */
+export const KVM_MEM_READONLY = constants.KVM_MEM_READONLY;

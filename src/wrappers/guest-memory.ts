@@ -1,0 +1,277 @@
+/**
+ * Guest memory: host mappings handed to the guest, and the guest-physical address space made of
+ * them.
+ *
+ * @module
+ */
+import { KvmClosedError, KvmRangeError } from '../abi/errors';
+import { checkBool, checkInt, checkObject, checkU64, invalidValue, outOfRange } from '../abi/validate';
+import { nativeBackend } from '../backend/native';
+import type { IoctlBackend } from '../backend/types';
+
+/** Options of {@link GuestMemory.anonymous}. */
+export interface GuestMemoryOptions {
+  /** `MAP_SHARED` (default `true`, as kvm-ioctls' examples) or `MAP_PRIVATE`. */
+  shared?: boolean;
+  /** `MAP_NORESERVE`: no swap reserved up front (default `true`). */
+  noreserve?: boolean;
+  /**
+   * Huge pages: `'madvise'` asks for transparent huge pages (`MADV_HUGEPAGE`), `'hugetlb'` maps
+   * from the hugetlbfs pool (`MAP_HUGETLB`, fails with ENOMEM when the pool is empty). Default: none.
+   */
+  hugePages?: 'madvise' | 'hugetlb' | false;
+  /** The backend (default: the native one). */
+  backend?: IoctlBackend;
+}
+
+const MADV_HUGEPAGE = 14;
+
+/**
+ * An anonymous host mapping to be used as guest RAM.
+ *
+ * Its bytes are reachable as `bytes` (a `Uint8Array` over the mapping itself). `close()` detaches
+ * every view it handed out before it unmaps, so a stale view reads as empty instead of crashing
+ * the process.
+ *
+ * @example
+ * ```ts
+ * using mem = GuestMemory.anonymous(0x4000);
+ * mem.bytes.set([0xf4], 0);                    // hlt at offset 0
+ * vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x1000n, memory: mem });
+ * ```
+ */
+export class GuestMemory implements Disposable {
+  /** Size in bytes (a multiple of the page size). */
+  readonly size: number;
+  /** Whether the mapping is `MAP_SHARED`. */
+  readonly shared: boolean;
+  readonly backend: IoctlBackend;
+  #address: bigint;
+  #buffer: ArrayBuffer | undefined;
+  #bytes: Uint8Array | undefined;
+  #closed = false;
+  #users = new Set<string>();
+
+  private constructor(backend: IoctlBackend, address: bigint, size: number, shared: boolean) {
+    this.backend = backend;
+    this.#address = address;
+    this.size = size;
+    this.shared = shared;
+  }
+
+  /**
+   * Maps `size` bytes of anonymous memory.
+   *
+   * @param size - bytes; a positive multiple of the page size
+   * @throws `RangeError` `ERR_OUT_OF_RANGE` for a size that is not a positive multiple of the page size
+   * @throws {@link KvmError} from `mmap` (e.g. ENOMEM) or `madvise`
+   */
+  static anonymous(size: number, options: GuestMemoryOptions = {}): GuestMemory {
+    checkObject('options', options);
+    const backend = options.backend ?? nativeBackend();
+    const page = backend.pageSize;
+    checkInt('size', size, 1, Number.MAX_SAFE_INTEGER);
+    if (size % page !== 0) outOfRange('size', `a multiple of the page size (${page})`, size);
+    const shared = options.shared === undefined ? true : checkBool('options.shared', options.shared);
+    const noreserve = options.noreserve === undefined ? true : checkBool('options.noreserve', options.noreserve);
+    const huge = options.hugePages ?? false;
+    if (huge !== false && huge !== 'madvise' && huge !== 'hugetlb') {
+      invalidValue('options.hugePages', "must be 'madvise', 'hugetlb' or false", huge);
+    }
+    const address = backend.mmap(size, { shared, anonymous: true, noreserve, hugetlb: huge === 'hugetlb' }, -1, 0);
+    if (huge === 'madvise') {
+      try {
+        backend.madvise(address, size, MADV_HUGEPAGE);
+      } catch (e) {
+        backend.munmap(address, size);
+        throw e;
+      }
+    }
+    return new GuestMemory(backend, address, size, shared);
+  }
+
+  /** Whether `close()` has been called. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** The host virtual address of the mapping (what `kvm_userspace_memory_region.userspace_addr` gets). */
+  get hostAddress(): bigint {
+    this.#check();
+    return this.#address;
+  }
+
+  /** The mapping's bytes. The same `Uint8Array` every time; detached (length 0) after `close()`. */
+  get bytes(): Uint8Array {
+    this.#check();
+    if (this.#bytes === undefined) {
+      this.#buffer = this.backend.view(this.#address, this.size);
+      this.#bytes = new Uint8Array(this.#buffer);
+    }
+    return this.#bytes;
+  }
+
+  /** A bounds-checked copy of `length` bytes at `offset`. */
+  read(offset: number, length: number): Uint8Array {
+    this.#range(offset, length);
+    return this.bytes.slice(offset, offset + length);
+  }
+
+  /** Bounds-checked write of `data` at `offset`. */
+  write(offset: number, data: Uint8Array | ArrayLike<number>): void {
+    this.#range(offset, data.length);
+    this.bytes.set(data, offset);
+  }
+
+  #range(offset: number, length: number): void {
+    this.#check();
+    checkInt('offset', offset, 0, this.size);
+    checkInt('length', length, 0, this.size);
+    if (offset + length > this.size) {
+      throw new KvmRangeError('ERR_OUT_OF_RANGE', `[${offset}, ${offset + length}) is outside this ${this.size}-byte mapping`);
+    }
+  }
+
+  /** @internal Marks the mapping as used by a memory slot; `close()` refuses while it is. */
+  retain(user: string): () => void {
+    this.#check();
+    this.#users.add(user);
+    return () => this.#users.delete(user);
+  }
+
+  #check(): void {
+    if (this.#closed) throw new KvmClosedError('GuestMemory');
+  }
+
+  /**
+   * Detaches every view and unmaps. Idempotent.
+   *
+   * @throws `Error` `ERR_KVM_IN_USE` while a VM memory slot still uses the mapping (delete the slot
+   *   or close the VM first): unmapping it under a running guest would hand the guest freed memory.
+   */
+  close(): void {
+    if (this.#closed) return;
+    if (this.#users.size > 0) {
+      const err = new Error(`GuestMemory is still used by ${[...this.#users].join(', ')}`);
+      (err as Error & { code: string }).code = 'ERR_KVM_IN_USE';
+      throw err;
+    }
+    this.#closed = true;
+    if (this.#buffer !== undefined) this.backend.detach(this.#buffer);
+    this.#buffer = undefined;
+    this.#bytes = undefined;
+    this.backend.munmap(this.#address, this.size);
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** A region of guest-physical address space backed by (part of) a {@link GuestMemory}. */
+export interface GuestRegion {
+  guestPhysAddr: bigint;
+  memory: GuestMemory;
+  /** Offset into `memory` (default 0). */
+  offset?: number;
+  /** Length in bytes (default: the rest of `memory`). */
+  size?: number;
+}
+
+/**
+ * The guest-physical address space: regions at guest addresses, with bounds-checked reads and
+ * writes that may cross from one region into the next adjacent one. A VM keeps one of these
+ * (`vm.guestMemory`) in step with its memory slots.
+ *
+ * @example
+ * ```ts
+ * vm.guestMemory.write(0x1000n, Uint8Array.of(0xf4));
+ * vm.guestMemory.read(0x1000n, 1); // Uint8Array [0xf4]
+ * ```
+ */
+export class GuestMemoryMap {
+  #regions: Array<Required<GuestRegion>> = [];
+
+  constructor(regions: GuestRegion[] = []) {
+    for (const r of regions) this.add(r);
+  }
+
+  /** The regions, sorted by guest address. */
+  get regions(): ReadonlyArray<Readonly<Required<GuestRegion>>> {
+    return this.#regions;
+  }
+
+  /**
+   * Adds a region.
+   * @throws `RangeError` `ERR_OUT_OF_RANGE` when it overlaps an existing region or lies outside its mapping
+   */
+  add(region: GuestRegion): void {
+    checkObject('region', region);
+    const gpa = checkU64('region.guestPhysAddr', region.guestPhysAddr);
+    if (!(region.memory instanceof GuestMemory)) invalidValue('region.memory', 'must be a GuestMemory', region.memory);
+    const offset = region.offset === undefined ? 0 : checkInt('region.offset', region.offset, 0, region.memory.size);
+    const size = region.size === undefined ? region.memory.size - offset : checkInt('region.size', region.size, 1, region.memory.size - offset);
+    const end = gpa + BigInt(size);
+    for (const r of this.#regions) {
+      if (gpa < r.guestPhysAddr + BigInt(r.size) && r.guestPhysAddr < end) {
+        throw new KvmRangeError('ERR_OUT_OF_RANGE', `region at 0x${gpa.toString(16)} overlaps the region at 0x${r.guestPhysAddr.toString(16)}`);
+      }
+    }
+    this.#regions.push({ guestPhysAddr: gpa, memory: region.memory, offset, size });
+    this.#regions.sort((a, b) => (a.guestPhysAddr < b.guestPhysAddr ? -1 : 1));
+  }
+
+  /** Removes the region that starts at `guestPhysAddr`. Returns whether there was one. */
+  remove(guestPhysAddr: bigint): boolean {
+    const i = this.#regions.findIndex((r) => r.guestPhysAddr === guestPhysAddr);
+    if (i < 0) return false;
+    this.#regions.splice(i, 1);
+    return true;
+  }
+
+  /** The region holding `gpa` and the offset into its mapping, or `undefined`. */
+  find(gpa: bigint): { region: Readonly<Required<GuestRegion>>; offset: number } | undefined {
+    for (const r of this.#regions) {
+      if (gpa >= r.guestPhysAddr && gpa < r.guestPhysAddr + BigInt(r.size)) {
+        return { region: r, offset: r.offset + Number(gpa - r.guestPhysAddr) };
+      }
+    }
+    return undefined;
+  }
+
+  #walk(gpa: bigint, length: number, fn: (bytes: Uint8Array, at: number, done: number, n: number) => void): void {
+    const start = checkU64('gpa', gpa);
+    checkInt('length', length, 0, Number.MAX_SAFE_INTEGER);
+    let done = 0;
+    while (done < length) {
+      const cur = start + BigInt(done);
+      const hit = this.find(cur);
+      if (hit === undefined) {
+        throw new KvmRangeError('ERR_OUT_OF_RANGE', `guest physical address 0x${cur.toString(16)} is not backed by guest memory`);
+      }
+      const avail = hit.region.offset + hit.region.size - hit.offset;
+      const n = Math.min(avail, length - done);
+      fn(hit.region.memory.bytes, hit.offset, done, n);
+      done += n;
+    }
+  }
+
+  /**
+   * Copies `length` bytes from guest-physical address `gpa`.
+   * @throws `RangeError` `ERR_OUT_OF_RANGE` when any byte is outside guest memory
+   */
+  read(gpa: bigint, length: number): Uint8Array {
+    const out = new Uint8Array(length);
+    this.#walk(gpa, length, (bytes, at, done, n) => out.set(bytes.subarray(at, at + n), done));
+    return out;
+  }
+
+  /**
+   * Writes `data` at guest-physical address `gpa`; nothing is written unless all of it fits.
+   * @throws `RangeError` `ERR_OUT_OF_RANGE` when any byte is outside guest memory
+   */
+  write(gpa: bigint, data: Uint8Array): void {
+    this.#walk(gpa, data.length, () => undefined); // check everything first
+    this.#walk(gpa, data.length, (bytes, at, done, n) => bytes.set(data.subarray(done, done + n), at));
+  }
+}
