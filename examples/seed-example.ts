@@ -1,7 +1,8 @@
 /**
  * kvm-ioctls' README example in TypeScript: a real-mode guest at 0x1000 that adds two registers,
- * prints the sum to the serial port, reads it back, writes and reads an MMIO address, and halts.
- * The slot logs dirty pages; the MMIO write reports how many pages the guest has dirtied.
+ * prints the sum to the serial port, reads it back, writes and reads an MMIO address, stores to
+ * guest RAM at 0x2000 and halts. The slot logs dirty pages: at the halt, the bitmap shows the page
+ * the guest wrote (page 1 of the slot).
  *
  * Run it with `npm start`.
  */
@@ -16,6 +17,7 @@ export const SEED_GUEST = Uint8Array.of(
   0xec, //                   in (%dx), %al
   0xc6, 0x06, 0x00, 0x80, 0x00, // movb $0, (0x8000)   -> MMIO write
   0x8a, 0x16, 0x00, 0x80, // mov (0x8000), %dl       -> MMIO read
+  0xc6, 0x06, 0x00, 0x20, 0x00, // movb $0, (0x2000)   -> dirties the slot's page 1
   0xf4, //                   hlt
 );
 
@@ -26,6 +28,8 @@ export interface SeedResult {
   exits: VcpuExit['kind'][];
   output: string;
   dirtyPagesAtMmioWrite: number;
+  /** The slot's dirty bitmap read at the halt. */
+  dirtyBitmapAtHlt: bigint[];
   regs: { rax: bigint; rdx: bigint };
 }
 
@@ -52,7 +56,7 @@ export function runSeed(answerIn = 0x42, answerMmio = 0x77, log: (s: string) => 
     vcpu.setSregs(sregs);
     vcpu.setRegs({ ...vcpu.getRegs(), rip: GUEST_ADDR, rax: 2n, rbx: 3n, rflags: 2n });
 
-    const result: SeedResult = { exits: [], output: '', dirtyPagesAtMmioWrite: -1, regs: { rax: 0n, rdx: 0n } };
+    const result: SeedResult = { exits: [], output: '', dirtyPagesAtMmioWrite: -1, dirtyBitmapAtHlt: [], regs: { rax: 0n, rdx: 0n } };
     for (;;) {
       const exit = vcpu.run();
       result.exits.push(exit.kind);
@@ -81,7 +85,8 @@ export function runSeed(answerIn = 0x42, answerMmio = 0x77, log: (s: string) => 
         case 'Hlt': {
           const regs = vcpu.getRegs();
           result.regs = { rax: regs.rax, rdx: regs.rdx };
-          log(`Hlt    rax=0x${regs.rax.toString(16)} rdx=0x${regs.rdx.toString(16)}`);
+          result.dirtyBitmapAtHlt = [...vm.getDirtyLog(0, MEM_SIZE)];
+          log(`Hlt    rax=0x${regs.rax.toString(16)} rdx=0x${regs.rdx.toString(16)}; dirty bitmap ${result.dirtyBitmapAtHlt.map((w) => '0b' + w.toString(2)).join(' ')}`);
           return result;
         }
         default:

@@ -1,0 +1,10 @@
+/**
+ * `kvm-rx/testing`: test your VMM code without `/dev/kvm`.
+ *
+ * - {@link MockBackend}: an in-memory KVM behind the same `IoctlBackend` interface as the real
+ *   one: `new Kvm({ backend: new MockBackend() })`.
+ * - Exit builders (`ioOut`, `ioIn`, `mmioRead`, `mmioWrite`, `hlt`, …) to script what `KVM_RUN` reports.
+ *
+ * @packageDocumentation
+ */
+export * from '../backend/mock/index';
