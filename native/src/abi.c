@@ -7,6 +7,7 @@
 
 #include "kvm_compat.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/eventfd.h>

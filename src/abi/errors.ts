@@ -9,15 +9,24 @@
  */
 import { constants } from 'node:os';
 import { getSystemErrorMap } from 'node:util';
+import { sys } from './kvm-constants';
 
+// Linux errnos that os.constants lacks (libuv does not know them), from the C headers.
+const extraErrnos: Record<string, number> = {
+  EHWPOISON: sys.EHWPOISON,
+  ERFKILL: sys.ERFKILL,
+  EKEYEXPIRED: sys.EKEYEXPIRED,
+  ENOTRECOVERABLE: sys.ENOTRECOVERABLE,
+};
+const allErrnos: Record<string, number> = { ...constants.errno, ...extraErrnos };
 const errnoNames = new Map<number, string>();
-for (const [name, value] of Object.entries(constants.errno)) {
+for (const [name, value] of Object.entries(allErrnos)) {
   if (!errnoNames.has(value)) errnoNames.set(value, name);
 }
 
 /** The positive errno value for an error name such as `'EINVAL'`, from the host's `os.constants`. */
 export function errnoOf(code: string): number {
-  const value = (constants.errno as Record<string, number | undefined>)[code];
+  const value = allErrnos[code];
   if (value === undefined) throw new RangeError(`unknown errno name ${code}`);
   return value;
 }
@@ -66,7 +75,7 @@ export class KvmError extends Error {
     const neg = -Math.abs(errno);
     const entry = getSystemErrorMap().get(neg);
     const code = entry?.[0] ?? errnoNames.get(-neg) ?? `E${-neg}`;
-    const text = entry?.[1] ?? 'unknown error';
+    const text = entry?.[1] ?? (code === 'EHWPOISON' ? 'memory page has hardware error' : 'unknown error');
     let message = `${code}: ${text}, ${syscall}`;
     if (opts.request !== undefined) message += ` ${opts.request}`;
     if (opts.path !== undefined) message += ` '${opts.path}'`;

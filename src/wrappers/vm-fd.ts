@@ -59,7 +59,10 @@ export class VmFd extends FdOwner {
     super(backend, fd);
     this.#runSize = runSize;
     this.onClosed(() => {
-      for (const s of this.#slots.values()) s.release();
+      for (const s of this.#slots.values()) {
+        s.release();
+        this.guestMemory.remove(s.guestPhysAddr);
+      }
       this.#slots.clear();
     });
   }
