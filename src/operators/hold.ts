@@ -1,0 +1,32 @@
+/**
+ * The answer-before-resume protocol between handler operators and whatever runs the vCPU.
+ *
+ * The runner (the worker's run loop, the main-thread bridge, or the in-thread test runner) pushes
+ * each exit into the pipeline synchronously and resumes the vCPU when `next()` returns, unless a
+ * handler called {@link holdVcpu} with a promise: then the vCPU stays stopped until every such
+ * promise settles. A rejected hold fails the run with that error.
+ *
+ * @module
+ */
+import type { VcpuExit } from '../wrappers/vcpu-exit';
+
+/** The symbol under which a runner attaches its hold callback to an exit object. */
+export const HOLD: unique symbol = Symbol.for('kvm-rx.hold') as never;
+
+/** An exit as the runner hands it to the pipeline. */
+export type HoldableExit = VcpuExit & { [HOLD]?: (pending: PromiseLike<unknown>) => void };
+
+/**
+ * Keeps the vCPU stopped at `exit` until `pending` settles. Handler operators call this for
+ * handlers that return a Promise or an Observable. Outside a runner (plain marble tests) it does
+ * nothing, and the promise is only awaited for its answer.
+ */
+export function holdVcpu(exit: VcpuExit, pending: PromiseLike<unknown>): void {
+  const hold = (exit as HoldableExit)[HOLD];
+  if (hold !== undefined) hold(pending);
+}
+
+/** Attaches a hold collector to `exit` (for runners). Returns the list the holds land in. */
+export function attachHold(exit: VcpuExit, into: Array<PromiseLike<unknown>>): void {
+  Object.defineProperty(exit, HOLD, { value: (p: PromiseLike<unknown>) => into.push(p), enumerable: false, configurable: true });
+}
