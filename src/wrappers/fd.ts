@@ -26,9 +26,19 @@ export abstract class FdOwner implements Closeable {
   /** For messages: `'VmFd'`, `'VcpuFd 0'`, … */
   protected abstract readonly label: string;
 
+  #borrowed = false;
+
   protected constructor(backend: IoctlBackend, fd: number) {
     this.backend = backend;
     this.#fd = fd;
+  }
+
+  /**
+   * @internal Marks the fd as borrowed: `close()` then releases this wrapper (children, views,
+   * mappings) but leaves the fd itself open, because another wrapper (on another thread) owns it.
+   */
+  protected borrow(): void {
+    this.#borrowed = true;
   }
 
   /** The raw fd (kvm-ioctls' `as_raw_fd`). Throws once closed. */
@@ -88,10 +98,12 @@ export abstract class FdOwner implements Closeable {
         first ??= e;
       }
     }
-    try {
-      this.backend.close(this.#fd);
-    } catch (e) {
-      first ??= e;
+    if (!this.#borrowed) {
+      try {
+        this.backend.close(this.#fd);
+      } catch (e) {
+        first ??= e;
+      }
     }
     this.#fd = -1;
     if (first !== undefined) throw first;

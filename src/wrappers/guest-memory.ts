@@ -51,12 +51,23 @@ export class GuestMemory implements Disposable {
   #bytes: Uint8Array | undefined;
   #closed = false;
   #users = new Set<string>();
+  #borrowed = false;
 
   private constructor(backend: IoctlBackend, address: bigint, size: number, shared: boolean) {
     this.backend = backend;
     this.#address = address;
     this.size = size;
     this.shared = shared;
+  }
+
+  /**
+   * @internal A view of a mapping another GuestMemory owns (in a worker thread: its own views of
+   * the same host memory). `close()` detaches the views and leaves the mapping to its owner.
+   */
+  static borrow(backend: IoctlBackend, address: bigint, size: number): GuestMemory {
+    const m = new GuestMemory(backend, address, size, true);
+    m.#borrowed = true;
+    return m;
   }
 
   /**
@@ -160,7 +171,7 @@ export class GuestMemory implements Disposable {
     if (this.#buffer !== undefined) this.backend.detach(this.#buffer);
     this.#buffer = undefined;
     this.#bytes = undefined;
-    this.backend.munmap(this.#address, this.size);
+    if (!this.#borrowed) this.backend.munmap(this.#address, this.size);
   }
 
   [Symbol.dispose](): void {

@@ -8,7 +8,7 @@ import { decodeStruct, dv, structBytes } from '../abi/codec';
 import { ioctls, kvm } from '../abi/kvm-constants';
 import { kvm_regs, kvm_sregs, type KvmRegs, type KvmSregs } from '../abi/layouts';
 import { checkInt } from '../abi/validate';
-import type { IoctlBackend } from '../backend/types';
+import type { IoctlArg, IoctlBackend } from '../backend/types';
 import { FdOwner } from './fd';
 import { KvmRunWrapper, RUN } from './kvm-run';
 import { decodeExit, memoryFault, type VcpuExit } from './vcpu-exit';
@@ -38,6 +38,7 @@ export class VcpuFd extends FdOwner {
   readonly #run: KvmRunWrapper;
   readonly #view: DataView;
   readonly #bytes: Uint8Array;
+  #owner: string | undefined;
 
   /** @internal Use `VmFd#createVcpu()`. */
   constructor(backend: IoctlBackend, fd: number, runSize: number, id: number, vm: VmFd) {
@@ -49,6 +50,36 @@ export class VcpuFd extends FdOwner {
     this.#view = this.#run.asMutRef();
     this.#bytes = this.#run.bytes;
     this.onClosed(() => this.#run.close());
+  }
+
+  /**
+   * @internal While a worker thread runs this vCPU, ioctls from this thread would block on the
+   * kernel's vCPU mutex (and so freeze the event loop): they throw `ERR_KVM_VCPU_RUNNING` instead.
+   */
+  setOwner(owner: string | undefined): void {
+    this.#owner = owner;
+  }
+
+  /** Whether a runtime currently runs this vCPU on another thread. */
+  get running(): boolean {
+    return this.#owner !== undefined;
+  }
+
+  protected override ioctl(request: number, arg?: IoctlArg): number {
+    if (this.#owner !== undefined) {
+      this.checkOpen();
+      const err = new Error(`${this.label} is running in ${this.#owner}; use the pipeline's ctx.vcpu, or stop the run first`);
+      (err as Error & { code: string }).code = 'ERR_KVM_VCPU_RUNNING';
+      throw err;
+    }
+    return super.ioctl(request, arg);
+  }
+
+  /** @internal A VcpuFd over an fd another VcpuFd owns; closing it unmaps its own kvm_run view only. */
+  static borrowed(backend: IoctlBackend, fd: number, runSize: number, id: number, vm: VmFd): VcpuFd {
+    const v = new VcpuFd(backend, fd, runSize, id, vm);
+    v.borrow();
+    return v;
   }
 
   /**

@@ -68,6 +68,42 @@ export class VmFd extends FdOwner {
   }
 
   /**
+   * @internal A VmFd over an fd another VmFd owns (the worker runtime's view of a VM): closing it
+   * leaves the fd open.
+   */
+  static borrow(backend: IoctlBackend, fd: number, runSize: number): VmFd {
+    const vm = new VmFd(backend, fd, runSize);
+    vm.borrow();
+    return vm;
+  }
+
+  /** @internal Wraps a vCPU fd owned elsewhere (see {@link VmFd.borrow}); closing it leaves the fd open. */
+  borrowVcpu(fd: number, id: number): VcpuFd {
+    this.checkOpen();
+    const vcpu = VcpuFd.borrowed(this.backend, fd, this.#runSize, id, this);
+    const release = this.adopt(vcpu);
+    vcpu.onClosed(release);
+    return vcpu;
+  }
+
+  /** The memory slots as `{ slot, guestPhysAddr, hostAddress, size }` (for worker-side views). */
+  memorySlots(): Array<{ slot: number; guestPhysAddr: bigint; hostAddress: bigint; size: number }> {
+    this.checkOpen();
+    const out: Array<{ slot: number; guestPhysAddr: bigint; hostAddress: bigint; size: number }> = [];
+    for (const [slot, rec] of this.#slots) {
+      const hit = this.guestMemory.find(rec.guestPhysAddr);
+      if (hit === undefined) continue;
+      out.push({
+        slot,
+        guestPhysAddr: rec.guestPhysAddr,
+        hostAddress: hit.region.memory.hostAddress + BigInt(hit.region.offset),
+        size: hit.region.size,
+      });
+    }
+    return out;
+  }
+
+  /**
    * The size of each vCPU's `kvm_run` mapping (`run_size`).
    * @example `vm.runSize() === kvm.getVcpuMmapSize()`
    */

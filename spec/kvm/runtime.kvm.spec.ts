@@ -1,0 +1,131 @@
+/**
+ * The worker runtime on the real kernel: pipelines in the vCPU's thread, main-thread handling,
+ * pull mode, kicks, errors.
+ */
+import { firstValueFrom, toArray } from 'rxjs';
+import { join } from 'node:path';
+import { SEED_GUEST, GUEST_ADDR, MEM_SIZE } from '../../examples/seed-example';
+import { VcpuRuntime } from '../../src/workers/runtime';
+import { GuestMemory } from '../../src/wrappers/guest-memory';
+import { Kvm } from '../../src/wrappers/kvm';
+import type { VcpuFd } from '../../src/wrappers/vcpu-fd';
+import type { VmFd } from '../../src/wrappers/vm-fd';
+import { describeKvm, expectCode } from '../helpers/kvm';
+
+const PIPELINE = join(__dirname, '../fixtures/seed-pipeline.ts');
+
+function realModeGuest(vm: VmFd, mem: GuestMemory, code: Uint8Array, id = 0): VcpuFd {
+  mem.bytes.set(code);
+  const vcpu = vm.createVcpu(id);
+  const sregs = vcpu.getSregs();
+  sregs.cs.base = 0n;
+  sregs.cs.selector = 0;
+  vcpu.setSregs(sregs);
+  vcpu.setRegs({ rip: GUEST_ADDR, rax: 2n, rbx: 3n, rflags: 2n });
+  return vcpu;
+}
+
+describeKvm('VcpuRuntime', () => {
+  let runtime: VcpuRuntime;
+  let kvm: Kvm;
+  let vm: VmFd;
+  let mem: GuestMemory;
+  beforeAll(() => {
+    runtime = new VcpuRuntime({ maxVcpus: 2 });
+  });
+  afterAll(async () => {
+    await runtime.close();
+  });
+  beforeEach(() => {
+    kvm = new Kvm();
+    vm = kvm.createVm();
+    mem = GuestMemory.anonymous(MEM_SIZE);
+    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: GUEST_ADDR, memory: mem });
+  });
+  afterEach(() => {
+    kvm.close();
+    mem.close();
+  });
+
+  it('runs a pipeline in the vCPU thread: answers reach the guest, events reach the main thread', async () => {
+    const vcpu = realModeGuest(vm, mem, SEED_GUEST);
+    const run = runtime.start(vcpu, { pipeline: PIPELINE, pipelineOptions: { answerIn: 0x42, answerMmio: 0x77 } });
+    const events = firstValueFrom(run.events$.pipe(toArray()));
+    expectCode(() => vcpu.getRegs(), 'Error', 'ERR_KVM_VCPU_RUNNING');
+    const outcome = await run.done;
+    expect(outcome).toEqual({ reason: 'completed', exits: 5, lastExit: 'Hlt' });
+    const ev = await events;
+    expect(ev[0]).toEqual({ channel: 'serial', data: '5' });
+    expect(ev[1]!.channel).toBe('regs');
+    const regs = ev[1]!.data as { rax: bigint; rdx: bigint };
+    expect(regs.rax & 0xffn).toBe(0x42n);
+    expect(regs.rdx & 0xffn).toBe(0x77n);
+    // the vCPU is back in this thread's hands
+    expect(vcpu.getRegs().rax & 0xffn).toBe(0x42n);
+  });
+
+  it('holds the vCPU until an async handler settles', async () => {
+    const vcpu = realModeGuest(vm, mem, SEED_GUEST);
+    const run = runtime.start(vcpu, { pipeline: PIPELINE, pipelineOptions: { asyncIn: 0x5a } });
+    await run.done;
+    expect(vcpu.getRegs().rax & 0xffn).toBe(0x5an);
+  });
+
+  it('hands exits the pipeline leaves to main-thread handlers on exits$, in guest order', async () => {
+    const vcpu = realModeGuest(vm, mem, SEED_GUEST);
+    const run = runtime.start(vcpu); // no pipeline: every exit comes here
+    const kinds: string[] = [];
+    run.exits$.subscribe((exit) => {
+      kinds.push(exit.kind);
+      if (exit.kind === 'IoIn') exit.data[0] = 0x31;
+      if (exit.kind === 'MmioRead') exit.data[0] = 0x32;
+      if (exit.kind === 'Hlt') void run.stop();
+    });
+    const outcome = await run.done;
+    expect(kinds).toEqual(['IoOut', 'IoIn', 'MmioWrite', 'MmioRead', 'Hlt']);
+    expect(outcome.reason).toBe('stopped');
+    const regs = vcpu.getRegs();
+    expect([regs.rax & 0xffn, regs.rdx & 0xffn]).toEqual([0x31n, 0x32n]);
+  });
+
+  it('serves `for await` consumers: the vCPU resumes when the next exit is asked for', async () => {
+    const vcpu = realModeGuest(vm, mem, SEED_GUEST);
+    const run = runtime.start(vcpu);
+    const seen: string[] = [];
+    for await (const exit of run) {
+      seen.push(exit.kind);
+      if (exit.kind === 'IoIn') exit.data[0] = 0x44;
+      if (exit.kind === 'Hlt') break; // leaving the loop stops the run
+    }
+    expect(seen).toEqual(['IoOut', 'IoIn', 'MmioWrite', 'MmioRead', 'Hlt']);
+    expect((await run.done).reason).toBe('stopped');
+    expect(vcpu.getRegs().rax & 0xffn).toBe(0x44n);
+  });
+
+  it('kicks a guest spinning in `jmp $` out of KVM_RUN on stop() and on abort', async () => {
+    const vcpu = realModeGuest(vm, mem, Uint8Array.of(0xeb, 0xfe));
+    const run = runtime.start(vcpu);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(run.running).toBe(true);
+    const outcome = await run.stop();
+    expect(outcome).toEqual({ reason: 'stopped', exits: 0 });
+    expect(vcpu.getKvmRun().immediateExit).toBe(0);
+
+    const run2 = runtime.start(vcpu, { signal: AbortSignal.timeout(100) });
+    expect((await run2.done).reason).toBe('stopped');
+  });
+
+  it('ends the run with the error when a worker handler throws, and releases the vCPU', async () => {
+    const vcpu = realModeGuest(vm, mem, SEED_GUEST);
+    const run = runtime.start(vcpu, { pipeline: PIPELINE, pipelineOptions: { throwOn: 'MmioWrite' } });
+    await expect(run.done).rejects.toThrow('handler failed on MmioWrite');
+    expect(vcpu.running).toBe(false);
+    expect(vcpu.getRegs().rip).toBeGreaterThan(GUEST_ADDR);
+  });
+
+  it('names an exit nobody handles, with its port and RIP', async () => {
+    const vcpu = realModeGuest(vm, mem, Uint8Array.of(0xe4, 0x61, 0xf4)); // in $0x61, %al; hlt
+    const run = runtime.start(vcpu, { unhandled: 'error' });
+    await expect(run.done).rejects.toMatchObject({ code: 'ERR_KVM_UNHANDLED_EXIT', message: expect.stringMatching(/IoIn exit: port 0x61, size 1, rip 0x/) });
+  });
+});

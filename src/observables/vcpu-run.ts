@@ -1,0 +1,340 @@
+/**
+ * `VcpuRun`: the main thread's handle on a vCPU that runs in a worker thread, with its exits as
+ * Observables and as an async iterator.
+ *
+ * @module
+ */
+import { Observable, Subject, share } from 'rxjs';
+import type { MessagePort } from 'node:worker_threads';
+import { attachHold } from '../operators/hold';
+import type { IoctlBackend } from '../backend/types';
+import { VCPU_EXIT_KINDS, decodeExit, type VcpuExit } from '../wrappers/vcpu-exit';
+import type { VcpuFd } from '../wrappers/vcpu-fd';
+import { UnhandledExitError, describeExit } from '../workers/describe';
+import {
+  CONTROL_BYTES, MAILBOX_BYTES, MAILBOX_OFFSET, Mailbox, R, RECORD_BYTES, RING_OFFSET, RING_RECORDS, Rec,
+  State, THREAD_SLOT, W, Where, type TaskOutcome,
+} from '../workers/protocol';
+
+/** A summary of one exit, from `monitor$`. */
+export interface ExitRecord {
+  kind: VcpuExit['kind'] | string;
+  /** Where it was handled. */
+  where: 'worker' | 'posted' | 'main' | 'unhandled';
+  port?: number;
+  addr?: bigint;
+  size: number;
+  /** Up to 40 bytes of PIO/MMIO data (for writes: what the guest wrote). */
+  data?: Uint8Array;
+}
+
+/** How a run ended. */
+export interface RunOutcome {
+  /** `'completed'`: the pipeline completed (e.g. `untilHalt()`); `'stopped'`: stop(), abort or close. */
+  reason: 'completed' | 'stopped';
+  /** Exits the vCPU took. */
+  exits: number;
+  /** The kind of the last exit. */
+  lastExit?: string;
+}
+
+const WHERE: ExitRecord['where'][] = ['worker', 'posted', 'main', 'unhandled'];
+
+function revive(e: NonNullable<TaskOutcome['error']>): Error {
+  const err = new Error(e.message);
+  err.name = e.name;
+  if (e.stack !== undefined) err.stack = e.stack;
+  Object.assign(err, e.props ?? {});
+  if (e.code !== undefined) (err as Error & { code: string }).code = e.code;
+  return err;
+}
+
+/**
+ * A running vCPU, as returned by `VcpuRuntime#start()`.
+ *
+ * - `exits$`: exits the worker hands to this thread: posted writes (the vCPU did not wait) and
+ *   exits its pipeline left unhandled (the vCPU waits until every subscriber's handlers settle;
+ *   the answer-before-resume rule holds across threads).
+ * - `next()` / `for await (const exit of run)`: the same exits, pulled; the vCPU resumes when you
+ *   ask for the next one.
+ * - `monitor$`: a summary of every exit, wherever it was handled (costs a ring write per exit
+ *   while subscribed).
+ * - `events$`: values the pipeline sent with `ctx.emit(channel, data)`.
+ * - `done`: resolves with the {@link RunOutcome}, or rejects with the pipeline's error.
+ */
+export class VcpuRun implements AsyncDisposable {
+  readonly vcpu: VcpuFd;
+  readonly done: Promise<RunOutcome>;
+  readonly exits$: Observable<VcpuExit>;
+  readonly monitor$: Observable<ExitRecord>;
+  readonly events$: Observable<{ channel: string; data: unknown }>;
+  readonly #ctrl: Int32Array;
+  readonly #tid: BigInt64Array;
+  readonly #ring: DataView;
+  readonly #ringBytes: Uint8Array;
+  readonly #mbView: DataView;
+  readonly #mbBytes: Uint8Array;
+  readonly #backend: IoctlBackend;
+  readonly #port: MessagePort;
+  readonly #exits = new Subject<VcpuExit>();
+  readonly #monitor = new Subject<ExitRecord>();
+  readonly #events = new Subject<{ channel: string; data: unknown }>();
+  #exitObservers = 0;
+  #pullQueue: VcpuExit[] = [];
+  #pullWaiters: Array<(r: IteratorResult<VcpuExit>) => void> = [];
+  #pulling = false;
+  #pendingAnswer: (() => void) | undefined;
+  #ended = false;
+  #failure: Error | undefined;
+  #stopping = false;
+
+  /** @internal Created by `VcpuRuntime#start()`. */
+  constructor(vcpu: VcpuFd, sab: SharedArrayBuffer, port: MessagePort, task: Promise<TaskOutcome>, signal?: AbortSignal) {
+    this.vcpu = vcpu;
+    this.#backend = vcpu.backend;
+    this.#port = port;
+    this.#ctrl = new Int32Array(sab, 0, CONTROL_BYTES / 4);
+    this.#tid = new BigInt64Array(sab, 0, CONTROL_BYTES / 8);
+    this.#ring = new DataView(sab, RING_OFFSET, RING_RECORDS * RECORD_BYTES);
+    this.#ringBytes = new Uint8Array(sab, RING_OFFSET, RING_RECORDS * RECORD_BYTES);
+    this.#mbView = new DataView(sab, MAILBOX_OFFSET, MAILBOX_BYTES);
+    this.#mbBytes = new Uint8Array(sab, MAILBOX_OFFSET, MAILBOX_BYTES);
+    port.on('message', (m: { type?: string; channel?: string; data?: unknown }) => {
+      if (m?.type === 'emit') this.#events.next({ channel: m.channel ?? '', data: m.data });
+    });
+    port.unref();
+    this.exits$ = new Observable<VcpuExit>((sub) => {
+      this.#exitObservers++;
+      const s = this.#exits.subscribe(sub);
+      return () => {
+        this.#exitObservers--;
+        s.unsubscribe();
+      };
+    });
+    this.monitor$ = new Observable<ExitRecord>((sub) => {
+      Atomics.add(this.#ctrl, W.monitor, 1);
+      const s = this.#monitor.subscribe(sub);
+      return () => {
+        Atomics.sub(this.#ctrl, W.monitor, 1);
+        s.unsubscribe();
+      };
+    }).pipe(share());
+    this.events$ = this.#events.asObservable();
+    const onAbort = () => void this.stop();
+    if (signal?.aborted) queueMicrotask(onAbort);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    // Start bridging on the next macrotask, so whatever the caller subscribes synchronously after
+    // start() (exits$, next(), for await) is in place before the first exit is delivered.
+    const bridge = new Promise<void>((resolve, reject) => setImmediate(() => this.#bridge().then(resolve, reject)));
+    this.done = Promise.all([task, bridge]).then(
+      ([outcome]) => this.#finish(outcome, signal, onAbort),
+      (e: unknown) => this.#finish({ reason: 'error', exits: 0, error: { name: 'Error', message: String((e as Error)?.message ?? e) } }, signal, onAbort),
+    );
+  }
+
+  #finish(outcome: TaskOutcome, signal: AbortSignal | undefined, onAbort: () => void): RunOutcome {
+    signal?.removeEventListener('abort', onAbort);
+    this.#ended = true;
+    try {
+      this.vcpu.getKvmRun().immediateExit = 0;
+    } catch {
+      /* the vCPU was closed */
+    }
+    this.vcpu.setOwner(undefined);
+    this.#port.close();
+    const error = this.#failure ?? (outcome.error ? revive(outcome.error) : undefined);
+    for (const w of this.#pullWaiters.splice(0)) w({ value: undefined, done: true });
+    if (error) {
+      this.#exits.error(error);
+      this.#monitor.complete();
+      this.#events.complete();
+      throw error;
+    }
+    this.#exits.complete();
+    this.#monitor.complete();
+    this.#events.complete();
+    const r: RunOutcome = { reason: outcome.reason === 'completed' ? 'completed' : 'stopped', exits: outcome.exits };
+    if (outcome.lastExit !== undefined) r.lastExit = outcome.lastExit;
+    return r;
+  }
+
+  /** Whether the worker has started running the vCPU and not ended. */
+  get running(): boolean {
+    return Atomics.load(this.#ctrl, W.state) === State.running;
+  }
+
+  /** Exits taken so far (counted by the worker). */
+  get exitCount(): number {
+    return Atomics.load(this.#ctrl, W.exits);
+  }
+
+  async #bridge(): Promise<void> {
+    for (;;) {
+      const seen = Atomics.load(this.#ctrl, W.doorbell);
+      this.#drainRing();
+      if (Atomics.load(this.#ctrl, W.mailbox) === Mailbox.posted && this.#pendingAnswer === undefined) {
+        await this.#handleMailbox();
+      }
+      if (Atomics.load(this.#ctrl, W.state) === State.ended) {
+        this.#drainRing();
+        return;
+      }
+      const r = Atomics.waitAsync(this.#ctrl, W.doorbell, seen);
+      if (r.async) await r.value;
+    }
+  }
+
+  #drainRing(): void {
+    let r = Atomics.load(this.#ctrl, W.ringRead);
+    const w = Atomics.load(this.#ctrl, W.ringWrite);
+    while (r < w) {
+      const at = (r % RING_RECORDS) * RECORD_BYTES;
+      const kind = this.#ring.getUint8(at + R.kind);
+      const len = this.#ring.getUint8(at + R.len);
+      const data = this.#ringBytes.slice(at + R.data, at + R.data + len);
+      const size = this.#ring.getUint8(at + R.size);
+      if (kind === Rec.postedIo) {
+        const exit: VcpuExit = { kind: 'IoOut', port: this.#ring.getUint16(at + R.port, true), size, count: this.#ring.getUint32(at + R.count, true), data };
+        this.#deliverPosted(exit);
+      } else if (kind === Rec.postedMmio) {
+        this.#deliverPosted({ kind: 'MmioWrite', addr: this.#ring.getBigUint64(at + R.addr, true), data });
+      }
+      if (kind === Rec.monitor || kind === Rec.postedIo || kind === Rec.postedMmio) {
+        if (Atomics.load(this.#ctrl, W.monitor) !== 0) this.#monitor.next(this.#record(at, data, kind));
+      }
+      r++;
+      Atomics.store(this.#ctrl, W.ringRead, r);
+    }
+    Atomics.notify(this.#ctrl, W.ringRead);
+  }
+
+  #record(at: number, data: Uint8Array, kind: number): ExitRecord {
+    const kindIndex = this.#ring.getUint32(at + R.reason, true);
+    const rec: ExitRecord = {
+      kind: VCPU_EXIT_KINDS[kindIndex] ?? 'Unsupported',
+      where: kind === Rec.monitor ? WHERE[this.#ring.getUint8(at + R.where)] ?? 'worker' : 'posted',
+      size: this.#ring.getUint8(at + R.size),
+    };
+    if (rec.kind === 'IoIn' || rec.kind === 'IoOut') rec.port = this.#ring.getUint16(at + R.port, true);
+    if (rec.kind === 'MmioRead' || rec.kind === 'MmioWrite') rec.addr = this.#ring.getBigUint64(at + R.addr, true);
+    if (data.length > 0) rec.data = data;
+    return rec;
+  }
+
+  #deliverPosted(exit: VcpuExit): void {
+    if (this.#pulling) {
+      this.#pushPull(exit);
+      return;
+    }
+    if (this.#exitObservers > 0) {
+      this.#exits.next(exit);
+      return;
+    }
+    this.#fail(new UnhandledExitError(exit, `posted ${describeExit(exit)} (nobody subscribed to exits$)`));
+  }
+
+  #pushPull(exit: VcpuExit): void {
+    const w = this.#pullWaiters.shift();
+    if (w) w({ value: exit, done: false });
+    else this.#pullQueue.push(exit);
+  }
+
+  async #handleMailbox(): Promise<void> {
+    const exit = decodeExit(this.#mbView, this.#mbBytes);
+    const answer = () => {
+      this.#pendingAnswer = undefined;
+      Atomics.store(this.#ctrl, W.mailbox, Mailbox.answered);
+      Atomics.notify(this.#ctrl, W.mailbox);
+    };
+    if (this.#pulling) {
+      // Pull mode: the vCPU resumes when the consumer asks for the next exit.
+      this.#pendingAnswer = answer;
+      this.#pushPull(exit);
+      return;
+    }
+    if (this.#exitObservers > 0) {
+      const holds: Array<PromiseLike<unknown>> = [];
+      attachHold(exit, holds);
+      try {
+        this.#exits.next(exit);
+        if (holds.length > 0) await Promise.all(holds);
+      } catch (e) {
+        this.#fail(e as Error);
+        return;
+      }
+      answer();
+      return;
+    }
+    this.#fail(new UnhandledExitError(exit, `${describeExit(exit)} (not handled by the worker pipeline, and nobody on the main thread handles exits)`));
+  }
+
+  #fail(e: Error): void {
+    this.#failure ??= e;
+    void this.stop();
+  }
+
+  /**
+   * The next exit handed to this thread (pull mode). The previous one is answered, and the vCPU
+   * resumes, when you call `next()` again. Resolves `{ done: true }` when the run ends.
+   */
+  next(): Promise<IteratorResult<VcpuExit>> {
+    this.#pulling = true;
+    if (this.#pendingAnswer) this.#pendingAnswer();
+    const queued = this.#pullQueue.shift();
+    if (queued) return Promise.resolve({ value: queued, done: false });
+    if (this.#ended) return Promise.resolve({ value: undefined, done: true });
+    return new Promise((resolve) => this.#pullWaiters.push(resolve));
+  }
+
+  /** `for await (const exit of run) { … }`: pull mode. Leaving the loop stops the run. */
+  [Symbol.asyncIterator](): AsyncIterator<VcpuExit> {
+    return {
+      next: () => this.next(),
+      return: async () => {
+        await this.stop();
+        return { value: undefined, done: true };
+      },
+    };
+  }
+
+  /**
+   * Stops the vCPU: sets the stop flag, kicks the thread out of KVM_RUN (immediate_exit + signal),
+   * and waits for the worker to release it. Resolves with the outcome (never rejects; the
+   * outcome's error, if any, stays on `done`).
+   */
+  async stop(): Promise<RunOutcome | undefined> {
+    if (!this.#stopping) {
+      this.#stopping = true;
+      Atomics.store(this.#ctrl, W.stop, 1);
+      Atomics.notify(this.#ctrl, W.mailbox);
+      Atomics.notify(this.#ctrl, W.ringRead);
+      try {
+        this.#port.postMessage({ type: 'stop' });
+      } catch {
+        /* the port is closed: the worker already ended */
+      }
+      this.kick();
+      if (this.#pendingAnswer) this.#pendingAnswer();
+    }
+    return this.done.catch(() => undefined);
+  }
+
+  /** @internal Synchronous kick (for process exit): stop flag + immediate_exit + signal. */
+  kick(): void {
+    Atomics.store(this.#ctrl, W.stop, 1);
+    if (this.#ended) return;
+    const thread = this.#tid[THREAD_SLOT]!;
+    let runAddress: bigint;
+    try {
+      runAddress = this.vcpu.getKvmRun().address;
+    } catch {
+      return; // the vCPU is closed
+    }
+    if (thread !== 0n && Atomics.load(this.#ctrl, W.state) === State.running) this.#backend.kick(thread, runAddress);
+    else this.vcpu.getKvmRun().immediateExit = 1;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
+  }
+}

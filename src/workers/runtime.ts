@@ -1,0 +1,168 @@
+/**
+ * `VcpuRuntime`: runs vCPUs on a piscina pool, one long-lived task (and so one thread) per vCPU.
+ *
+ * @module
+ */
+import { Piscina } from 'piscina';
+import { MessageChannel } from 'node:worker_threads';
+import { extname, isAbsolute, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { availableParallelism } from 'node:os';
+import { checkInt, checkObject, invalidValue } from '../abi/validate';
+import { VcpuRun } from '../observables/vcpu-run';
+import type { VcpuFd } from '../wrappers/vcpu-fd';
+import { SAB_BYTES, type PostedRange, type TaskOutcome, type VcpuTask } from './protocol';
+
+/** Options of {@link VcpuRuntime}. */
+export interface VcpuRuntimeOptions {
+  /** Threads, i.e. the most vCPUs that can run at once (default: the CPU count, at least 1). */
+  maxVcpus?: number;
+}
+
+/** Options of {@link VcpuRuntime.start}. */
+export interface StartOptions {
+  /**
+   * A module (absolute path or file URL) whose default export (or `pipelineExport`) is the
+   * pipeline `(exits$, ctx) => Observable`. It is loaded inside the vCPU's worker thread, so
+   * exits it handles never cross threads. Omit it to handle every exit on the main thread.
+   */
+  pipeline?: string | URL;
+  /** The named export to use instead of the default one. */
+  pipelineExport?: string;
+  /** Passed to the pipeline as `ctx.options` (structured-cloned). */
+  pipelineOptions?: unknown;
+  /**
+   * Port or MMIO ranges whose writes (IoOut/MmioWrite) need no answer: when the worker pipeline
+   * does not handle them, the vCPU resumes at once and they reach `exits$` in order, in batches.
+   */
+  posted?: PostedRange[];
+  /**
+   * Exits the worker pipeline does not handle: `'main'` hands them to `exits$` / `next()` on the
+   * main thread (the vCPU waits for the answer), `'error'` ends the run with
+   * `ERR_KVM_UNHANDLED_EXIT` (naming the exit, its port/address and RIP), `'ignore'` drops them
+   * (reads get all-ones). Default: `'main'` without a pipeline, `'error'` with one.
+   */
+  unhandled?: 'main' | 'error' | 'ignore';
+  /** Stops the run when aborted. */
+  signal?: AbortSignal;
+}
+
+function workerFile(): { filename: string; execArgv: string[] } {
+  const ext = extname(__filename);
+  const filename = join(__dirname, `vcpu-worker${ext}`);
+  // From TypeScript sources (tests, ts-node), the worker needs a TypeScript loader too.
+  return { filename, execArgv: ext === '.ts' ? ['-r', 'ts-node/register/transpile-only'] : [] };
+}
+
+/**
+ * A pool of vCPU threads. `start()` runs a vCPU on its own thread until its pipeline completes,
+ * it fails, or it is stopped; `close()` stops every vCPU and ends the threads. Process exit kicks
+ * every running vCPU, so a guest spinning in `jmp $` never keeps the process alive.
+ *
+ * @example
+ * ```ts
+ * const runtime = new VcpuRuntime({ maxVcpus: 2 });
+ * const run = runtime.start(vcpu, { pipeline: require.resolve('./devices'), signal: AbortSignal.timeout(5000) });
+ * run.monitor$.subscribe((e) => stats.count(e.kind));
+ * const outcome = await run.done;          // { reason: 'completed', exits: 42, lastExit: 'Hlt' }
+ * await runtime.close();
+ * ```
+ */
+export class VcpuRuntime implements AsyncDisposable {
+  readonly maxVcpus: number;
+  readonly #pool: Piscina;
+  readonly #runs = new Set<VcpuRun>();
+  #closed = false;
+  readonly #onExit = () => {
+    for (const r of this.#runs) r.kick();
+  };
+
+  constructor(options: VcpuRuntimeOptions = {}) {
+    checkObject('options', options);
+    this.maxVcpus = options.maxVcpus === undefined ? Math.max(1, availableParallelism()) : checkInt('options.maxVcpus', options.maxVcpus, 1, 1024);
+    const { filename, execArgv } = workerFile();
+    this.#pool = new Piscina({
+      filename,
+      execArgv,
+      minThreads: 0,
+      maxThreads: this.maxVcpus,
+      concurrentTasksPerWorker: 1,
+      idleTimeout: Infinity,
+      maxQueue: 0,
+      atomics: 'disabled',
+    });
+    process.on('exit', this.#onExit);
+  }
+
+  /** vCPUs running now. */
+  get active(): number {
+    return this.#runs.size;
+  }
+
+  /**
+   * Runs `vcpu` on a thread of its own. While it runs, the vCPU's ioctls from this thread throw
+   * `ERR_KVM_VCPU_RUNNING` (they would block the event loop on the kernel's vCPU mutex).
+   *
+   * @throws `Error` `ERR_KVM_RUNTIME_FULL` when `maxVcpus` vCPUs already run; `ERR_KVM_VCPU_RUNNING`
+   *   when this vCPU already runs; `ERR_KVM_CLOSED` for a closed vCPU or runtime
+   */
+  start(vcpu: VcpuFd, options: StartOptions = {}): VcpuRun {
+    checkObject('options', options);
+    if (this.#closed) throw Object.assign(new Error('VcpuRuntime is closed'), { code: 'ERR_KVM_CLOSED' });
+    if (vcpu.running) throw Object.assign(new Error(`vCPU ${vcpu.id} is already running`), { code: 'ERR_KVM_VCPU_RUNNING' });
+    if (this.#runs.size >= this.maxVcpus) {
+      throw Object.assign(new Error(`all ${this.maxVcpus} vCPU threads are busy`), { code: 'ERR_KVM_RUNTIME_FULL' });
+    }
+    if (vcpu.backend.kind !== 'native') invalidValue('vcpu', 'must use the native backend (the mock runs in-thread: see kvm-rx/testing)');
+    let pipeline: string | undefined;
+    if (options.pipeline !== undefined) {
+      const p = options.pipeline;
+      pipeline = p instanceof URL ? fileURLToPath(p) : typeof p === 'string' ? (isAbsolute(p) ? p : resolve(p)) : invalidValue('options.pipeline', 'must be a path or a file URL', p);
+    }
+    const unhandled = options.unhandled ?? (pipeline === undefined ? 'main' : 'error');
+    if (!['main', 'error', 'ignore'].includes(unhandled)) invalidValue('options.unhandled', "must be 'main', 'error' or 'ignore'", unhandled);
+    const vm = vcpu.vm;
+    const sab = new SharedArrayBuffer(SAB_BYTES);
+    const { port1, port2 } = new MessageChannel();
+    const task: VcpuTask = {
+      sab,
+      vmFd: vm.asRawFd(),
+      vcpuFd: vcpu.asRawFd(),
+      vcpuId: vcpu.id,
+      runSize: vm.runSize(),
+      slots: vm.memorySlots(),
+      pipeline,
+      pipelineExport: options.pipelineExport,
+      options: options.pipelineOptions,
+      posted: options.posted ?? [],
+      unhandled,
+      port: port2,
+    };
+    vcpu.setOwner(`a VcpuRuntime worker thread`);
+    let result: Promise<TaskOutcome>;
+    try {
+      result = this.#pool.run(task, { transferList: [port2] }) as Promise<TaskOutcome>;
+    } catch (e) {
+      vcpu.setOwner(undefined);
+      throw e;
+    }
+    const run = new VcpuRun(vcpu, sab, port1, result, options.signal);
+    this.#runs.add(run);
+    const release = () => this.#runs.delete(run);
+    run.done.then(release, release);
+    return run;
+  }
+
+  /** Stops every running vCPU and ends the threads. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await Promise.all([...this.#runs].map((r) => r.stop()));
+    process.off('exit', this.#onExit);
+    await this.#pool.destroy();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

@@ -1,0 +1,285 @@
+/**
+ * The vCPU worker: one long-lived piscina task per vCPU runs `KVM_RUN` in a loop on this thread,
+ * pushes every exit through the user's pipeline here (no thread hop for exits handled in
+ * JavaScript), and hands only posted writes and unhandled exits to the main thread.
+ *
+ * Not imported by users: the runtime (`runtime.ts`) points piscina at this file.
+ *
+ * @module
+ */
+import { Subject, type Observable } from 'rxjs';
+import { MessagePort } from 'node:worker_threads';
+import { KvmError } from '../abi/errors';
+import { nativeBackend } from '../backend/native';
+import { GuestMemory, GuestMemoryMap } from '../wrappers/guest-memory';
+import { RUN } from '../wrappers/kvm-run';
+import { VCPU_EXIT_KINDS, type VcpuExit } from '../wrappers/vcpu-exit';
+import type { VcpuFd } from '../wrappers/vcpu-fd';
+import { VmFd } from '../wrappers/vm-fd';
+import { attachHold } from '../operators/hold';
+import { describeExit, UnhandledExitError } from './describe';
+import {
+  CONTROL_BYTES, MAILBOX_BYTES, MAILBOX_OFFSET, Mailbox, R, RECORD_BYTES, RECORD_DATA_BYTES, RING_OFFSET,
+  RING_RECORDS, Rec, State, THREAD_SLOT, W, Where, type PostedRange, type TaskOutcome, type VcpuTask,
+} from './protocol';
+
+/** What a pipeline gets besides the exits. */
+export interface VcpuContext {
+  /** The vCPU id. */
+  readonly vcpuId: number;
+  /** The vCPU, usable between exits (this thread owns it): `ctx.vcpu.getRegs()`. */
+  readonly vcpu: VcpuFd;
+  /** The VM (e.g. `ctx.vm.setIrqLine(4, true)`). */
+  readonly vm: VmFd;
+  /** Guest memory, by guest-physical address. */
+  readonly memory: GuestMemoryMap;
+  /** `pipelineOptions` given to `runtime.start()`. */
+  readonly options: unknown;
+  /** Sends a value to the main thread's `run.events$` (structured-cloned). */
+  emit(channel: string, data: unknown): void;
+  /** Aborted when the run stops. */
+  readonly signal: AbortSignal;
+}
+
+/** The shape of a pipeline module's export. */
+export type VcpuPipeline = (exits$: Observable<VcpuExit>, ctx: VcpuContext) => Observable<unknown>;
+
+function isPosted(exit: VcpuExit, posted: PostedRange[]): boolean {
+  if (exit.kind === 'IoOut') {
+    if (exit.data.length > RECORD_DATA_BYTES) return false;
+    return posted.some((p) => 'port' in p && exit.port >= p.port && exit.port <= (p.to ?? p.port));
+  }
+  if (exit.kind === 'MmioWrite') {
+    return posted.some((p) => 'mmio' in p && exit.addr >= p.mmio && exit.addr < p.mmio + BigInt(p.size));
+  }
+  return false;
+}
+
+function serializeError(e: unknown): TaskOutcome['error'] {
+  if (e instanceof Error) {
+    const props: Record<string, unknown> = {};
+    for (const k of Object.keys(e)) {
+      const v = (e as unknown as Record<string, unknown>)[k];
+      if (['string', 'number', 'boolean', 'bigint'].includes(typeof v)) props[k] = v;
+    }
+    return { name: e.name, message: e.message, code: (e as { code?: string }).code, stack: e.stack, props };
+  }
+  return { name: 'Error', message: String(e) };
+}
+
+async function loadPipeline(path: string, exportName: string | undefined): Promise<VcpuPipeline> {
+  let mod: Record<string, unknown>;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    mod = require(path) as Record<string, unknown>;
+  } catch (e) {
+    if ((e as { code?: string }).code !== 'ERR_REQUIRE_ESM') throw e;
+    const dynamicImport = new Function('s', 'return import(s)') as (s: string) => Promise<Record<string, unknown>>;
+    mod = await dynamicImport(path);
+  }
+  const fn = exportName !== undefined ? mod[exportName] : (mod.default ?? mod.pipeline);
+  if (typeof fn !== 'function') {
+    throw new TypeError(`pipeline module ${path} has no ${exportName ?? 'default'} export that is a function`);
+  }
+  return fn as VcpuPipeline;
+}
+
+/** The piscina task: runs one vCPU until its pipeline completes, it fails, or it is stopped. */
+export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
+  const backend = nativeBackend();
+  backend.kickSignal();
+  const ctrl = new Int32Array(task.sab, 0, CONTROL_BYTES / 4);
+  const tid = new BigInt64Array(task.sab, 0, CONTROL_BYTES / 8);
+  const ring = new DataView(task.sab, RING_OFFSET, RING_RECORDS * RECORD_BYTES);
+  const ringBytes = new Uint8Array(task.sab, RING_OFFSET, RING_RECORDS * RECORD_BYTES);
+  const mailbox = new Uint8Array(task.sab, MAILBOX_OFFSET, MAILBOX_BYTES);
+  const port = task.port as MessagePort;
+  const abort = new AbortController();
+  let stopResolve: () => void = () => undefined;
+  const stopped = new Promise<void>((r) => (stopResolve = r));
+  port.on('message', (m: { type?: string }) => {
+    if (m?.type === 'stop') stopResolve();
+  });
+  const stopRequested = () => Atomics.load(ctrl, W.stop) !== 0;
+  const ring_doorbell = () => {
+    Atomics.add(ctrl, W.doorbell, 1);
+    Atomics.notify(ctrl, W.doorbell);
+  };
+
+  tid[THREAD_SLOT] = backend.threadSelf();
+  const vm = VmFd.borrow(backend, task.vmFd, task.runSize);
+  const memories: GuestMemory[] = [];
+  const outcome: TaskOutcome = { reason: 'stopped', exits: 0 };
+  try {
+    const vcpu = vm.borrowVcpu(task.vcpuFd, task.vcpuId);
+    const run = vcpu.getKvmRun();
+    const runBytes = run.bytes;
+    const memory = new GuestMemoryMap();
+    for (const s of task.slots) {
+      const m = GuestMemory.borrow(backend, s.hostAddress, s.size);
+      memories.push(m);
+      memory.add({ guestPhysAddr: s.guestPhysAddr, memory: m });
+    }
+    const ctx: VcpuContext = {
+      vcpuId: task.vcpuId,
+      vcpu,
+      vm,
+      memory,
+      options: task.options,
+      emit: (channel, data) => port.postMessage({ type: 'emit', channel, data }),
+      signal: abort.signal,
+    };
+
+    const exits = new Subject<VcpuExit>();
+    let unhandled: VcpuExit | undefined;
+    let failure: unknown;
+    let completed = false;
+    const source = exits.asObservable();
+    const pipeline = task.pipeline !== undefined ? await loadPipeline(task.pipeline, task.pipelineExport) : undefined;
+    const out$ = pipeline ? pipeline(source, ctx) : source;
+    const sub = out$.subscribe({
+      next: (v) => {
+        if (v !== null && typeof v === 'object' && 'kind' in v) unhandled = v as VcpuExit;
+      },
+      error: (e: unknown) => {
+        failure = e;
+      },
+      complete: () => {
+        completed = true;
+      },
+    });
+
+    const writeRecord = (kind: number, where: number, exit: VcpuExit) => {
+      for (;;) {
+        const w = Atomics.load(ctrl, W.ringWrite);
+        const r = Atomics.load(ctrl, W.ringRead);
+        if (w - r < RING_RECORDS) break;
+        if (stopRequested()) return;
+        Atomics.wait(ctrl, W.ringRead, r, 50); // the ring is full: wait for the main thread to drain it
+      }
+      const w = Atomics.load(ctrl, W.ringWrite);
+      const at = (w % RING_RECORDS) * RECORD_BYTES;
+      ringBytes.fill(0, at, at + RECORD_BYTES);
+      ring.setUint8(at + R.kind, kind);
+      ring.setUint8(at + R.where, where);
+      ring.setUint32(at + R.reason, VCPU_EXIT_KINDS.indexOf(exit.kind), true);
+      let data: Uint8Array | undefined;
+      if (exit.kind === 'IoOut' || exit.kind === 'IoIn') {
+        ring.setUint8(at + R.size, exit.size);
+        ring.setUint16(at + R.port, exit.port, true);
+        ring.setUint32(at + R.count, exit.count, true);
+        data = exit.data;
+      } else if (exit.kind === 'MmioWrite' || exit.kind === 'MmioRead') {
+        ring.setUint8(at + R.size, exit.data.length);
+        ring.setBigUint64(at + R.addr, exit.addr, true);
+        data = exit.data;
+      }
+      if (data !== undefined) {
+        const n = Math.min(data.length, RECORD_DATA_BYTES);
+        ring.setUint8(at + R.len, n);
+        ringBytes.set(data.subarray(0, n), at + R.data);
+      }
+      Atomics.store(ctrl, W.ringWrite, w + 1);
+      ring_doorbell();
+    };
+
+    // Hands the exit to the main thread and sleeps until it is answered (or the run stops).
+    const handToMain = (exit: VcpuExit): boolean => {
+      mailbox.fill(0, 0, RUN.syncRegs);
+      mailbox.set(runBytes.subarray(0, RUN.syncRegs), 0);
+      if (exit.kind === 'IoIn' || exit.kind === 'IoOut') {
+        mailbox.set(exit.data, exit.data.byteOffset - runBytes.byteOffset);
+      }
+      Atomics.store(ctrl, W.mailbox, Mailbox.posted);
+      ring_doorbell();
+      while (Atomics.load(ctrl, W.mailbox) === Mailbox.posted) {
+        if (stopRequested()) return false;
+        Atomics.wait(ctrl, W.mailbox, Mailbox.posted, 100);
+      }
+      // Copy the answer back: the exit union (MMIO data, hypercall ret, MSR data/error) and PIO data.
+      runBytes.set(mailbox.subarray(RUN.exit, RUN.kvmValidRegs), RUN.exit);
+      if (exit.kind === 'IoIn') {
+        const off = exit.data.byteOffset - runBytes.byteOffset;
+        exit.data.set(mailbox.subarray(off, off + exit.data.length));
+      }
+      Atomics.store(ctrl, W.mailbox, Mailbox.empty);
+      return true;
+    };
+
+    Atomics.store(ctrl, W.state, State.running);
+    ring_doorbell();
+
+    for (;;) {
+      if (stopRequested()) break;
+      let exit: VcpuExit;
+      try {
+        exit = vcpu.run();
+      } catch (e) {
+        if (e instanceof KvmError && e.code === 'EINTR') {
+          run.immediateExit = 0;
+          if (stopRequested()) break;
+          continue; // a stray signal: go back into the guest
+        }
+        throw e;
+      }
+      outcome.exits++;
+      outcome.lastExit = exit.kind;
+      Atomics.add(ctrl, W.exits, 1);
+      const holds: Array<PromiseLike<unknown>> = [];
+      attachHold(exit, holds);
+      unhandled = undefined;
+      exits.next(exit);
+      if (holds.length > 0) {
+        let stoppedWhileHeld = false;
+        await Promise.race([Promise.all(holds), stopped.then(() => (stoppedWhileHeld = true))]);
+        if (stoppedWhileHeld) break;
+      }
+      if (failure !== undefined) throw failure;
+      let where: number = Where.worker;
+      if (unhandled !== undefined) {
+        if (isPosted(exit, task.posted)) {
+          writeRecord(exit.kind === 'IoOut' ? Rec.postedIo : Rec.postedMmio, Where.posted, exit);
+          where = Where.posted;
+        } else if (task.unhandled === 'main') {
+          if (Atomics.load(ctrl, W.monitor) !== 0) writeRecord(Rec.monitor, Where.main, exit);
+          if (!handToMain(exit)) break;
+          if (completed) {
+            outcome.reason = 'completed';
+            break;
+          }
+          continue;
+        } else if (task.unhandled === 'ignore') {
+          if (exit.kind === 'IoIn' || exit.kind === 'MmioRead') exit.data.fill(0xff);
+          where = Where.unhandled;
+        } else {
+          throw new UnhandledExitError(exit, describeExit(exit) + `, rip 0x${vcpu.getRegs().rip.toString(16)}`);
+        }
+      }
+      if (Atomics.load(ctrl, W.monitor) !== 0) writeRecord(Rec.monitor, where, exit);
+      if (completed) {
+        outcome.reason = 'completed';
+        break;
+      }
+    }
+    sub.unsubscribe();
+    if (outcome.reason !== 'completed') outcome.reason = 'stopped';
+  } catch (e) {
+    outcome.reason = 'error';
+    outcome.error = serializeError(e);
+  } finally {
+    abort.abort();
+    // Leave immediate_exit at 0 for whoever runs this vCPU next, then release this thread's views.
+    try {
+      vm.close();
+    } catch {
+      /* the views are gone either way */
+    }
+    for (const m of memories) m.close();
+    port.close();
+    Atomics.store(ctrl, W.state, State.ended);
+    Atomics.add(ctrl, W.doorbell, 1);
+    Atomics.notify(ctrl, W.doorbell);
+    Atomics.notify(ctrl, W.mailbox);
+  }
+  return outcome;
+}
