@@ -77,21 +77,31 @@ class Addon : public Napi::Addon<Addon> {
                   const char* path = nullptr) {
     if (kvmError_.IsEmpty()) {
       std::string msg = std::string(syscall) + ": " + strerror(err);
-      Napi::Error::New(env, msg).ThrowAsJavaScriptException();
+      napi_throw_error(env, nullptr, msg.c_str());  // may fail while the env terminates: ignored
       return;
     }
-    Napi::Object opts = Napi::Object::New(env);
-    if (request != nullptr) opts.Set("request", request);
-    if (path != nullptr) opts.Set("path", path);
-    Napi::Value e = kvmError_.New({Napi::Number::New(env, err), Napi::String::New(env, syscall), opts});
-    if (env.IsExceptionPending()) return;
-    Napi::Error(env, e).ThrowAsJavaScriptException();
+    // Raw napi calls only: node-addon-api's helpers abort the process when a call fails, which
+    // happens while a worker terminates.
+    napi_value opts, errnoValue, syscallValue, v;
+    if (napi_create_object(env, &opts) != napi_ok) return;
+    if (request != nullptr && napi_create_string_utf8(env, request, NAPI_AUTO_LENGTH, &v) == napi_ok) {
+      napi_set_named_property(env, opts, "request", v);
+    }
+    if (path != nullptr && napi_create_string_utf8(env, path, NAPI_AUTO_LENGTH, &v) == napi_ok) {
+      napi_set_named_property(env, opts, "path", v);
+    }
+    if (napi_create_int32(env, err, &errnoValue) != napi_ok) return;
+    if (napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscallValue) != napi_ok) return;
+    napi_value args[3] = {errnoValue, syscallValue, opts};
+    napi_value e;
+    // While a worker terminates (process exit), constructing or throwing can fail; the thread is
+    // going away, so the failure is ignored instead of aborting the process.
+    if (napi_new_instance(env, kvmError_.Value(), 3, args, &e) != napi_ok) return;
+    napi_throw(env, e);
   }
 
   static void ThrowType(Napi::Env env, const char* msg) {
-    Napi::TypeError e = Napi::TypeError::New(env, msg);
-    e.Set("code", "ERR_INVALID_ARG_TYPE");
-    e.ThrowAsJavaScriptException();
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
   }
 
   static bool GetInt(const Napi::CallbackInfo& info, size_t i, int64_t* out) {
@@ -334,7 +344,7 @@ class Addon : public Napi::Addon<Addon> {
         env, reinterpret_cast<void*>(static_cast<uintptr_t>(addr)), static_cast<size_t>(length),
         [](napi_env, void*, void*) {}, nullptr, &ab);
     if (s != napi_ok) {
-      Napi::Error::New(env, "napi_create_external_arraybuffer failed").ThrowAsJavaScriptException();
+      napi_throw_error(env, nullptr, "napi_create_external_arraybuffer failed");
       return env.Undefined();
     }
     return Napi::Value(env, ab);
@@ -348,7 +358,7 @@ class Addon : public Napi::Addon<Addon> {
     }
     napi_status s = napi_detach_arraybuffer(env, info[0]);
     if (s != napi_ok) {
-      Napi::Error::New(env, "napi_detach_arraybuffer failed").ThrowAsJavaScriptException();
+      napi_throw_error(env, nullptr, "napi_detach_arraybuffer failed");
     }
     return env.Undefined();
   }
@@ -446,7 +456,7 @@ class Addon : public Napi::Addon<Addon> {
     }
     uv_loop_t* loop = nullptr;
     if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
-      Napi::Error::New(env, "no event loop").ThrowAsJavaScriptException();
+      napi_throw_error(env, nullptr, "no event loop");
       return env.Undefined();
     }
     Watcher* w = new Watcher();

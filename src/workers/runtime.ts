@@ -88,7 +88,7 @@ export class VcpuRuntime implements AsyncDisposable {
       maxThreads: this.maxVcpus,
       concurrentTasksPerWorker: 1,
       idleTimeout: Infinity,
-      maxQueue: 0,
+      maxQueue: this.maxVcpus,
       atomics: 'disabled',
     });
     process.on('exit', this.#onExit);

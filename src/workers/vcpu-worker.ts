@@ -255,7 +255,8 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
           throw new UnhandledExitError(exit, describeExit(exit) + `, rip 0x${vcpu.getRegs().rip.toString(16)}`);
         }
       }
-      if (Atomics.load(ctrl, W.monitor) !== 0) writeRecord(Rec.monitor, where, exit);
+      // A posted record already tells the monitor about this exit.
+      if (where !== Where.posted && Atomics.load(ctrl, W.monitor) !== 0) writeRecord(Rec.monitor, where, exit);
       if (completed) {
         outcome.reason = 'completed';
         break;

@@ -1,0 +1,109 @@
+/**
+ * The runtime under concurrency and at process exit, on the real kernel.
+ */
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { VcpuRuntime } from '../../src/workers/runtime';
+import { GuestMemory } from '../../src/wrappers/guest-memory';
+import { Kvm } from '../../src/wrappers/kvm';
+import type { VcpuFd } from '../../src/wrappers/vcpu-fd';
+import type { VmFd } from '../../src/wrappers/vm-fd';
+import { describeKvm } from '../helpers/kvm';
+
+function realMode(vcpu: VcpuFd, rip: bigint): VcpuFd {
+  const sregs = vcpu.getSregs();
+  sregs.cs.base = 0n;
+  sregs.cs.selector = 0;
+  vcpu.setSregs(sregs);
+  vcpu.setRegs({ rip, rflags: 2n });
+  return vcpu;
+}
+
+// Each vCPU writes its id (from BL) to port 0x10 `count` times, then halts:
+//   mov $count, %cx ; 1: mov %bl, %al ; out %al, $0x10 ; loop 1b ; hlt
+function counterGuest(count: number): Uint8Array {
+  return Uint8Array.of(0xb9, count & 0xff, count >> 8, 0x88, 0xd8, 0xe6, 0x10, 0xe2, 0xfa, 0xf4);
+}
+
+describeKvm('VcpuRuntime under load', () => {
+  it('runs 2 VMs x 2 vCPUs at once, each exit stream in its own order', async () => {
+    const runtime = new VcpuRuntime({ maxVcpus: 4 });
+    const kvm = new Kvm();
+    const mems: GuestMemory[] = [];
+    const vms: VmFd[] = [];
+    try {
+      const runs = [];
+      for (let v = 0; v < 2; v++) {
+        const vm = kvm.createVm();
+        vms.push(vm);
+        const mem = GuestMemory.anonymous(0x1000);
+        mems.push(mem);
+        mem.bytes.set(counterGuest(300), 0);
+        vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x0n, memory: mem });
+        for (let c = 0; c < 2; c++) {
+          const vcpu = realMode(vm.createVcpu(c), 0n);
+          vcpu.setRegs({ ...vcpu.getRegs(), rbx: BigInt(v * 2 + c + 1) });
+          const run = runtime.start(vcpu, { posted: [{ port: 0x10 }] });
+          const seen: number[] = [];
+          run.exits$.subscribe((e) => {
+            if (e.kind === 'IoOut') seen.push(e.data[0]!);
+            if (e.kind === 'Hlt') void run.stop();
+          });
+          runs.push({ run, seen, id: v * 2 + c + 1 });
+        }
+      }
+      await Promise.all(runs.map((r) => r.run.done));
+      for (const r of runs) {
+        expect(r.seen.length).toBe(300);
+        expect(r.seen.every((x) => x === r.id)).toBe(true);
+      }
+    } finally {
+      kvm.close();
+      for (const m of mems) m.close();
+      await runtime.close();
+    }
+  });
+
+  it('reports every exit on monitor$ with where it was handled, and posts writes in order', async () => {
+    const runtime = new VcpuRuntime({ maxVcpus: 1 });
+    const kvm = new Kvm();
+    const mem = GuestMemory.anonymous(0x1000);
+    try {
+      const vm = kvm.createVm();
+      // out %al,$0x10 ; in $0x11,%al ; out %al,$0x10 ; hlt  (al = 7 at start)
+      mem.bytes.set([0xe6, 0x10, 0xe4, 0x11, 0xe6, 0x10, 0xf4]);
+      vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
+      const vcpu = realMode(vm.createVcpu(0), 0n);
+      vcpu.setRegs({ ...vcpu.getRegs(), rax: 7n });
+      const run = runtime.start(vcpu, { posted: [{ port: 0x10 }] });
+      const monitored: string[] = [];
+      const handled: string[] = [];
+      run.monitor$.subscribe((r) => monitored.push(`${r.kind}@${r.where}`));
+      run.exits$.subscribe((e) => {
+        handled.push(e.kind === 'IoOut' ? `out ${e.data[0]}` : e.kind);
+        if (e.kind === 'IoIn') e.data[0] = 9;
+        if (e.kind === 'Hlt') void run.stop();
+      });
+      await run.done;
+      expect(handled).toEqual(['out 7', 'IoIn', 'out 9', 'Hlt']);
+      expect(monitored).toEqual(['IoOut@posted', 'IoIn@main', 'IoOut@posted', 'Hlt@main']);
+    } finally {
+      kvm.close();
+      mem.close();
+      await runtime.close();
+    }
+  });
+
+  it('exits promptly when the process exits with a vCPU inside KVM_RUN', () => {
+    const started = Date.now();
+    const r = spawnSync(process.execPath, ['-r', 'ts-node/register/transpile-only', join(__dirname, '../fixtures/exit-with-running-vcpu.ts')], {
+      cwd: join(__dirname, '../..'),
+      timeout: 20_000,
+      encoding: 'utf8',
+    });
+    expect(r.signal).toBeNull(); // not killed by the timeout
+    expect(r.stdout).toContain('exiting');
+    expect(r.status).toBe(0);
+    expect(Date.now() - started).toBeLessThan(20_000);
+  });
+});
