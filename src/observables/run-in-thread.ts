@@ -1,0 +1,116 @@
+/**
+ * Running a vCPU on the calling thread: the synchronous `vcpuExits()` Observable and the
+ * `runInThread()` runner. They work on either backend; with the mock they are how pipelines are
+ * tested without threads (marble tests included).
+ *
+ * @module
+ */
+import { Observable, Subject } from 'rxjs';
+import { attachHold } from '../operators/hold';
+import type { VcpuExit } from '../wrappers/vcpu-exit';
+import type { VcpuFd } from '../wrappers/vcpu-fd';
+import { UnhandledExitError, describeExit } from '../workers/describe';
+import type { VcpuContext, VcpuPipeline } from '../workers/vcpu-worker';
+import type { RunOutcome } from './vcpu-run';
+
+/**
+ * A cold Observable of a vCPU's exits, run synchronously on the subscribing thread: each
+ * subscription calls `vcpu.run()` in a loop and emits every exit, until it unsubscribes (e.g.
+ * through `takeWhile`) or `run()` throws. Answers written into an exit during `next()` reach the
+ * guest on the following `run()`. Async holds are not possible here (use {@link runInThread}).
+ *
+ * @example
+ * ```ts
+ * vcpuExits(vcpu).pipe(onIoIn(0x3f8, () => 0x42), takeWhile((e) => e.kind !== 'Hlt')).subscribe();
+ * ```
+ */
+export function vcpuExits(vcpu: VcpuFd): Observable<VcpuExit> {
+  return new Observable<VcpuExit>((subscriber) => {
+    while (!subscriber.closed) {
+      let exit: VcpuExit;
+      try {
+        exit = vcpu.run();
+      } catch (e) {
+        subscriber.error(e);
+        break;
+      }
+      subscriber.next(exit);
+    }
+  });
+}
+
+/** Options of {@link runInThread}. */
+export interface InThreadOptions {
+  /** Given to the pipeline as `ctx.options`. */
+  options?: unknown;
+  /** What to do with exits the pipeline leaves: `'error'` (default) or `'ignore'` (reads get all-ones). */
+  unhandled?: 'error' | 'ignore';
+  /** Stops the run (checked between exits). */
+  signal?: AbortSignal;
+  /** Receives `ctx.emit(channel, data)`. */
+  onEmit?: (channel: string, data: unknown) => void;
+}
+
+/**
+ * Runs `vcpu` through `pipeline` on this thread, with the same rules as the worker runtime: the
+ * vCPU resumes only after every handler (sync or held) has finished; an exit nobody handles is an
+ * error naming it. Resolves when the pipeline completes or `signal` aborts.
+ *
+ * @example
+ * ```ts
+ * const backend = new MockBackend();
+ * backend.vcpu(0).script([ioIn(0x3f8), hlt()]);
+ * const outcome = await runInThread(vcpu, (exits$) => exits$.pipe(onIoIn(0x3f8, () => 0x42), untilHalt()));
+ * ```
+ */
+export async function runInThread(vcpu: VcpuFd, pipeline: VcpuPipeline, opts: InThreadOptions = {}): Promise<RunOutcome> {
+  const abort = new AbortController();
+  const ctx: VcpuContext = {
+    vcpuId: vcpu.id,
+    vcpu,
+    vm: vcpu.vm,
+    memory: vcpu.vm.guestMemory,
+    options: opts.options,
+    emit: (channel, data) => opts.onEmit?.(channel, data),
+    signal: abort.signal,
+  };
+  const exits = new Subject<VcpuExit>();
+  let unhandled: VcpuExit | undefined;
+  const state: { failure?: { error: unknown } } = {};
+  let completed = false;
+  const sub = pipeline(exits.asObservable(), ctx).subscribe({
+    next: (v) => {
+      if (v !== null && typeof v === 'object' && 'kind' in v) unhandled = v as VcpuExit;
+    },
+    error: (e: unknown) => (state.failure = { error: e }),
+    complete: () => (completed = true),
+  });
+  const outcome: RunOutcome = { reason: 'stopped', exits: 0 };
+  try {
+    while (!completed && !opts.signal?.aborted) {
+      if (state.failure) throw state.failure.error;
+      const exit = vcpu.run();
+      outcome.exits++;
+      outcome.lastExit = exit.kind;
+      const holds: Array<PromiseLike<unknown>> = [];
+      attachHold(exit, holds);
+      unhandled = undefined;
+      exits.next(exit);
+      if (holds.length > 0) await Promise.all(holds);
+      const failedLate = state.failure as { error: unknown } | undefined;
+      if (failedLate) throw failedLate.error;
+      if (unhandled !== undefined) {
+        if (opts.unhandled === 'ignore') {
+          if (exit.kind === 'IoIn' || exit.kind === 'MmioRead') exit.data.fill(0xff);
+        } else {
+          throw new UnhandledExitError(exit, `${describeExit(exit)}, rip 0x${vcpu.getRegs().rip.toString(16)}`);
+        }
+      }
+    }
+    if (completed) outcome.reason = 'completed';
+    return outcome;
+  } finally {
+    abort.abort();
+    sub.unsubscribe();
+  }
+}
