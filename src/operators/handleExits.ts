@@ -157,7 +157,8 @@ export function handleExits<E extends VcpuExit, A, R>(
               inner.add(
                 result.subscribe({
                   next: (value) => {
-                    if (answer === undefined) return;
+                    // `inner.closed`: a synchronous source may emit again before subscribe() returns
+                    if (answer === undefined || inner.closed) return;
                     try {
                       answer(e, value);
                     } catch (err) {
