@@ -30,3 +30,4 @@ export type * from './wrappers/vcpu-exit';
 export const KVM_MEM_LOG_DIRTY_PAGES = constants.KVM_MEM_LOG_DIRTY_PAGES;
 /** `KVM_MEM_READONLY`: guest writes to the slot exit as MMIO. */
 export const KVM_MEM_READONLY = constants.KVM_MEM_READONLY;
+export * from './operators/index';
