@@ -6,6 +6,7 @@
  * @module
  */
 import { decodeStruct, dv, offsetOf, structBytes } from '../../abi/codec';
+import { KvmError } from '../../abi/errors';
 import { ioctls, kvm } from '../../abi/kvm-constants';
 import {
   kvm_clock_data, kvm_create_device, kvm_create_guest_memfd, kvm_ioeventfd, kvm_irq_level, kvm_irq_routing,
@@ -146,8 +147,12 @@ function userMemoryRegion2(ctx: MockContext, f: VmFile, arg: IoctlArg): number {
     slot: r.slot, flags: r.flags & ~kvm.KVM_MEM_GUEST_MEMFD, guestPhysAddr: r.guestPhysAddr,
     memorySize: r.memorySize, userspaceAddr: r.userspaceAddr,
   });
-  const v1Handler = vmIrqIoctls.v1;
-  v1Handler(ctx, f, v1);
+  try {
+    vmIrqIoctls.v1(ctx, f, v1);
+  } catch (e) {
+    if (e instanceof KvmError) fail(e.code, R, e.message);
+    throw e;
+  }
   const i = bindings.findIndex((b) => b.slot === r.slot);
   if (i >= 0 && r.memorySize === 0n) bindings.splice(i, 1);
   const s = f.vm.slots.get(r.slot);
