@@ -31,3 +31,15 @@ export const KVM_MEM_LOG_DIRTY_PAGES = constants.KVM_MEM_LOG_DIRTY_PAGES;
 /** `KVM_MEM_READONLY`: guest writes to the slot exit as MMIO. */
 export const KVM_MEM_READONLY = constants.KVM_MEM_READONLY;
 export * from './operators/index';
+// @section exports: VM interrupts, events and devices
+export { DeviceFd } from './wrappers/device-fd';
+export type { DeviceAttr } from './wrappers/device-fd';
+export { EventFd, AbortError } from './wrappers/event-fd';
+export type { EventFdOptions } from './wrappers/event-fd';
+export { IoEventAddress, NoDatamatch, Datamatch } from './wrappers/io-event';
+export type { IoEventDatamatch } from './wrappers/io-event';
+export { GuestMemfd } from './wrappers/guest-memfd';
+export { MsrFilterDefaultAction, MsrFilterRangeFlags } from './wrappers/vm-args';
+export type { CreateDeviceInput, IrqRoutingEntry, IrqchipInput, MsrFilterRange, UserMemoryRegion2 } from './wrappers/vm-args';
+/** `KVM_MEM_GUEST_MEMFD`: the slot's private memory comes from a guest_memfd (`VmFd#setUserMemoryRegion2`). */
+export const KVM_MEM_GUEST_MEMFD = constants.KVM_MEM_GUEST_MEMFD;

@@ -28,6 +28,7 @@ export const systemIoctls: Record<number, MockIoctl<SystemFile>> = {
     const type = argInt(arg);
     if (type !== 0n) fail('EINVAL', 'KVM_CREATE_VM');
     const vm: MockVm = { fd: -1, type, slots: new Map(), vcpus: new Map(), extra: new Map() };
+    vm.extra.set('createdAt', process.hrtime.bigint()); // kvmclock counts from VM creation
     vm.fd = ctx.install({ kind: 'vm', vm });
     return vm.fd;
   },

@@ -7,6 +7,7 @@ import { decodeStruct, dv, structBytes } from '../../abi/codec';
 import { ioctls, kvm } from '../../abi/kvm-constants';
 import { kvm_dirty_log, kvm_regs, kvm_sregs, kvm_userspace_memory_region, type KvmDirtyLog, type KvmUserspaceMemoryRegion } from '../../abi/layouts';
 import { checkExtension } from './system';
+import { deviceMemoryIoctls, interruptIoctls, vmIrqIoctls, x86PlatformIoctls } from './vm-irq';
 import { argInt, fail, type MockContext, type MockFile, type MockIoctl, type MockVcpu, type MockVm } from './state';
 
 type VmFile = Extract<MockFile, { kind: 'vm' }>;
@@ -114,6 +115,10 @@ export const vmIoctls: Record<number, MockIoctl<VmFile>> = {
     return 0;
   },
   // @section x86 platform
+  ...x86PlatformIoctls,
   // @section interrupts and events
+  ...interruptIoctls,
   // @section devices and memory
+  ...deviceMemoryIoctls,
 };
+vmIrqIoctls.v1 = vmIoctls[ioctls.KVM_SET_USER_MEMORY_REGION]!;
