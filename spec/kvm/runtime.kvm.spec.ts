@@ -64,6 +64,19 @@ describeKvm('VcpuRuntime', () => {
     expect(vcpu.getRegs().rax & 0xffn).toBe(0x42n);
   });
 
+  it('runs device operators composed as a pipeline in the worker', async () => {
+    const vcpu = realModeGuest(vm, mem, SEED_GUEST);
+    const run = runtime.start(vcpu, { pipeline: join(__dirname, '../fixtures/operator-pipeline.ts') });
+    const events = firstValueFrom(run.events$.pipe(toArray()));
+    expect(await run.done).toEqual({ reason: 'completed', exits: 5, lastExit: 'Hlt' });
+    expect(await events).toEqual([
+      { channel: 'serial', data: '5' },
+      { channel: 'mmio', data: { offset: 0, value: 0 } },
+    ]);
+    const regs = vcpu.getRegs();
+    expect([regs.rax & 0xffn, regs.rdx & 0xffn]).toEqual([0x61n, 0x62n]);
+  });
+
   it('holds the vCPU until an async handler settles', async () => {
     const vcpu = realModeGuest(vm, mem, SEED_GUEST);
     const run = runtime.start(vcpu, { pipeline: PIPELINE, pipelineOptions: { asyncIn: 0x5a } });

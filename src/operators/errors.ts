@@ -48,9 +48,12 @@ export class UnhandledExitError extends Error {
   /** The exit nobody handled. */
   readonly exit: VcpuExit;
 
-  /** @param exit - the exit nobody handled */
-  constructor(exit: VcpuExit) {
-    super(`unhandled ${describeExit(exit)}`);
+  /**
+   * @param exit - the exit nobody handled
+   * @param detail - the description (default: {@link describeExit}; runners append the RIP)
+   */
+  constructor(exit: VcpuExit, detail: string = describeExit(exit)) {
+    super(`unhandled ${detail}`);
     this.name = 'UnhandledExitError';
     this.exit = exit;
   }
