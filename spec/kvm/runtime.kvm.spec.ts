@@ -108,6 +108,7 @@ describeKvm('VcpuRuntime', () => {
     for await (const exit of run) {
       seen.push(exit.kind);
       if (exit.kind === 'IoIn') exit.data[0] = 0x44;
+      if (exit.kind === 'MmioRead') expect(vcpu.getRegs().rax & 0xffn).toBe(0x44n); // stopped at an exit: allowed
       if (exit.kind === 'Hlt') break; // leaving the loop stops the run
     }
     expect(seen).toEqual(['IoOut', 'IoIn', 'MmioWrite', 'MmioRead', 'Hlt']);

@@ -241,7 +241,11 @@ export class VcpuRun implements AsyncDisposable {
 
   async #handleMailbox(): Promise<void> {
     const exit = decodeExit(this.#mbView, this.#mbBytes);
+    // The vCPU is stopped at this exit and its thread sleeps until the answer: register access
+    // from this thread cannot block, so it is allowed until the answer is sent.
+    this.vcpu.setOwner(undefined);
     const answer = () => {
+      this.vcpu.setOwner('a VcpuRuntime worker thread');
       this.#pendingAnswer = undefined;
       Atomics.store(this.#ctrl, W.mailbox, Mailbox.answered);
       Atomics.notify(this.#ctrl, W.mailbox);
