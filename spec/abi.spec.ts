@@ -24,6 +24,13 @@ describe('ABI tables (TypeScript vs. the addon compiled from <linux/kvm.h>)', ()
     expect(ioctls.KVM_RUN).toBe(0xae80);
   });
 
+  it('sees the same kvm_run in the C++ run loop as in the C table', () => {
+    const cxx = (loadAddon() as unknown as { cxxAbi(): Record<string, number> }).cxxAbi();
+    expect(cxx.KVM_RUN).toBe(ioctls.KVM_RUN);
+    expect(cxx.kvm_run).toBe(abi.sizes.kvm_run);
+    for (const [k, v] of Object.entries(cxx)) if (k.startsWith('kvm_run.')) expect([k, v]).toEqual([k, abi.offsets[k]]);
+  });
+
   it('has every constant', () => {
     for (const [name, value] of Object.entries({ ...kvm, ...sys })) expect([name, abi.constants[name]]).toEqual([name, value]);
   });

@@ -16,10 +16,23 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <sched.h>
+
 #include <set>
 #include <string>
 
 #include "abi.h"
+
+// <linux/kvm.h> compiled as C++: Debian 12's 6.1 headers declare flexible arrays with a macro that
+// gives them size 1 in C++, so redefine it as C sees it. Only struct kvm_run and KVM_RUN are used
+// here; spec/abi.spec.ts compares this file's view (cxxAbi) with the C table.
+#include <linux/stddef.h>
+#undef __DECLARE_FLEX_ARRAY
+#define __DECLARE_FLEX_ARRAY(TYPE, NAME) TYPE NAME[0]
+#include "kvm_compat.h"
+
+static_assert(KVM_SET_SIGNAL_MASK == 0x4004ae8b, "kvm.h compiled as C++ gives C's request numbers");
+static_assert(KVM_GET_MSRS == 0xc008ae88, "kvm.h compiled as C++ gives C's request numbers");
 
 namespace {
 
@@ -62,6 +75,9 @@ class Addon : public Napi::Addon<Addon> {
         InstanceMethod("kickSignal", &Addon::KickSignal),
         InstanceMethod("threadSelf", &Addon::ThreadSelf),
         InstanceMethod("kick", &Addon::Kick),
+        InstanceMethod("runFast", &Addon::RunFast),
+        InstanceMethod("cxxAbi", &Addon::CxxAbi),
+        InstanceMethod("setAffinity", &Addon::SetAffinity),
     });
     env.AddCleanupHook([this]() { CloseAllWatchers(); });
   }
@@ -518,6 +534,112 @@ class Addon : public Napi::Addon<Addon> {
 
   Napi::Value ThreadSelf(const Napi::CallbackInfo& info) {
     return Napi::BigInt::New(info.Env(), static_cast<uint64_t>(pthread_self()));
+  }
+
+  // runFast(fd, runAddress, portBitmap, ringBytes, ctl, layout, maxBatch) -> n * 2 + pending
+  //
+  // The native fast path of a vCPU's run loop: calls KVM_RUN until an exit needs JavaScript.
+  // An OUT to a port whose bit is set in `portBitmap` (8192 bytes, one bit per port) is appended
+  // to the shared ring as a posted-write record and the vCPU re-enters the guest at once. Returns
+  // after a slow exit (left in kvm_run; `pending` = 1) or after `maxBatch` fast exits (pending = 0),
+  // so the caller can wake the reader once per batch. The ring layout comes from the caller
+  // (`layout`, an Int32Array), so this code holds no copy of it. KVM_RUN errors throw KvmError.
+  Napi::Value RunFast(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int64_t fd, maxBatch;
+    uint64_t runAddr;
+    void *bitmapData, *ringData, *ctlData, *layoutData;
+    size_t bitmapLen, ringLen, ctlLen, layoutLen;
+    if (!GetInt(info, 0, &fd) || !GetU64(info, 1, &runAddr) || !GetBytes(info, 2, &bitmapData, &bitmapLen) ||
+        !GetBytes(info, 3, &ringData, &ringLen) || !GetBytes(info, 4, &ctlData, &ctlLen) ||
+        !GetBytes(info, 5, &layoutData, &layoutLen) || !GetInt(info, 6, &maxBatch)) {
+      return env.Undefined();
+    }
+    enum { L_RECORDS, L_RECORD_BYTES, L_W_WRITE, L_W_READ, L_W_EXITS, L_KIND, L_WHERE, L_SIZE, L_LEN, L_KINDIDX,
+           L_PORT, L_COUNT, L_DATA, L_DATA_MAX, L_REC_POSTED_IO, L_WHERE_POSTED, L_IOOUT_INDEX, L_COUNT_ };
+    if (bitmapLen < 8192 || layoutLen < L_COUNT_ * sizeof(int32_t)) {
+      ThrowType(env, "runFast: bad bitmap or layout");
+      return env.Undefined();
+    }
+    const int32_t* L = static_cast<const int32_t*>(layoutData);
+    const uint8_t* bitmap = static_cast<const uint8_t*>(bitmapData);
+    uint8_t* ring = static_cast<uint8_t*>(ringData);
+    int32_t* ctl = static_cast<int32_t*>(ctlData);
+    const size_t records = static_cast<size_t>(L[L_RECORDS]);
+    const size_t recBytes = static_cast<size_t>(L[L_RECORD_BYTES]);
+    if (records * recBytes > ringLen || static_cast<size_t>(L[L_W_EXITS]) * 4 >= ctlLen) {
+      ThrowType(env, "runFast: ring or control block too small for the layout");
+      return env.Undefined();
+    }
+    struct kvm_run* run = reinterpret_cast<struct kvm_run*>(static_cast<uintptr_t>(runAddr));
+    uint8_t* runBytes = reinterpret_cast<uint8_t*>(run);
+    int64_t n = 0;
+    for (;;) {
+      if (ioctl(static_cast<int>(fd), KVM_RUN, 0) < 0) {
+        int err = errno;
+        if (n > 0 && err == EINTR) return Napi::Number::New(env, static_cast<double>(n * 2));
+        ThrowErrno(env, err, "ioctl", "KVM_RUN");
+        return env.Undefined();
+      }
+      bool fast = false;
+      if (run->exit_reason == KVM_EXIT_IO && run->io.direction == KVM_EXIT_IO_OUT &&
+          (bitmap[run->io.port >> 3] & (1u << (run->io.port & 7))) != 0) {
+        size_t len = static_cast<size_t>(run->io.size) * run->io.count;
+        int32_t w = __atomic_load_n(&ctl[L[L_W_WRITE]], __ATOMIC_SEQ_CST);
+        int32_t r = __atomic_load_n(&ctl[L[L_W_READ]], __ATOMIC_SEQ_CST);
+        if (len <= static_cast<size_t>(L[L_DATA_MAX]) && static_cast<size_t>(w - r) < records) {
+          uint8_t* rec = ring + (static_cast<size_t>(w) % records) * recBytes;
+          memset(rec, 0, recBytes);
+          rec[L[L_KIND]] = static_cast<uint8_t>(L[L_REC_POSTED_IO]);
+          rec[L[L_WHERE]] = static_cast<uint8_t>(L[L_WHERE_POSTED]);
+          rec[L[L_SIZE]] = run->io.size;
+          rec[L[L_LEN]] = static_cast<uint8_t>(len);
+          uint32_t kindIndex = static_cast<uint32_t>(L[L_IOOUT_INDEX]);
+          memcpy(rec + L[L_KINDIDX], &kindIndex, 4);
+          memcpy(rec + L[L_PORT], &run->io.port, 2);
+          memcpy(rec + L[L_COUNT], &run->io.count, 4);
+          memcpy(rec + L[L_DATA], runBytes + run->io.data_offset, len);
+          __atomic_store_n(&ctl[L[L_W_WRITE]], w + 1, __ATOMIC_SEQ_CST);
+          __atomic_add_fetch(&ctl[L[L_W_EXITS]], 1, __ATOMIC_SEQ_CST);
+          fast = true;
+        }
+      }
+      if (!fast) return Napi::Number::New(env, static_cast<double>(n * 2 + 1));
+      if (++n >= maxBatch) return Napi::Number::New(env, static_cast<double>(n * 2));
+    }
+  }
+
+  // The struct kvm_run layout as this C++ file sees it (checked against the C table by a spec).
+  Napi::Value CxxAbi(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("KVM_RUN", static_cast<double>(KVM_RUN));
+    o.Set("kvm_run", static_cast<double>(sizeof(struct kvm_run)));
+    o.Set("kvm_run.exit_reason", static_cast<double>(offsetof(struct kvm_run, exit_reason)));
+    o.Set("kvm_run.immediate_exit", static_cast<double>(offsetof(struct kvm_run, immediate_exit)));
+    o.Set("kvm_run.io.direction", static_cast<double>(offsetof(struct kvm_run, io.direction)));
+    o.Set("kvm_run.io.size", static_cast<double>(offsetof(struct kvm_run, io.size)));
+    o.Set("kvm_run.io.port", static_cast<double>(offsetof(struct kvm_run, io.port)));
+    o.Set("kvm_run.io.count", static_cast<double>(offsetof(struct kvm_run, io.count)));
+    o.Set("kvm_run.io.data_offset", static_cast<double>(offsetof(struct kvm_run, io.data_offset)));
+    return o;
+  }
+
+  // setAffinity(cpu): pins the calling thread to one CPU (for benchmarks); -1 allows every CPU.
+  Napi::Value SetAffinity(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int64_t cpu;
+    if (!GetInt(info, 0, &cpu)) return env.Undefined();
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (cpu < 0) {
+      long n = sysconf(_SC_NPROCESSORS_ONLN);
+      for (long i = 0; i < n && i < CPU_SETSIZE; i++) CPU_SET(i, &set);
+    } else {
+      CPU_SET(static_cast<int>(cpu), &set);
+    }
+    if (sched_setaffinity(0, sizeof set, &set) < 0) ThrowErrno(env, errno, "sched_setaffinity");
+    return env.Undefined();
   }
 
   Napi::Value Kick(const Napi::CallbackInfo& info) {

@@ -31,6 +31,10 @@ export interface NativeAddon {
   kickSignal(): number;
   threadSelf(): bigint;
   kick(thread: bigint, runAddress: bigint): void;
+  /** The native fast path of the worker run loop (see native/src/addon.cc RunFast). */
+  runFast(fd: number, runAddress: bigint, portBitmap: Uint8Array, ring: Uint8Array, ctl: Int32Array, layout: Int32Array, maxBatch: number): number;
+  /** Pins the calling thread to a CPU (-1: any). */
+  setAffinity(cpu: number): void;
 }
 
 function packageRoot(): string {
