@@ -30,3 +30,6 @@ export type * from './wrappers/vcpu-exit';
 export const KVM_MEM_LOG_DIRTY_PAGES = constants.KVM_MEM_LOG_DIRTY_PAGES;
 /** `KVM_MEM_READONLY`: guest writes to the slot exit as MMIO. */
 export const KVM_MEM_READONLY = constants.KVM_MEM_READONLY;
+export { SyncReg, Xsave, KvmNestedStateBuffer } from './wrappers/vcpu-fd';
+export type { EnableCap, DeepPartial } from './wrappers/vcpu-fd';
+export type { CoalescedAddress } from './wrappers/vm-fd';
