@@ -133,9 +133,11 @@ function setter(name: StructDefName, size: number, request: string, check?: (vcp
   };
 }
 
-const needIrqchip = (request: string) => (vcpu: MockVcpu) => {
-  if (!hasIrqchip(vcpu.vm)) fail('EINVAL', request, 'no in-kernel irqchip');
-};
+function needIrqchip(request: string): (vcpu: MockVcpu) => void {
+  return (vcpu) => {
+    if (!hasIrqchip(vcpu.vm)) fail('EINVAL', request, 'no in-kernel irqchip');
+  };
+}
 
 const VALID_EVENT_FLAGS = 0x3f;
 
