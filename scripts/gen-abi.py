@@ -185,7 +185,7 @@ def main():
     for h in ['/usr/include/linux/kvm.h', '/usr/include/x86_64-linux-gnu/asm/kvm.h', COMPAT]:
         if not os.path.exists(h):
             continue
-        for m in re.finditer(r'^#define\s+(KVM_\w+)\s+(.+?)\s*(?:/\*.*)?$', open(h).read(), re.M):
+        for m in re.finditer(r'^#define\s+(KVM_\w+)\s+(.+?)\s*(?:/\*.*)?$', re.sub(r'\\\n', ' ', open(h).read()), re.M):
             name, val = m.group(1), m.group(2)
             if '(' in name:
                 continue

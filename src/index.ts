@@ -43,3 +43,6 @@ export { MsrFilterDefaultAction, MsrFilterRangeFlags } from './wrappers/vm-args'
 export type { CreateDeviceInput, IrqRoutingEntry, IrqchipInput, MsrFilterRange, UserMemoryRegion2 } from './wrappers/vm-args';
 /** `KVM_MEM_GUEST_MEMFD`: the slot's private memory comes from a guest_memfd (`VmFd#setUserMemoryRegion2`). */
 export const KVM_MEM_GUEST_MEMFD = constants.KVM_MEM_GUEST_MEMFD;
+export { SyncReg, Xsave, KvmNestedStateBuffer } from './wrappers/vcpu-fd';
+export type { EnableCap, DeepPartial } from './wrappers/vcpu-fd';
+export type { CoalescedAddress } from './wrappers/vm-fd';

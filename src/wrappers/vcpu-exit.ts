@@ -159,7 +159,7 @@ export function decodeExit(view: DataView, bytes: Uint8Array): VcpuExit {
       return { kind: 'InternalError', suberror: view.getUint32(RUN.internalSuberror, true), data: u64s(view, RUN.internalData, n) };
     }
     case kvm.KVM_EXIT_SYSTEM_EVENT: {
-      const n = Math.min(Number(view.getBigUint64(RUN.systemEventNdata, true)), 16);
+      const n = Math.min(view.getUint32(RUN.systemEventNdata, true), 16); // ndata is a u32
       return { kind: 'SystemEvent', type: view.getUint32(RUN.systemEventType, true), data: u64s(view, RUN.systemEventData, n) };
     }
     case kvm.KVM_EXIT_IOAPIC_EOI:

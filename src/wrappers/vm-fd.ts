@@ -6,7 +6,7 @@
 import { KvmError, errnoOf } from '../abi/errors';
 import { structBytes } from '../abi/codec';
 import { ioctls } from '../abi/kvm-constants';
-import { kvm_dirty_log, kvm_userspace_memory_region } from '../abi/layouts';
+import { kvm_coalesced_mmio_zone, kvm_dirty_log, kvm_enable_cap, kvm_userspace_memory_region } from '../abi/layouts';
 import { checkInt, checkObject, checkU32, checkU64, invalidValue } from '../abi/validate';
 // @section imports: x86 platform, interrupts and events, devices and memory
 import { decodeStruct, dv } from '../abi/codec';
@@ -31,7 +31,7 @@ import type { IoctlBackend } from '../backend/types';
 import type { Cap } from './cap';
 import { FdOwner } from './fd';
 import { GuestMemory, GuestMemoryMap } from './guest-memory';
-import { VcpuFd } from './vcpu-fd';
+import { VcpuFd, type EnableCap } from './vcpu-fd';
 
 /** Argument of {@link VmFd.setUserMemoryRegion}: `kvm_userspace_memory_region` with a mapping instead of a pointer. */
 export interface UserMemoryRegion {
@@ -47,6 +47,15 @@ export interface UserMemoryRegion {
   memoryOffset?: number;
   /** Bytes; default: the rest of `memory`. 0 deletes the slot. */
   memorySize?: number;
+}
+
+/**
+ * A coalesced zone's address: port I/O or MMIO. Structurally the same as `IoEventAddress`, so one
+ * can be passed where the other is expected.
+ */
+export interface CoalescedAddress {
+  kind: 'pio' | 'mmio';
+  addr: bigint;
 }
 
 interface SlotRecord {
@@ -254,6 +263,53 @@ export class VmFd extends FdOwner {
   /** Whether the VM supports a capability. @example `vm.checkExtension(Cap.Irqchip)` */
   checkExtension(cap: Cap): boolean {
     return this.checkExtensionInt(cap) > 0;
+  }
+
+  // @section vm caps and coalesced (enableCap, registerCoalescedMmio, unregisterCoalescedMmio)
+
+  /**
+   * `KVM_ENABLE_CAP` on the VM fd: VM-wide capabilities such as `KVM_CAP_SPLIT_IRQCHIP`
+   * (`args[0]` = IOAPIC pins), `KVM_CAP_X86_USER_SPACE_MSR` (`args[0]` = `KVM_MSR_EXIT_REASON_*`
+   * mask), `KVM_CAP_EXIT_HYPERCALL` (`args[0]` = hypercall bitmap).
+   * @example `vm.enableCap({ cap: constants.KVM_CAP_X86_USER_SPACE_MSR, args: [2n] });`
+   * @throws {@link KvmError} EINVAL (unknown cap, bad args, or too late, e.g. after vCPUs exist)
+   * @throws `TypeError`/`RangeError` for malformed arguments
+   */
+  enableCap(cap: EnableCap): void {
+    checkObject('cap', cap);
+    this.checkOpen();
+    this.ioctl(ioctls.KVM_ENABLE_CAP, structBytes(kvm_enable_cap, cap, 'cap'));
+  }
+
+  #coalescedZone(addr: CoalescedAddress, size: number): Uint8Array {
+    checkObject('addr', addr);
+    if (addr.kind !== 'pio' && addr.kind !== 'mmio') invalidValue('addr.kind', "must be 'pio' or 'mmio'", addr.kind);
+    const a = checkU64('addr.addr', addr.addr);
+    checkU32('size', size);
+    this.checkOpen();
+    return structBytes(kvm_coalesced_mmio_zone, { addr: a, size, pio: addr.kind === 'pio' ? 1 : 0 });
+  }
+
+  /**
+   * `KVM_REGISTER_COALESCED_MMIO`: guest writes to `[addr, addr + size)` (port I/O when
+   * `kind: 'pio'`, which sets `zone.pio = 1`) no longer exit; they queue in each vCPU's coalesced
+   * ring (`VcpuFd#mapCoalescedMmioRing`, `VcpuFd#coalescedMmioRead`).
+   * @example `vm.registerCoalescedMmio({ kind: 'pio', addr: 0x2cn }, 1);`
+   * @throws {@link KvmError} EINVAL (bad zone), ENOSPC (too many I/O bus devices)
+   * @throws `TypeError`/`RangeError` for malformed arguments
+   */
+  registerCoalescedMmio(addr: CoalescedAddress, size: number): void {
+    this.ioctl(ioctls.KVM_REGISTER_COALESCED_MMIO, this.#coalescedZone(addr, size));
+  }
+
+  /**
+   * `KVM_UNREGISTER_COALESCED_MMIO`: removes every zone inside `[addr, addr + size)`. Removing a
+   * zone that is not registered succeeds.
+   * @example `vm.unregisterCoalescedMmio({ kind: 'pio', addr: 0x2cn }, 1);`
+   * @throws {@link KvmError}; `TypeError`/`RangeError` for malformed arguments
+   */
+  unregisterCoalescedMmio(addr: CoalescedAddress, size: number): void {
+    this.ioctl(ioctls.KVM_UNREGISTER_COALESCED_MMIO, this.#coalescedZone(addr, size));
   }
 
   // @section x86 platform (setTssAddress, setIdentityMapAddress, createIrqChip, getIrqchip, setIrqchip, createPit2, getPit2, setPit2, getClock, setClock, setMsrFilter, enableCap)

@@ -10,7 +10,7 @@
  * @module
  */
 import { KvmError, errnoOf } from '../../abi/errors';
-import { ioctls, sys } from '../../abi/kvm-constants';
+import { ioctls, kvm, sys } from '../../abi/kvm-constants';
 import type { IoctlArg, IoctlBackend, MmapFlags } from '../types';
 import { offsetOf } from '../../abi/codec';
 import { kvm_run } from '../../abi/layouts';
@@ -21,7 +21,7 @@ import { fail } from './state';
 import type { MockContext, MockFile, MockIoctl, MockKernelConfig, MockMapping, MockVcpu, MockVm, ScriptedExit } from './state';
 import { systemIoctls } from './system';
 import { vcpuIoctls } from './vcpu';
-import { vmIoctls } from './vm';
+import { coalescedRing, vmIoctls } from './vm';
 
 const DEFAULTS: Required<MockKernelConfig> = {
   apiVersion: 12,
@@ -260,8 +260,12 @@ export class MockBackend implements IoctlBackend {
       if (!f) throw new KvmError(errnoOf('EBADF'), 'mmap');
       if (f.kind !== 'vcpu') throw new KvmError(errnoOf('ENODEV'), 'mmap');
       const run = f.vcpu.run;
-      if (offset !== 0 || length > run.byteLength) throw new KvmError(errnoOf('EINVAL'), 'mmap');
-      buffer = run;
+      if (offset === kvm.KVM_COALESCED_MMIO_PAGE_OFFSET * this.pageSize && length <= this.pageSize) {
+        buffer = coalescedRing(f.vcpu.vm, this.pageSize); // the VM's coalesced MMIO ring page
+      } else {
+        if (offset !== 0 || length > run.byteLength) throw new KvmError(errnoOf('EINVAL'), 'mmap');
+        buffer = run;
+      }
     }
     const address = this.#nextAddress;
     this.#nextAddress += BigInt(Math.ceil(length / this.pageSize) * this.pageSize) + BigInt(this.pageSize);

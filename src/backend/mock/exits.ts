@@ -163,7 +163,7 @@ export function systemEvent(type: number, data: bigint[] = []): ScriptedExit {
     write(view, bytes) {
       clearExit(view, bytes, kvm.KVM_EXIT_SYSTEM_EVENT);
       view.setUint32(O('system_event.type'), type, true);
-      view.setBigUint64(O('system_event.ndata'), BigInt(data.length), true);
+      view.setUint32(O('system_event.ndata'), data.length, true);
       data.forEach((w, i) => view.setBigUint64(O('system_event.data') + 8 * i, w, true));
     },
   };

@@ -5,7 +5,11 @@
  */
 import { decodeStruct, dv, structBytes } from '../../abi/codec';
 import { ioctls, kvm } from '../../abi/kvm-constants';
-import { kvm_dirty_log, kvm_regs, kvm_sregs, kvm_userspace_memory_region, type KvmDirtyLog, type KvmUserspaceMemoryRegion } from '../../abi/layouts';
+import {
+  kvm_coalesced_mmio, kvm_coalesced_mmio_ring, kvm_coalesced_mmio_zone, kvm_dirty_log, kvm_enable_cap, kvm_regs, kvm_run, kvm_sregs,
+  kvm_userspace_memory_region, type KvmCoalescedMmioZone, type KvmDirtyLog, type KvmEnableCap, type KvmUserspaceMemoryRegion,
+} from '../../abi/layouts';
+import { offsetOf } from '../../abi/codec';
 import { checkExtension } from './system';
 import { deviceMemoryIoctls, interruptIoctls, vmIrqIoctls, x86PlatformIoctls } from './vm-irq';
 import { argInt, fail, type MockContext, type MockFile, type MockIoctl, type MockVcpu, type MockVm } from './state';
@@ -114,6 +118,8 @@ export const vmIoctls: Record<number, MockIoctl<VmFile>> = {
     s.dirty.clear();
     return 0;
   },
+  // @section vm caps and coalesced
+  ...vmCapsAndCoalescedIoctls(),
   // @section x86 platform
   ...x86PlatformIoctls,
   // @section interrupts and events
@@ -122,3 +128,118 @@ export const vmIoctls: Record<number, MockIoctl<VmFile>> = {
   ...deviceMemoryIoctls,
 };
 vmIrqIoctls.v1 = vmIoctls[ioctls.KVM_SET_USER_MEMORY_REGION]!;
+
+// @section vm caps and coalesced (mock)
+
+/**
+ * Whether the VM has an in-kernel irqchip (`vm.extra` key `'irqchip'`: set by KVM_CREATE_IRQCHIP,
+ * or `'split'` by KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)).
+ */
+export function hasIrqchip(vm: MockVm): boolean {
+  return vm.extra.has('irqchip');
+}
+
+/** A registered coalesced zone. */
+interface Zone { addr: bigint; size: number; pio: number }
+
+function zones(vm: MockVm): Zone[] {
+  let z = vm.extra.get('coalescedZones') as Zone[] | undefined;
+  if (!z) {
+    z = [];
+    vm.extra.set('coalescedZones', z);
+  }
+  return z;
+}
+
+/** The VM's coalesced MMIO ring page (one per VM, mapped through any vCPU fd). */
+export function coalescedRing(vm: MockVm, pageSize: number): ArrayBuffer {
+  let ring = vm.extra.get('coalescedRing') as ArrayBuffer | undefined;
+  if (!ring) {
+    ring = new ArrayBuffer(pageSize);
+    vm.extra.set('coalescedRing', ring);
+  }
+  return ring;
+}
+
+const RUN_O = (p: string) => offsetOf(kvm_run, p);
+
+/**
+ * If the exit just written into kvm_run is an `out`/MMIO write inside a registered zone, appends
+ * it to the ring (as the kernel does instead of exiting) and returns true. A full ring exits.
+ */
+export function coalesceExit(ctx: MockContext, vm: MockVm, view: DataView, bytes: Uint8Array): boolean {
+  const reason = view.getUint32(RUN_O('exit_reason'), true);
+  let addr: bigint;
+  let data: Uint8Array;
+  let pio: number;
+  if (reason === kvm.KVM_EXIT_IO && view.getUint8(RUN_O('io.direction')) === kvm.KVM_EXIT_IO_OUT && view.getUint32(RUN_O('io.count'), true) === 1) {
+    const size = view.getUint8(RUN_O('io.size'));
+    const off = Number(view.getBigUint64(RUN_O('io.data_offset'), true));
+    addr = BigInt(view.getUint16(RUN_O('io.port'), true));
+    data = bytes.slice(off, off + size);
+    pio = 1;
+  } else if (reason === kvm.KVM_EXIT_MMIO && view.getUint8(RUN_O('mmio.is_write')) !== 0) {
+    addr = view.getBigUint64(RUN_O('mmio.phys_addr'), true);
+    data = bytes.slice(RUN_O('mmio.data'), RUN_O('mmio.data') + Math.min(8, view.getUint32(RUN_O('mmio.len'), true)));
+    pio = 0;
+  } else {
+    return false;
+  }
+  const len = data.length;
+  if (!zones(vm).some((z) => z.pio === pio && addr >= z.addr && addr + BigInt(len) <= z.addr + BigInt(z.size))) return false;
+  const ring = new DataView(coalescedRing(vm, ctx.config.pageSize));
+  const max = Math.floor((ring.byteLength - kvm_coalesced_mmio_ring.size) / kvm_coalesced_mmio.size);
+  const first = ring.getUint32(0, true);
+  const last = ring.getUint32(4, true);
+  if ((last + 1) % max === first) return false; // full: the write exits to userspace
+  const at = kvm_coalesced_mmio_ring.size + last * kvm_coalesced_mmio.size;
+  new Uint8Array(ring.buffer, at, kvm_coalesced_mmio.size).set(structBytes(kvm_coalesced_mmio, { physAddr: addr, len, pio, data }));
+  ring.setUint32(4, (last + 1) % max, true);
+  return true;
+}
+
+function vmCapsAndCoalescedIoctls(): Record<number, MockIoctl<VmFile>> {
+  const zoneOf = (ctx: MockContext, arg: unknown, R: string): KvmCoalescedMmioZone => {
+    const z = decodeStruct<KvmCoalescedMmioZone>(kvm_coalesced_mmio_zone, dv(ctx.bytes(arg as never, R, kvm_coalesced_mmio_zone.size)));
+    if (z.pio !== 0 && z.pio !== 1) fail('EINVAL', R, 'pio must be 0 or 1');
+    return z;
+  };
+  return {
+    [ioctls.KVM_ENABLE_CAP]: (ctx, { vm }, arg) => {
+      const R = 'KVM_ENABLE_CAP';
+      const c = decodeStruct<KvmEnableCap>(kvm_enable_cap, dv(ctx.bytes(arg, R, kvm_enable_cap.size)));
+      if (c.flags !== 0 || !ctx.config.caps[c.cap]) fail('EINVAL', R);
+      switch (c.cap) {
+        case kvm.KVM_CAP_SPLIT_IRQCHIP:
+          if (c.args[0]! > BigInt(kvm.KVM_IOAPIC_NUM_PINS)) fail('EINVAL', R);
+          if (hasIrqchip(vm)) fail('EEXIST', R);
+          if (vm.vcpus.size > 0) fail('EINVAL', R);
+          vm.extra.set('irqchip', 'split');
+          return 0;
+        case kvm.KVM_CAP_X86_USER_SPACE_MSR:
+          if (c.args[0]! & ~7n) fail('EINVAL', R);
+          vm.extra.set('userSpaceMsr', Number(c.args[0]));
+          return 0;
+        case kvm.KVM_CAP_EXIT_HYPERCALL:
+          if (c.args[0]! & ~BigInt(ctx.config.caps[c.cap]!)) fail('EINVAL', R);
+          vm.extra.set('exitHypercall', c.args[0]);
+          return 0;
+        default:
+          return fail('EINVAL', R, `the mock cannot enable cap ${c.cap}`);
+      }
+    },
+    [ioctls.KVM_REGISTER_COALESCED_MMIO]: (ctx, { vm }, arg) => {
+      const z = zoneOf(ctx, arg, 'KVM_REGISTER_COALESCED_MMIO');
+      zones(vm).push({ addr: z.addr, size: z.size, pio: z.pio });
+      return 0;
+    },
+    [ioctls.KVM_UNREGISTER_COALESCED_MMIO]: (ctx, { vm }, arg) => {
+      const z = zoneOf(ctx, arg, 'KVM_UNREGISTER_COALESCED_MMIO');
+      const list = zones(vm);
+      // Removes every zone of the same kind inside the range; nothing registered is not an error.
+      const keep = list.filter((x) => !(x.pio === z.pio && x.addr >= z.addr && x.addr + BigInt(x.size) <= z.addr + BigInt(z.size)));
+      list.splice(0, list.length, ...keep);
+      return 0;
+    },
+  };
+}
