@@ -30,3 +30,12 @@ export type * from './wrappers/vcpu-exit';
 export const KVM_MEM_LOG_DIRTY_PAGES = constants.KVM_MEM_LOG_DIRTY_PAGES;
 /** `KVM_MEM_READONLY`: guest writes to the slot exit as MMIO. */
 export const KVM_MEM_READONLY = constants.KVM_MEM_READONLY;
+
+// CPUID/MSR collections and arm64 (experimental) ABI helpers.
+export { CapArch } from './wrappers/cap';
+export { CpuId, Msrs, MsrList, RegList, FamCollection, KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRIES, KVM_MAX_REG_LIST_ENTRIES } from './wrappers/fam';
+export type { CpuIdEntryInput, MsrEntryInput } from './wrappers/fam';
+export type { DeviceAttr } from './wrappers/device-attr';
+export * as arm64 from './abi/arm64';
+export { regSize } from './abi/arm64';
+export { _IO, _IOR, _IOW, _IOWR, _IOC, iocFields } from './abi/ioc';
