@@ -6,6 +6,7 @@
 import { offsetOf } from '../../abi/codec';
 import { ioctls } from '../../abi/kvm-constants';
 import { kvm_regs, kvm_run, kvm_sregs, type StructDefName } from '../../abi/layouts';
+import { cpuidMsrVcpuIoctls } from './cpuid-msr';
 import { fail, type MockContext, type MockFile, type MockIoctl, type MockVcpu } from './state';
 import { guestWrite } from './vm';
 
@@ -58,6 +59,8 @@ export const vcpuIoctls: Record<number, MockIoctl<VcpuFile>> = {
   [ioctls.KVM_RUN]: (ctx, { vcpu }) => run(ctx, vcpu),
   ...stateIoctls('kvm_regs', kvm_regs.size, ioctls.KVM_GET_REGS, ioctls.KVM_SET_REGS),
   ...stateIoctls('kvm_sregs', kvm_sregs.size, ioctls.KVM_GET_SREGS, ioctls.KVM_SET_SREGS),
+  // @section cpuid/msr
+  ...cpuidMsrVcpuIoctls,
   // @section x86 state
   // @section sync regs and coalesced ring
 };
