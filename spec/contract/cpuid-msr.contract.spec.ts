@@ -4,7 +4,8 @@
  */
 import type { IoctlBackend } from '../../src/backend/types';
 import { MockBackend } from '../../src/backend/mock/index';
-import { CpuId, KVM_MAX_CPUID_ENTRIES, Msrs } from '../../src/wrappers/fam';
+import { ioctls } from '../../src/abi/kvm-constants';
+import { CpuId, famBuffer, famCount, KVM_MAX_CPUID_ENTRIES, Msrs } from '../../src/wrappers/fam';
 import { Kvm } from '../../src/wrappers/kvm';
 import { contractBackends, expectCode, expectKvmError } from '../helpers/kvm';
 
@@ -59,6 +60,17 @@ describe.each(contractBackends())('cpuid/msr contract: %s', (_name, make) => {
       expectKvmError(() => kvm.getSupportedCpuid(n - 1), 'E2BIG', 'KVM_GET_SUPPORTED_CPUID');
       expect(kvm.getSupportedCpuid(n).length).toBe(n);
       expectKvmError(() => kvm.getEmulatedCpuid(0), 'E2BIG', 'KVM_GET_EMULATED_CPUID');
+    });
+  });
+
+  describe('E2BIG protocol (raw ioctls)', () => {
+    it('leaves nent unchanged on E2BIG for CPUID, but writes the real count back for the MSR index list', () => {
+      const cpuid = famBuffer('CpuId', 1);
+      expectKvmError(() => backend.ioctl(kvm.asRawFd(), ioctls.KVM_GET_SUPPORTED_CPUID, cpuid), 'E2BIG');
+      expect(famCount('CpuId', cpuid)).toBe(1);
+      const list = famBuffer('MsrList', 0);
+      expectKvmError(() => backend.ioctl(kvm.asRawFd(), ioctls.KVM_GET_MSR_INDEX_LIST, list), 'E2BIG');
+      expect(famCount('MsrList', list)).toBe(kvm.getMsrIndexList().length);
     });
   });
 
