@@ -46,3 +46,11 @@ export const KVM_MEM_GUEST_MEMFD = constants.KVM_MEM_GUEST_MEMFD;
 export { SyncReg, Xsave, KvmNestedStateBuffer } from './wrappers/vcpu-fd';
 export type { EnableCap, DeepPartial } from './wrappers/vcpu-fd';
 export type { CoalescedAddress } from './wrappers/vm-fd';
+
+// CPUID/MSR collections and arm64 (experimental) ABI helpers.
+export { CapArch } from './wrappers/cap';
+export { CpuId, Msrs, MsrList, RegList, FamCollection, KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRIES, KVM_MAX_REG_LIST_ENTRIES } from './wrappers/fam';
+export type { CpuIdEntryInput, MsrEntryInput } from './wrappers/fam';
+export * as arm64 from './abi/arm64';
+export { regSize } from './abi/arm64';
+export { _IO, _IOR, _IOW, _IOWR, _IOC, iocFields } from './abi/ioc';

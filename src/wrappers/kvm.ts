@@ -3,12 +3,15 @@
  *
  * @module
  */
+import { KVM_VM_TYPE_ARM_IPA_SIZE_MASK } from '../abi/arm64';
+import { KvmError, errnoOf } from '../abi/errors';
 import { ioctls, sys } from '../abi/kvm-constants';
-import { checkBool, checkInt, checkObject, checkString, checkU64, invalidValue } from '../abi/validate';
+import { checkBool, checkInt, checkObject, checkString, checkU32, checkU64, invalidType, invalidValue } from '../abi/validate';
 import { nativeBackend } from '../backend/native';
 import type { IoctlBackend } from '../backend/types';
 import type { Cap } from './cap';
 import { Cap as CapValues } from './cap';
+import { CpuId, famBuffer, KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRIES, MsrList, Msrs } from './fam';
 import { FdOwner } from './fd';
 import { VmFd } from './vm-fd';
 
@@ -217,5 +220,129 @@ export class Kvm extends FdOwner {
 
   // @section x86 cpuid/msr (getSupportedCpuid, getEmulatedCpuid, getMsrIndexList, getMsrFeatureIndexList, getMsrs)
 
+  /**
+   * `KVM_GET_SUPPORTED_CPUID`: the CPUID leaves KVM can expose to a guest, in a buffer of
+   * `maxEntries` entries (kvm-ioctls' `get_supported_cpuid`).
+   * @example `vcpu.setCpuid2(kvm.getSupportedCpuid(KVM_MAX_CPUID_ENTRIES));`
+   * @throws {@link KvmError} ENOMEM when `maxEntries` > 256 (`KVM_MAX_CPUID_ENTRIES`, checked
+   *   before any ioctl, as kvm-ioctls); E2BIG from the kernel when the leaves do not fit
+   * @throws `RangeError` for a negative or non-integer `maxEntries`
+   */
+  getSupportedCpuid(maxEntries: number): CpuId {
+    return this.#getCpuid(ioctls.KVM_GET_SUPPORTED_CPUID, 'KVM_GET_SUPPORTED_CPUID', maxEntries);
+  }
+
+  /**
+   * `KVM_GET_EMULATED_CPUID`: the CPUID features KVM emulates (possibly slowly), in a buffer of
+   * `maxEntries` entries (kvm-ioctls' `get_emulated_cpuid`).
+   * @example `const emulated = kvm.getEmulatedCpuid(KVM_MAX_CPUID_ENTRIES);`
+   * @throws {@link KvmError} ENOMEM when `maxEntries` > 256 (local check); E2BIG from the kernel
+   *   when the leaves do not fit
+   */
+  getEmulatedCpuid(maxEntries: number): CpuId {
+    return this.#getCpuid(ioctls.KVM_GET_EMULATED_CPUID, 'KVM_GET_EMULATED_CPUID', maxEntries);
+  }
+
+  #getCpuid(request: number, name: string, maxEntries: number): CpuId {
+    const n = checkInt('maxEntries', maxEntries, 0, Number.MAX_SAFE_INTEGER);
+    if (n > KVM_MAX_CPUID_ENTRIES) {
+      throw new KvmError(errnoOf('ENOMEM'), 'ioctl', { request: name, detail: `maxEntries ${n} > KVM_MAX_CPUID_ENTRIES (${KVM_MAX_CPUID_ENTRIES})` });
+    }
+    const buf = famBuffer('CpuId', n);
+    this.ioctl(request, buf);
+    return CpuId.decode(buf);
+  }
+
+  /**
+   * `KVM_GET_MSR_INDEX_LIST`: the MSRs a VMM should save and restore (kvm-ioctls'
+   * `get_msr_index_list`; room for 256 indices, `KVM_MAX_MSR_ENTRIES`).
+   * @example `const saved = new Msrs(kvm.getMsrIndexList().entries.map((index) => ({ index })));`
+   * @throws {@link KvmError} E2BIG when the kernel has more than 256
+   */
+  getMsrIndexList(): MsrList {
+    return this.#getMsrList(ioctls.KVM_GET_MSR_INDEX_LIST);
+  }
+
+  /**
+   * `KVM_GET_MSR_FEATURE_INDEX_LIST`: the feature MSRs readable with {@link Kvm.getMsrs}
+   * (kvm-ioctls' `get_msr_feature_index_list`).
+   * @example `kvm.getMsrFeatureIndexList().entries.includes(0x10a)`
+   * @throws {@link KvmError} E2BIG when the kernel has more than 256
+   */
+  getMsrFeatureIndexList(): MsrList {
+    return this.#getMsrList(ioctls.KVM_GET_MSR_FEATURE_INDEX_LIST);
+  }
+
+  #getMsrList(request: number): MsrList {
+    const buf = famBuffer('MsrList', KVM_MAX_MSR_ENTRIES);
+    this.ioctl(request, buf);
+    return MsrList.decode(buf);
+  }
+
+  /**
+   * `KVM_GET_MSRS` on the system fd: reads feature MSRs (kvm-ioctls' `Kvm::get_msrs`). The data
+   * of `msrs.entries` is updated in place; the kernel stops at the first MSR it cannot read, so
+   * only the first `count` entries are valid.
+   * @returns the number of MSRs read
+   * @example
+   * ```ts
+   * const msrs = new Msrs([{ index: 0x10a }, { index: 0x345 }]);
+   * kvm.getMsrs(msrs) === 2; // msrs.entries[0].data: IA32_ARCH_CAPABILITIES
+   * ```
+   * @throws {@link KvmError} E2BIG for 256 or more entries (the kernel's MAX_IO_MSRS)
+   * @throws `TypeError` when `msrs` is not an {@link Msrs}
+   */
+  getMsrs(msrs: Msrs): number {
+    if (!(msrs instanceof Msrs)) invalidType('msrs', 'an instance of Msrs', msrs);
+    this.checkOpen();
+    const buf = msrs.encode();
+    const n = this.ioctl(ioctls.KVM_GET_MSRS, buf);
+    msrs.loadFrom(buf);
+    return n;
+  }
+
   // @section arm64 (getHostIpaLimit, getGuestDebugHwBps, getGuestDebugHwWps, createVmWithIpaSize)
+
+  /**
+   * The largest guest IPA (physical address) size in bits the host supports
+   * (`KVM_CAP_ARM_VM_IPA_SIZE`), 0 when the kernel only supports the default 40 bits or is not
+   * arm64 (kvm-ioctls' `get_host_ipa_limit`, aarch64; experimental here).
+   * @example `const bits = kvm.getHostIpaLimit(); if (bits > 0) kvm.createVmWithIpaSize(bits);`
+   * @throws {@link KvmError} from `KVM_CHECK_EXTENSION`
+   */
+  getHostIpaLimit(): number {
+    return this.checkExtensionInt(CapValues.ArmVmIPASize);
+  }
+
+  /**
+   * The number of hardware breakpoints (`KVM_CAP_GUEST_DEBUG_HW_BPS`; 0 on x86), kvm-ioctls'
+   * `get_guest_debug_hw_bps` (aarch64; experimental).
+   * @example `kvm.getGuestDebugHwBps() >= 0`
+   * @throws {@link KvmError} from `KVM_CHECK_EXTENSION`
+   */
+  getGuestDebugHwBps(): number {
+    return this.checkExtensionInt(CapValues.DebugHwBps);
+  }
+
+  /**
+   * The number of hardware watchpoints (`KVM_CAP_GUEST_DEBUG_HW_WPS`; 0 on x86), kvm-ioctls'
+   * `get_guest_debug_hw_wps` (aarch64; experimental).
+   * @example `kvm.getGuestDebugHwWps() >= 0`
+   * @throws {@link KvmError} from `KVM_CHECK_EXTENSION`
+   */
+  getGuestDebugHwWps(): number {
+    return this.checkExtensionInt(CapValues.DebugHwWps);
+  }
+
+  /**
+   * `KVM_CREATE_VM` with an arm64 IPA size: the type is `ipaSize & KVM_VM_TYPE_ARM_IPA_SIZE_MASK`
+   * (kvm-ioctls' `create_vm_with_ipa_size`, aarch64; experimental).
+   * @example `using vm = kvm.createVmWithIpaSize(kvm.getHostIpaLimit());`
+   * @throws {@link KvmError} EINVAL for a size below 32 or above {@link getHostIpaLimit}, and on x86
+   * @throws `RangeError` when `ipaSize` is not a u32
+   */
+  createVmWithIpaSize(ipaSize: number): VmFd {
+    const bits = checkU32('ipaSize', ipaSize);
+    return this.createVmWithType(BigInt(bits & KVM_VM_TYPE_ARM_IPA_SIZE_MASK));
+  }
 }

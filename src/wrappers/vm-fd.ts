@@ -3,13 +3,13 @@
  *
  * @module
  */
+import { arm64Ioctls, kvm_vcpu_init, type KvmVcpuInit } from '../abi/arm64';
 import { KvmError, errnoOf } from '../abi/errors';
-import { structBytes } from '../abi/codec';
+import { decodeStruct, dv, structBytes } from '../abi/codec';
 import { ioctls } from '../abi/kvm-constants';
 import { kvm_coalesced_mmio_zone, kvm_dirty_log, kvm_enable_cap, kvm_userspace_memory_region } from '../abi/layouts';
 import { checkInt, checkObject, checkU32, checkU64, invalidValue } from '../abi/validate';
 // @section imports: x86 platform, interrupts and events, devices and memory
-import { decodeStruct, dv } from '../abi/codec';
 import { kvm } from '../abi/kvm-constants';
 import {
   kvm_clock_data, kvm_create_device, kvm_create_guest_memfd, kvm_enc_region, kvm_ioeventfd, kvm_irq_level,
@@ -29,6 +29,7 @@ import {
 } from './vm-args';
 import type { IoctlBackend } from '../backend/types';
 import type { Cap } from './cap';
+import { deviceAttrBytes, type DeviceAttr } from './device-attr';
 import { FdOwner } from './fd';
 import { GuestMemory, GuestMemoryMap } from './guest-memory';
 import { VcpuFd, type EnableCap } from './vcpu-fd';
@@ -790,4 +791,38 @@ export class VmFd extends FdOwner {
   }
 
   // @section arm64 (getPreferredTarget, setDeviceAttr, hasDeviceAttr)
+
+  /**
+   * `KVM_ARM_PREFERRED_TARGET`: the `kvm_vcpu_init` to pass to `VcpuFd#vcpuInit` for this host's
+   * CPU (target set, features zero). aarch64 only (experimental).
+   * @example `const init = vm.getPreferredTarget(); init.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2; vcpu.vcpuInit(init);`
+   * @throws {@link KvmError} ENODEV (no preferred target); ENOTTY on x86
+   */
+  getPreferredTarget(): KvmVcpuInit {
+    const buf = new Uint8Array(kvm_vcpu_init.size);
+    this.ioctl(arm64Ioctls.KVM_ARM_PREFERRED_TARGET, buf);
+    return decodeStruct<KvmVcpuInit>(kvm_vcpu_init, dv(buf));
+  }
+
+  /**
+   * `KVM_SET_DEVICE_ATTR` on the VM fd (arm64: the SMCCC filter, `KVM_ARM_VM_SMCCC_CTRL`).
+   * kvm-ioctls 0.24, aarch64 (experimental here).
+   * @example `vm.setDeviceAttr({ group: KVM_ARM_VM_SMCCC_CTRL, attr: KVM_ARM_VM_SMCCC_FILTER, addr: filterBytes });`
+   * @throws {@link KvmError} ENXIO (unknown attribute), EFAULT (bad `addr`), EEXIST, EBUSY; ENOTTY on x86
+   */
+  setDeviceAttr(attr: DeviceAttr): void {
+    const { bytes, keep } = deviceAttrBytes(this.backend, attr);
+    this.ioctl(ioctls.KVM_SET_DEVICE_ATTR, bytes);
+    void keep;
+  }
+
+  /**
+   * `KVM_HAS_DEVICE_ATTR` on the VM fd: succeeds when the attribute exists.
+   * @example `vm.hasDeviceAttr({ group: KVM_ARM_VM_SMCCC_CTRL, attr: KVM_ARM_VM_SMCCC_FILTER })`
+   * @throws {@link KvmError} ENXIO when it does not; ENOTTY on x86
+   */
+  hasDeviceAttr(attr: DeviceAttr): void {
+    const { bytes } = deviceAttrBytes(this.backend, attr);
+    this.ioctl(ioctls.KVM_HAS_DEVICE_ATTR, bytes);
+  }
 }

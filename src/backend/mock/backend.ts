@@ -14,6 +14,7 @@ import { ioctls, kvm, sys } from '../../abi/kvm-constants';
 import type { IoctlArg, IoctlBackend, MmapFlags } from '../types';
 import { offsetOf } from '../../abi/codec';
 import { kvm_run } from '../../abi/layouts';
+import { ARM64_CAPS, ARM64_TABLES } from './arm64';
 import { HOST_CAPS } from './caps';
 import { deviceIoctls } from './device';
 import { eventfdRead, eventfdWrite } from './eventfd';
@@ -33,6 +34,7 @@ const DEFAULTS: Required<MockKernelConfig> = {
   addressSpaces: 2,
   caps: {},
   pageSize: 4096,
+  arch: 'x86_64',
 };
 
 const names = new Map<number, string>(Object.entries(ioctls).map(([k, v]) => [v, k]));
@@ -124,7 +126,7 @@ export class MockBackend implements IoctlBackend {
   readonly kicks: Array<{ thread: bigint; runAddress: bigint }> = [];
 
   constructor(config: MockKernelConfig = {}) {
-    this.config = { ...DEFAULTS, ...config, caps: { ...defaultCaps(), ...(config.caps ?? {}) } };
+    this.config = { ...DEFAULTS, ...config, caps: { ...defaultCaps(config.arch ?? 'x86_64'), ...(config.caps ?? {}) } };
     this.pageSize = this.config.pageSize;
   }
 
@@ -245,7 +247,8 @@ export class MockBackend implements IoctlBackend {
     if (!f) return fail('EBADF', name);
     const table: Record<number, MockIoctl<never>> | undefined =
       f.kind === 'system' ? systemIoctls : f.kind === 'vm' ? vmIoctls : f.kind === 'vcpu' ? vcpuIoctls : f.kind === 'device' ? deviceIoctls : undefined;
-    const handler = table?.[request] as MockIoctl | undefined;
+    const archTable = this.config.arch === 'aarch64' ? ARM64_TABLES[f.kind] : undefined;
+    const handler = (archTable?.[request] ?? table?.[request]) as MockIoctl | undefined;
     if (!handler) return fail('ENOTTY', name);
     return handler(this.#ctx(), f, arg);
   }
@@ -354,7 +357,7 @@ export class MockBackend implements IoctlBackend {
 }
 
 
-/** Capabilities the mock reports by default: those of this project's PVM host. */
-function defaultCaps(): Record<number, number> {
-  return { ...HOST_CAPS };
+/** Capabilities the mock reports by default: those of this project's PVM host (x86_64), or typical arm64 ones. */
+function defaultCaps(arch: 'x86_64' | 'aarch64'): Record<number, number> {
+  return arch === 'aarch64' ? { ...ARM64_CAPS } : { ...HOST_CAPS };
 }

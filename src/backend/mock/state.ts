@@ -122,6 +122,12 @@ export interface MockKernelConfig {
   /** KVM_CHECK_EXTENSION answers by cap number; unlisted caps answer 0. */
   caps?: Record<number, number>;
   pageSize?: number;
+  /**
+   * The modelled architecture (default `'x86_64'`). `'aarch64'` adds the experimental arm64 model
+   * (`arm64.ts`: IPA-sized VMs, vCPU init/finalize, reg list, one-reg, device attributes) and
+   * answers KVM_CHECK_EXTENSION with typical arm64 caps instead of the x86 host's.
+   */
+  arch?: 'x86_64' | 'aarch64';
 }
 
 /** Convert an ioctl arg that must be an integer. */

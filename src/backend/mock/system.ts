@@ -4,6 +4,7 @@
  * @module
  */
 import { ioctls, kvm } from '../../abi/kvm-constants';
+import { cpuidMsrSystemIoctls } from './cpuid-msr';
 import { argInt, fail, type MockContext, type MockFile, type MockIoctl, type MockVm } from './state';
 
 type SystemFile = Extract<MockFile, { kind: 'system' }>;
@@ -33,4 +34,5 @@ export const systemIoctls: Record<number, MockIoctl<SystemFile>> = {
     return vm.fd;
   },
   // @section x86 cpuid/msr
+  ...cpuidMsrSystemIoctls,
 };

@@ -12,6 +12,7 @@ import {
 } from '../../abi/layouts';
 import { argInt, fail, type MockContext, type MockFile, type MockIoctl, type MockVcpu } from './state';
 import { coalesceExit, guestWrite, hasIrqchip } from './vm';
+import { cpuidMsrVcpuIoctls } from './cpuid-msr';
 
 type VcpuFile = Extract<MockFile, { kind: 'vcpu' }>;
 
@@ -71,6 +72,8 @@ export const vcpuIoctls: Record<number, MockIoctl<VcpuFile>> = {
   [ioctls.KVM_RUN]: (ctx, { vcpu }) => run(ctx, vcpu),
   ...stateIoctls('kvm_regs', kvm_regs.size, ioctls.KVM_GET_REGS, ioctls.KVM_SET_REGS),
   ...stateIoctls('kvm_sregs', kvm_sregs.size, ioctls.KVM_GET_SREGS, ioctls.KVM_SET_SREGS),
+  // @section cpuid/msr
+  ...cpuidMsrVcpuIoctls,
   // @section x86 state
   ...x86StateIoctls(),
   // @section sync regs and coalesced ring
