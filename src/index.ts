@@ -54,3 +54,13 @@ export type { CpuIdEntryInput, MsrEntryInput } from './wrappers/fam';
 export * as arm64 from './abi/arm64';
 export { regSize } from './abi/arm64';
 export { _IO, _IOR, _IOW, _IOWR, _IOC, iocFields } from './abi/ioc';
+
+// The vCPU runtime: worker threads, Observables, the in-thread runner.
+export { VcpuRuntime } from './workers/runtime';
+export type { StartOptions, VcpuRuntimeOptions } from './workers/runtime';
+export type { VcpuContext, VcpuPipeline } from './workers/vcpu-worker';
+export type { PostedRange } from './workers/protocol';
+export { VcpuRun } from './observables/vcpu-run';
+export type { ExitRecord, RunOutcome } from './observables/vcpu-run';
+export { runInThread, vcpuExits } from './observables/run-in-thread';
+export type { InThreadOptions } from './observables/run-in-thread';

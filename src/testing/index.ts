@@ -8,3 +8,5 @@
  * @packageDocumentation
  */
 export * from '../backend/mock/index';
+export { runInThread, vcpuExits } from '../observables/run-in-thread';
+export type { InThreadOptions } from '../observables/run-in-thread';
