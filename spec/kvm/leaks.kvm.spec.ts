@@ -42,9 +42,13 @@ function cycle(backend: IoctlBackend, beforeRun?: () => void): void {
 }
 
 const fdCount = (): number => readdirSync('/proc/self/fd').length;
-const mapsLines = (): string[] => readFileSync('/proc/self/maps', 'latin1').split('\n').filter((l) => l !== '');
+const mapsLines = (): string[] =>
+  readFileSync('/proc/self/maps', 'latin1')
+    .split('\n')
+    .filter((l) => l !== '');
 /** Our own mappings: kvm_run (`anon_inode:kvm-vcpu:N`) and shared anonymous guest memory (`/dev/zero (deleted)`). */
-const ours = (lines: string[]): string[] => lines.filter((l) => l.includes('anon_inode:kvm') || l.endsWith('/dev/zero (deleted)'));
+const ours = (lines: string[]): string[] =>
+  lines.filter((l) => l.includes('anon_inode:kvm') || l.endsWith('/dev/zero (deleted)'));
 
 /**
  * Tolerance for the total /proc/self/maps line count. Each cycle maps 3 regions (2 kvm_run + 1

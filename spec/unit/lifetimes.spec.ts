@@ -49,7 +49,11 @@ interface Member {
 function membersOf(obj: object): Member[] {
   const seen = new Set<string | symbol>();
   const out: Member[] = [];
-  for (let p = Object.getPrototypeOf(obj) as object | null; p !== null && p !== Object.prototype; p = Object.getPrototypeOf(p) as object | null) {
+  for (
+    let p = Object.getPrototypeOf(obj) as object | null;
+    p !== null && p !== Object.prototype;
+    p = Object.getPrototypeOf(p) as object | null
+  ) {
     const owner = (p as { constructor: { name: string } }).constructor.name;
     for (const name of Reflect.ownKeys(p)) {
       if (seen.has(name)) continue;
@@ -79,7 +83,7 @@ function candidates(m: Member, ctx: Ctx, twin: object): unknown[][] {
   const name = String(m.name);
   if (name.startsWith('set') && name.length > 3) {
     const rest = name.slice(3);
-    for (const g of [`get${rest}`, rest[0]!.toLowerCase() + rest.slice(1)]) {
+    for (const g of [`get${rest}`, rest[0].toLowerCase() + rest.slice(1)]) {
       const fn = (twin as Record<string, unknown>)[g];
       if (typeof fn !== 'function') continue;
       try {
@@ -106,18 +110,29 @@ async function useAfterClose(obj: object, twin: object, ctx: Ctx): Promise<strin
     if (m.kind === 'accessor') {
       for (const [what, fn] of [
         ['get', () => (obj as Record<string | symbol, unknown>)[m.name]],
-        ...(m.setter ? [['set', () => ((obj as Record<string | symbol, unknown>)[m.name] = (twin as Record<string | symbol, unknown>)[m.name])] as const] : []),
+        ...(m.setter
+          ? [
+              [
+                'set',
+                () =>
+                  ((obj as Record<string | symbol, unknown>)[m.name] = (twin as Record<string | symbol, unknown>)[
+                    m.name
+                  ]),
+              ] as const,
+            ]
+          : []),
       ] as const) {
         try {
           fn();
           failures.push(`${label(m)} (${what}) did not throw`);
         } catch (e) {
-          if ((e as { code?: string }).code !== 'ERR_KVM_CLOSED') failures.push(`${label(m)} (${what}) threw ${describeError(e)}`);
+          if ((e as { code?: string }).code !== 'ERR_KVM_CLOSED')
+            failures.push(`${label(m)} (${what}) threw ${describeError(e)}`);
         }
       }
       continue;
     }
-    const fn = (obj as Record<string | symbol, (...a: unknown[]) => unknown>)[m.name]!;
+    const fn = (obj as Record<string | symbol, (...a: unknown[]) => unknown>)[m.name];
     const tried: string[] = [];
     let ok = false;
     for (const args of candidates(m, ctx, twin)) {
@@ -148,7 +163,10 @@ async function useAfterClose(obj: object, twin: object, ctx: Ctx): Promise<strin
       }
       tried.push(describeError(err));
     }
-    if (!ok) failures.push(`${label(m)}: no argument list reached the closed check (add one to SAMPLE_ARGS): ${tried.join(' | ')}`);
+    if (!ok)
+      failures.push(
+        `${label(m)}: no argument list reached the closed check (add one to SAMPLE_ARGS): ${tried.join(' | ')}`,
+      );
   }
   return failures;
 }
