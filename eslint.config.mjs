@@ -22,7 +22,7 @@ export default tseslint.config(
       parserOptions: {
         projectService: {
           // Config files outside tsconfig.json's `include`.
-          allowDefaultProject: ['*.mjs', '*.js', 'scripts/*.ts'],
+          allowDefaultProject: ['*.mjs', '*.js'],
         },
         tsconfigRootDir: import.meta.dirname,
       },
