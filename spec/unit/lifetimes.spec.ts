@@ -25,8 +25,8 @@ const ARG_ERRORS = new Set(['ERR_INVALID_ARG_TYPE', 'ERR_INVALID_ARG_VALUE', 'ER
 type Ctx = { backend: IoctlBackend; mem: () => GuestMemory };
 /**
  * Arguments that pass the argument checks of methods whose checks come before the closed check
- * (so the call reaches `checkOpen()`). Methods not listed are tried with `()`, `(0)`, `(0, 4096)`,
- * `(0n)`, and for `setX` with the value of `getX()`/`x()` on an open object of the same class.
+ * (so the call reaches `checkOpen()`). Methods not listed are tried with `()`, `(0)`, `(1)`,
+ * `(0, 4096)`, `(0, false)`, `(0, 0, 0)`, `(0n)`, `({})`, `(Uint8Array(8))`, and for `setX` with the value of `getX()`/`x()` on an open object of the same class.
  * Add an entry here when a new method needs more than that.
  */
 const SAMPLE_ARGS: Record<string, (ctx: Ctx) => unknown[]> = {
@@ -79,7 +79,7 @@ function candidates(m: Member, ctx: Ctx, twin: object): unknown[][] {
   const list: unknown[][] = [];
   const sample = SAMPLE_ARGS[label(m)] ?? SAMPLE_ARGS[`${twin.constructor.name}.${String(m.name)}`];
   if (sample) list.push(sample(ctx));
-  list.push([], [0], [0, 0x1000], [0n]);
+  list.push([], [0], [1], [0, 0x1000], [0, false], [0, 0, 0], [0n], [{}], [new Uint8Array(8)]);
   const name = String(m.name);
   if (name.startsWith('set') && name.length > 3) {
     const rest = name.slice(3);
