@@ -61,7 +61,7 @@ const SAMPLE_ARGS: Record<string, (ctx: Ctx) => unknown[]> = {
   'VmFd.setUserMemoryRegion': ({ mem }) => [{ slot: 0, guestPhysAddr: 0x1000n, memory: mem() }],
   'VmFd.setUserMemoryRegion2': () => [{ slot: 0, guestPhysAddr: 0x1000n, memorySize: 0 }],
   'VmFd.getDirtyLog': () => [0, 0x4000],
-  'VmFd.setIrqchip': () => [{ chipId: 0, chip: {} }],
+  'VmFd.setIrqchip': () => [{ chipId: 0, chip: { pic: {} } }],
   'VmFd.setMsrFilter': () => [0, []],
   'VmFd.setGsiRouting': () => [[]],
   'VmFd.registerIoevent': (ctx) => [eventFd(ctx), ioAddress(0xf4), lib('NoDatamatch')],
