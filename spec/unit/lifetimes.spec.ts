@@ -14,13 +14,15 @@ import type { VcpuFd } from '../../src/wrappers/vcpu-fd';
 import type { VmFd } from '../../src/wrappers/vm-fd';
 import { contractBackends, expectCode, expectKvmError } from '../helpers/kvm';
 
-/** Members that must keep working after close: `close` and `Symbol.dispose` are idempotent, `closed` reports the state. */
-const EXEMPT = new Set<string | symbol>(['constructor', 'close', Symbol.dispose, 'closed']);
+/** Members that must keep working after close: `close` and `Symbol.dispose` are idempotent, `closed` and `running` report the state. */
+const EXEMPT = new Set<string | symbol>(['constructor', 'close', Symbol.dispose, 'closed', 'running']);
 /**
  * `FdOwner#onClosed` is `@internal` (the parent/child wiring, called only while the object is
- * open); it registers a callback and does not check the state.
+ * open); it registers a callback and does not check the state. `borrow` is protected and runs
+ * only in a constructor. `VcpuFd#setOwner` is the runtime's hook to mark a vCPU as running in a
+ * worker; the runtime clears it when a run ends, which may be after the vCPU was closed.
  */
-const INTERNAL = new Set<string | symbol>(['onClosed']);
+const INTERNAL = new Set<string | symbol>(['onClosed', 'borrow', 'setOwner']);
 
 const ARG_ERRORS = new Set(['ERR_INVALID_ARG_TYPE', 'ERR_INVALID_ARG_VALUE', 'ERR_OUT_OF_RANGE']);
 
