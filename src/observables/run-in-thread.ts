@@ -11,6 +11,7 @@ import type { VcpuExit } from '../wrappers/vcpu-exit';
 import type { VcpuFd } from '../wrappers/vcpu-fd';
 import { UnhandledExitError, describeExit } from '../workers/describe';
 import type { VcpuContext, VcpuPipeline } from '../workers/vcpu-worker';
+import { recordExit } from './recording';
 import type { RunOutcome } from './vcpu-run';
 
 /**
@@ -49,6 +50,8 @@ export interface InThreadOptions {
   signal?: AbortSignal;
   /** Receives `ctx.emit(channel, data)`. */
   onEmit?: (channel: string, data: unknown) => void;
+  /** Records every exit and its answer into `outcome.recording`. */
+  record?: boolean;
 }
 
 /**
@@ -86,6 +89,7 @@ export async function runInThread(vcpu: VcpuFd, pipeline: VcpuPipeline, opts: In
     complete: () => (completed = true),
   });
   const outcome: RunOutcome = { reason: 'stopped', exits: 0 };
+  if (opts.record) outcome.recording = [];
   try {
     while (!completed && !opts.signal?.aborted) {
       if (state.failure) throw state.failure.error;
@@ -106,6 +110,7 @@ export async function runInThread(vcpu: VcpuFd, pipeline: VcpuPipeline, opts: In
           throw new UnhandledExitError(exit, `${describeExit(exit)}, rip 0x${vcpu.getRegs().rip.toString(16)}`);
         }
       }
+      outcome.recording?.push(recordExit(exit));
     }
     if (completed) outcome.reason = 'completed';
     return outcome;

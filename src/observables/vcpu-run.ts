@@ -7,6 +7,7 @@
 import { Observable, Subject, share } from 'rxjs';
 import type { MessagePort } from 'node:worker_threads';
 import { attachHold } from '../operators/hold';
+import type { RecordedExit } from './recording';
 import type { IoctlBackend } from '../backend/types';
 import { VCPU_EXIT_KINDS, decodeExit, type VcpuExit } from '../wrappers/vcpu-exit';
 import type { VcpuFd } from '../wrappers/vcpu-fd';
@@ -36,6 +37,8 @@ export interface RunOutcome {
   exits: number;
   /** The kind of the last exit. */
   lastExit?: string;
+  /** Every exit and its answer, when started with `record: true` (replay it with `replayScript`). */
+  recording?: RecordedExit[];
 }
 
 const WHERE: ExitRecord['where'][] = ['worker', 'posted', 'main', 'unhandled'];
@@ -155,6 +158,7 @@ export class VcpuRun implements AsyncDisposable {
     this.#events.complete();
     const r: RunOutcome = { reason: outcome.reason === 'completed' ? 'completed' : 'stopped', exits: outcome.exits };
     if (outcome.lastExit !== undefined) r.lastExit = outcome.lastExit;
+    if (outcome.recording !== undefined) r.recording = outcome.recording;
     return r;
   }
 
@@ -288,6 +292,14 @@ export class VcpuRun implements AsyncDisposable {
     if (queued) return Promise.resolve({ value: queued, done: false });
     if (this.#ended) return Promise.resolve({ value: undefined, done: true });
     return new Promise((resolve) => this.#pullWaiters.push(resolve));
+  }
+
+  /**
+   * The exits handed to this thread as an async iterable (pull mode), for
+   * `for await (const exit of run.exits()) { … }`. Leaving the loop stops the run.
+   */
+  exits(): AsyncIterable<VcpuExit> {
+    return { [Symbol.asyncIterator]: () => this[Symbol.asyncIterator]() };
   }
 
   /** `for await (const exit of run) { … }`: pull mode. Leaving the loop stops the run. */

@@ -10,3 +10,6 @@
 export * from '../backend/mock/index';
 export { runInThread, vcpuExits } from '../observables/run-in-thread';
 export type { InThreadOptions } from '../observables/run-in-thread';
+export { replayScript } from './replay';
+export type { Replay } from './replay';
+export type { RecordedExit } from '../observables/recording';

@@ -17,6 +17,7 @@
  */
 
 import type { MessagePort } from 'node:worker_threads';
+import type { RecordedExit } from '../observables/recording';
 
 /** Int32 word indices of the control block. */
 export const W = {
@@ -95,6 +96,8 @@ export interface VcpuTask {
   posted: PostedRange[];
   /** What to do with exits the worker pipeline does not handle. */
   unhandled: 'main' | 'error' | 'ignore';
+  /** Record every exit and its answer (sent to the main thread in batches). */
+  record?: boolean;
   /** MessagePort for `ctx.emit` and control messages. */
   port: MessagePort;
 }
@@ -105,4 +108,6 @@ export interface TaskOutcome {
   exits: number;
   lastExit?: string;
   error?: { name: string; message: string; code?: string; stack?: string; props?: Record<string, unknown> };
+  /** Every exit and its answer, when the run was started with `record: true`. */
+  recording?: RecordedExit[];
 }

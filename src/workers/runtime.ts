@@ -45,6 +45,11 @@ export interface StartOptions {
   unhandled?: 'main' | 'error' | 'ignore';
   /** Stops the run when aborted. */
   signal?: AbortSignal;
+  /**
+   * Records every exit and the answer it got into `outcome.recording` (replay it on the mock
+   * with `replayScript` from `kvm-rx/testing`). Posted ports then take the JavaScript path.
+   */
+  record?: boolean;
 }
 
 function workerFile(): { filename: string; execArgv: string[] } {
@@ -136,6 +141,7 @@ export class VcpuRuntime implements AsyncDisposable {
       options: options.pipelineOptions,
       posted: options.posted ?? [],
       unhandled,
+      record: options.record === true,
       port: port2,
     };
     vcpu.setOwner(`a VcpuRuntime worker thread`);

@@ -17,6 +17,7 @@ import { VCPU_EXIT_KINDS, decodeExit, type VcpuExit } from '../wrappers/vcpu-exi
 import type { VcpuFd } from '../wrappers/vcpu-fd';
 import { VmFd } from '../wrappers/vm-fd';
 import { attachHold } from '../operators/hold';
+import { recordExit, type RecordedExit } from '../observables/recording';
 import { describeExit, UnhandledExitError } from './describe';
 import {
   CONTROL_BYTES, MAILBOX_BYTES, MAILBOX_OFFSET, Mailbox, R, RECORD_BYTES, RECORD_DATA_BYTES, RING_OFFSET,
@@ -209,7 +210,7 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
     // The native fast path: OUTs to posted ports go to the ring from C, without waking JavaScript.
     const postedPorts = task.posted.filter((p): p is { port: number; to?: number } => 'port' in p);
     let bitmap: Uint8Array | undefined;
-    if (postedPorts.length > 0) {
+    if (postedPorts.length > 0 && !task.record) { // a recording sees every exit in JavaScript
       bitmap = new Uint8Array(8192);
       for (const p of postedPorts) for (let q = p.port; q <= (p.to ?? p.port); q++) bitmap[q >> 3]! |= 1 << (q & 7);
     }
@@ -232,6 +233,9 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
       }
       return r % 2 === 1 ? decodeExit(runView, runBytes) : undefined;
     };
+
+    const recorded: RecordedExit[] | undefined = task.record ? [] : undefined;
+    if (recorded) outcome.recording = recorded;
 
     Atomics.store(ctrl, W.state, State.running);
     ring_doorbell();
@@ -271,6 +275,7 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
         } else if (task.unhandled === 'main') {
           if (Atomics.load(ctrl, W.monitor) !== 0) writeRecord(Rec.monitor, Where.main, exit);
           if (!handToMain(exit)) break;
+          recorded?.push(recordExit(exit));
           if (completed) {
             outcome.reason = 'completed';
             break;
@@ -283,6 +288,7 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
           throw new UnhandledExitError(exit, describeExit(exit) + `, rip 0x${vcpu.getRegs().rip.toString(16)}`);
         }
       }
+      recorded?.push(recordExit(exit));
       // A posted record already tells the monitor about this exit.
       if (where !== Where.posted && Atomics.load(ctrl, W.monitor) !== 0) writeRecord(Rec.monitor, where, exit);
       if (completed) {

@@ -184,7 +184,7 @@ export function hypercall(nr: bigint, args: bigint[] = [], longmode = 1): Script
 }
 
 /** `KVM_EXIT_X86_RDMSR`; the data and error written by the handler are recorded. */
-export function rdmsr(index: number, reason = kvm.KVM_MSR_EXIT_REASON_UNKNOWN): ScriptedExit {
+export function rdmsr(index: number, reason: number = kvm.KVM_MSR_EXIT_REASON_UNKNOWN): ScriptedExit {
   return {
     label: `X86Rdmsr(0x${index.toString(16)})`,
     write(view, bytes) {
@@ -197,7 +197,7 @@ export function rdmsr(index: number, reason = kvm.KVM_MSR_EXIT_REASON_UNKNOWN): 
 }
 
 /** `KVM_EXIT_X86_WRMSR`; the error written by the handler is recorded. */
-export function wrmsr(index: number, data: bigint, reason = kvm.KVM_MSR_EXIT_REASON_UNKNOWN): ScriptedExit {
+export function wrmsr(index: number, data: bigint, reason: number = kvm.KVM_MSR_EXIT_REASON_UNKNOWN): ScriptedExit {
   return {
     label: `X86Wrmsr(0x${index.toString(16)})`,
     write(view, bytes) {

@@ -1,0 +1,57 @@
+/**
+ * Record a real exit stream through the worker runtime, then replay it on the mock: the same
+ * pipeline must give the same answers.
+ */
+import { join } from 'node:path';
+import { GUEST_ADDR, MEM_SIZE, SEED_GUEST } from '../../examples/seed-example';
+import { MockBackend } from '../../src/backend/mock/index';
+import { runInThread } from '../../src/observables/run-in-thread';
+import { replayScript } from '../../src/testing/replay';
+import { VcpuRuntime } from '../../src/workers/runtime';
+import { GuestMemory } from '../../src/wrappers/guest-memory';
+import { Kvm } from '../../src/wrappers/kvm';
+import operatorPipeline from '../fixtures/operator-pipeline';
+import { describeKvm } from '../helpers/kvm';
+
+describeKvm('record and replay', () => {
+  it('replays a recorded run on the mock with the same answers', async () => {
+    const runtime = new VcpuRuntime({ maxVcpus: 1 });
+    const mem = GuestMemory.anonymous(MEM_SIZE);
+    const kvm = new Kvm();
+    try {
+      const vm = kvm.createVm();
+      vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: GUEST_ADDR, memory: mem });
+      mem.bytes.set(SEED_GUEST);
+      const vcpu = vm.createVcpu(0);
+      const sregs = vcpu.getSregs();
+      sregs.cs.base = 0n;
+      sregs.cs.selector = 0;
+      vcpu.setSregs(sregs);
+      vcpu.setRegs({ rip: GUEST_ADDR, rax: 2n, rbx: 3n, rflags: 2n });
+      const outcome = await runtime.start(vcpu, { pipeline: join(__dirname, '../fixtures/operator-pipeline.ts'), record: true }).done;
+      const recording = outcome.recording!;
+      expect(recording.map((r) => r.kind)).toEqual(['IoOut', 'IoIn', 'MmioWrite', 'MmioRead', 'Hlt']);
+      expect(recording[0]).toEqual({ kind: 'IoOut', port: 0x3f8, size: 1, count: 1, data: [0x35] });
+      expect(recording[1]).toEqual({ kind: 'IoIn', port: 0x3f8, size: 1, count: 1, answer: [0x61] });
+
+      // The same pipeline on the mock, fed the recorded exits.
+      const backend = new MockBackend();
+      const { script, expectedAnswers } = replayScript(recording);
+      backend.vcpu(0).script(script);
+      const mockVcpu = new Kvm({ backend }).createVm().createVcpu(0);
+      const emitted: unknown[] = [];
+      const replayed = await runInThread(mockVcpu, operatorPipeline, { onEmit: (_c, d) => emitted.push(d) });
+      expect(replayed).toMatchObject({ reason: 'completed', exits: 5, lastExit: 'Hlt' });
+      expect(backend.vcpu(0).answers).toEqual(expectedAnswers);
+      expect(expectedAnswers).toEqual([
+        { exit: 'IoIn(0x3f8)', answer: Uint8Array.of(0x61) },
+        { exit: 'MmioRead(0x8000)', answer: Uint8Array.of(0x62) },
+      ]);
+      expect(emitted).toEqual(['5', { offset: 0, value: 0 }]);
+    } finally {
+      kvm.close();
+      mem.close();
+      await runtime.close();
+    }
+  });
+});
