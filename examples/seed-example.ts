@@ -6,7 +6,8 @@
  *
  * Run it with `npm start`.
  */
-import { GuestMemory, KVM_MEM_LOG_DIRTY_PAGES, Kvm, type VcpuExit } from '../src/index';
+import { extname, join } from 'node:path';
+import { GuestMemory, KVM_MEM_LOG_DIRTY_PAGES, Kvm, VcpuRuntime, type VcpuExit } from '../src/index';
 
 /** The guest: rax = 2 and rbx = 3 on entry. */
 export const SEED_GUEST = Uint8Array.of(
@@ -96,7 +97,39 @@ export function runSeed(answerIn = 0x42, answerMmio = 0x77, log: (s: string) => 
   }
 }
 
+/** The same guest through the worker runtime: its devices run in the vCPU's own thread. */
+export async function runSeedOnRuntime(log: (s: string) => void = () => undefined): Promise<{ rax: bigint; rdx: bigint; exits: number }> {
+  const runtime = new VcpuRuntime({ maxVcpus: 1 });
+  using mem = GuestMemory.anonymous(MEM_SIZE);
+  using kvm = new Kvm();
+  using vm = kvm.createVm();
+  vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: GUEST_ADDR, memory: mem });
+  mem.bytes.set(SEED_GUEST);
+  const vcpu = vm.createVcpu(0);
+  const sregs = vcpu.getSregs();
+  sregs.cs.base = 0n;
+  sregs.cs.selector = 0;
+  vcpu.setSregs(sregs);
+  vcpu.setRegs({ rip: GUEST_ADDR, rax: 2n, rbx: 3n, rflags: 2n });
+  try {
+    const run = runtime.start(vcpu, { pipeline: join(__dirname, `seed-devices${extname(__filename)}`) });
+    run.events$.subscribe(({ data }) => log(String(data)));
+    const outcome = await run.done;
+    const regs = vcpu.getRegs();
+    log(`${outcome.lastExit}    rax=0x${regs.rax.toString(16)} rdx=0x${regs.rdx.toString(16)}; ${outcome.exits} exits, run ${outcome.reason}`);
+    return { rax: regs.rax, rdx: regs.rdx, exits: outcome.exits };
+  } finally {
+    await runtime.close();
+  }
+}
+
 if (require.main === module) {
-  const r = runSeed(0x42, 0x77, (s) => console.log(s));
-  console.log(`exits: ${r.exits.join(' -> ')}`);
+  console.log('kvm-ioctls style: vcpu.run() in a loop on this thread');
+  const r = runSeed(0x42, 0x77, (s) => console.log('  ' + s));
+  console.log(`  exits: ${r.exits.join(' -> ')}`);
+  console.log('kvm-rx runtime: the vCPU in a worker thread, devices as an RxJS pipeline there');
+  runSeedOnRuntime((s) => console.log('  ' + s)).catch((e: unknown) => {
+    console.error(e);
+    process.exitCode = 1;
+  });
 }

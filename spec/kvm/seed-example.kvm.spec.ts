@@ -2,7 +2,7 @@
  * kvm-ioctls' README example, on the real kernel: exits in order, answers reaching the guest's
  * registers, and the dirty page the guest wrote.
  */
-import { runSeed } from '../../examples/seed-example';
+import { runSeed, runSeedOnRuntime } from '../../examples/seed-example';
 import { describeKvm } from '../helpers/kvm';
 
 describeKvm('seed example (kvm-ioctls README program)', () => {
@@ -27,5 +27,12 @@ describeKvm('seed example (kvm-ioctls README program)', () => {
     // reported, depending on the kernel, so only that bit is asserted.
     expect(r.dirtyBitmapAtHlt.length).toBe(1);
     expect(r.dirtyBitmapAtHlt[0]! & 0b10n).toBe(0b10n);
+  });
+
+  it('runs the same guest through the worker runtime with its devices as a pipeline', async () => {
+    const logs: string[] = [];
+    const r = await runSeedOnRuntime((s) => logs.push(s));
+    expect(r).toEqual({ rax: 0x42n, rdx: 0x377n, exits: 5 });
+    expect(logs[0]).toContain('IoOut  port 0x3f8 data "5" (worker thread)');
   });
 });
