@@ -129,12 +129,35 @@ describeKvm('VcpuRuntime', () => {
     expect((await run2.done).reason).toBe('stopped');
   });
 
+  it('stops the run when the VM is closed under it, and keeps guest memory mapped until it ends', async () => {
+    const vcpu = realModeGuest(vm, mem, Uint8Array.of(0xeb, 0xfe));
+    const run = runtime.start(vcpu);
+    while (!run.running) await new Promise((r) => setTimeout(r, 5));
+    vm.close(); // closes the vCPU: kicks the worker before the fd number is released
+    expectCode(() => mem.close(), 'Error', 'ERR_KVM_IN_USE'); // the worker still has views of it
+    expect((await run.done).reason).toBe('stopped');
+    expect(vcpu.running).toBe(false);
+    // afterEach closes `mem`: it is free now
+  });
+
   it('ends the run with the error when a worker handler throws, and releases the vCPU', async () => {
     const vcpu = realModeGuest(vm, mem, SEED_GUEST);
     const run = runtime.start(vcpu, { pipeline: PIPELINE, pipelineOptions: { throwOn: 'MmioWrite' } });
     await expect(run.done).rejects.toThrow('handler failed on MmioWrite');
     expect(vcpu.running).toBe(false);
     expect(vcpu.getRegs().rip).toBeGreaterThan(GUEST_ADDR);
+  });
+
+  it('ends the run with an error when the worker thread dies, and releases the vCPU', async () => {
+    const vcpu = realModeGuest(vm, mem, SEED_GUEST);
+    const run = runtime.start(vcpu, { pipeline: join(__dirname, '../fixtures/crash-pipeline.ts') });
+    await expect(run.done).rejects.toThrow();
+    expect(vcpu.running).toBe(false);
+    expect(vcpu.getRegs().rip).toBeGreaterThan(GUEST_ADDR);
+    // the pool replaces the thread: the next run works
+    const vcpu2 = realModeGuest(vm, mem, SEED_GUEST, 1);
+    const r2 = runtime.start(vcpu2, { pipeline: PIPELINE });
+    expect((await r2.done).reason).toBe('completed');
   });
 
   it('names an exit nobody handles, with its port and RIP', async () => {

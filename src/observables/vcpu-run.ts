@@ -11,6 +11,7 @@ import type { RecordedExit } from './recording';
 import type { IoctlBackend } from '../backend/types';
 import { VCPU_EXIT_KINDS, decodeExit, type VcpuExit } from '../wrappers/vcpu-exit';
 import type { VcpuFd } from '../wrappers/vcpu-fd';
+import { RUN } from '../wrappers/kvm-run';
 import { UnhandledExitError, describeExit } from '../workers/describe';
 import {
   CONTROL_BYTES, MAILBOX_BYTES, MAILBOX_OFFSET, Mailbox, R, RECORD_BYTES, RING_OFFSET, RING_RECORDS, Rec,
@@ -91,9 +92,27 @@ export class VcpuRun implements AsyncDisposable {
   #failure: Error | undefined;
   #stopping = false;
 
+  readonly #releaseMemory: () => void;
+  /** This thread's kvm_run mapping: the VcpuFd keeps it mapped until the run ends, for kicks. */
+  readonly #runAddress: bigint;
+  readonly #runView: DataView;
+  #endedCallbacks: Array<() => void> = [];
+
   /** @internal Created by `VcpuRuntime#start()`. */
-  constructor(vcpu: VcpuFd, sab: SharedArrayBuffer, port: MessagePort, task: Promise<TaskOutcome>, signal?: AbortSignal) {
+  constructor(
+    vcpu: VcpuFd,
+    sab: SharedArrayBuffer,
+    port: MessagePort,
+    task: Promise<TaskOutcome>,
+    signal?: AbortSignal,
+    releaseMemory: () => void = () => undefined,
+  ) {
     this.vcpu = vcpu;
+    this.#releaseMemory = releaseMemory;
+    const run = vcpu.getKvmRun();
+    this.#runAddress = run.address;
+    this.#runView = run.asMutRef();
+    vcpu.attachRun(this);
     this.#backend = vcpu.backend;
     this.#port = port;
     this.#ctrl = new Int32Array(sab, 0, CONTROL_BYTES / 4);
@@ -129,6 +148,13 @@ export class VcpuRun implements AsyncDisposable {
     // Start bridging on the next macrotask, so whatever the caller subscribes synchronously after
     // start() (exits$, next(), for await) is in place before the first exit is delivered.
     const bridge = new Promise<void>((resolve, reject) => setImmediate(() => this.#bridge().then(resolve, reject)));
+    // If the worker dies without marking the run ended (a crashed thread), end the bridge anyway.
+    const wake = () => {
+      Atomics.store(this.#ctrl, W.state, State.ended);
+      Atomics.add(this.#ctrl, W.doorbell, 1);
+      Atomics.notify(this.#ctrl, W.doorbell);
+    };
+    task.then(wake, wake);
     this.done = Promise.all([task, bridge]).then(
       ([outcome]) => this.#finish(outcome, signal, onAbort),
       (e: unknown) => this.#finish({ reason: 'error', exits: 0, error: { name: 'Error', message: String((e as Error)?.message ?? e) } }, signal, onAbort),
@@ -138,12 +164,11 @@ export class VcpuRun implements AsyncDisposable {
   #finish(outcome: TaskOutcome, signal: AbortSignal | undefined, onAbort: () => void): RunOutcome {
     signal?.removeEventListener('abort', onAbort);
     this.#ended = true;
-    try {
-      this.vcpu.getKvmRun().immediateExit = 0;
-    } catch {
-      /* the vCPU was closed */
-    }
+    this.#runView.setUint8(RUN.immediateExit, 0);
     this.vcpu.setOwner(undefined);
+    this.vcpu.attachRun(undefined);
+    this.#releaseMemory();
+    for (const fn of this.#endedCallbacks.splice(0)) fn();
     this.#port.close();
     const error = this.#failure ?? (outcome.error ? revive(outcome.error) : undefined);
     for (const w of this.#pullWaiters.splice(0)) w({ value: undefined, done: true });
@@ -335,19 +360,23 @@ export class VcpuRun implements AsyncDisposable {
     return this.done.catch(() => undefined);
   }
 
-  /** @internal Synchronous kick (for process exit): stop flag + immediate_exit + signal. */
+  /** @internal Runs `fn` once the run has ended (at once if it has). */
+  whenEnded(fn: () => void): void {
+    if (this.#ended) fn();
+    else this.#endedCallbacks.push(fn);
+  }
+
+  /**
+   * @internal Synchronous kick (also used at process exit and when the vCPU is closed): stop flag,
+   * then immediate_exit + signal to the worker's thread, so KVM_RUN returns EINTR whether the guest
+   * is running or about to enter.
+   */
   kick(): void {
     Atomics.store(this.#ctrl, W.stop, 1);
     if (this.#ended) return;
     const thread = this.#tid[THREAD_SLOT]!;
-    let runAddress: bigint;
-    try {
-      runAddress = this.vcpu.getKvmRun().address;
-    } catch {
-      return; // the vCPU is closed
-    }
-    if (thread !== 0n && Atomics.load(this.#ctrl, W.state) === State.running) this.#backend.kick(thread, runAddress);
-    else this.vcpu.getKvmRun().immediateExit = 1;
+    if (thread !== 0n && Atomics.load(this.#ctrl, W.state) === State.running) this.#backend.kick(thread, this.#runAddress);
+    else this.#runView.setUint8(RUN.immediateExit, 1);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -144,15 +144,21 @@ export class VcpuRuntime implements AsyncDisposable {
       record: options.record === true,
       port: port2,
     };
+    // The worker has views of guest memory: keep every mapping alive until the run ends.
+    const releases = vm.slotMemories().map((m) => m.retain(`a VcpuRun of vCPU ${vcpu.id}`));
+    const releaseMemory = () => {
+      for (const r of releases.splice(0)) r();
+    };
     vcpu.setOwner(`a VcpuRuntime worker thread`);
     let result: Promise<TaskOutcome>;
     try {
       result = this.#pool.run(task, { transferList: [port2] }) as Promise<TaskOutcome>;
     } catch (e) {
       vcpu.setOwner(undefined);
+      releaseMemory();
       throw e;
     }
-    const run = new VcpuRun(vcpu, sab, port1, result, options.signal);
+    const run = new VcpuRun(vcpu, sab, port1, result, options.signal, releaseMemory);
     this.#runs.add(run);
     const release = () => this.#runs.delete(run);
     run.done.then(release, release);

@@ -144,6 +144,7 @@ export class VcpuFd extends FdOwner {
   readonly #view: DataView;
   readonly #bytes: Uint8Array;
   #owner: string | undefined;
+  #activeRun: { kick(): void; whenEnded(fn: () => void): void } | undefined;
 
   /** @internal Use `VmFd#createVcpu()`. */
   constructor(backend: IoctlBackend, fd: number, runSize: number, id: number, vm: VmFd) {
@@ -154,7 +155,23 @@ export class VcpuFd extends FdOwner {
     this.#run = KvmRunWrapper.mmapFromFd(backend, fd, runSize);
     this.#view = this.#run.asMutRef();
     this.#bytes = this.#run.bytes;
-    this.onClosed(() => this.#run.close());
+    this.onClosed(() => {
+      const active = this.#activeRun;
+      if (active === undefined) {
+        this.#run.close();
+        return;
+      }
+      // A worker may be inside KVM_RUN on this fd: make it stop (it checks the stop flag before any
+      // further ioctl) before the fd number is released and can be reused. The kick writes through
+      // this thread's kvm_run mapping, so that mapping is unmapped only once the run has ended.
+      active.kick();
+      active.whenEnded(() => this.#run.close());
+    });
+  }
+
+  /** @internal The runtime attaches its run while a worker owns this vCPU, and detaches it after. */
+  attachRun(run: { kick(): void; whenEnded(fn: () => void): void } | undefined): void {
+    this.#activeRun = run;
   }
 
   /**
@@ -167,7 +184,7 @@ export class VcpuFd extends FdOwner {
 
   /** Whether a runtime currently runs this vCPU on another thread. */
   get running(): boolean {
-    return this.#owner !== undefined;
+    return this.#activeRun !== undefined;
   }
 
   protected override ioctl(request: number, arg?: IoctlArg): number {

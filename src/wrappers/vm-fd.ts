@@ -115,6 +115,12 @@ export class VmFd extends FdOwner {
     return vcpu;
   }
 
+  /** @internal The mappings behind this VM's memory slots. */
+  slotMemories(): GuestMemory[] {
+    this.checkOpen();
+    return [...new Set(this.guestMemory.regions.map((r) => r.memory))];
+  }
+
   /** The memory slots as `{ slot, guestPhysAddr, hostAddress, size }` (for worker-side views). */
   memorySlots(): Array<{ slot: number; guestPhysAddr: bigint; hostAddress: bigint; size: number }> {
     this.checkOpen();
