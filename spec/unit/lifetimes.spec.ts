@@ -20,9 +20,10 @@ const EXEMPT = new Set<string | symbol>(['constructor', 'close', Symbol.dispose,
  * `FdOwner#onClosed` is `@internal` (the parent/child wiring, called only while the object is
  * open); it registers a callback and does not check the state. `borrow` is protected and runs
  * only in a constructor. `VcpuFd#setOwner` is the runtime's hook to mark a vCPU as running in a
- * worker; the runtime clears it when a run ends, which may be after the vCPU was closed.
+ * worker, and `attachRun` its run handle; the runtime clears both when a run ends, which may be
+ * after the vCPU was closed.
  */
-const INTERNAL = new Set<string | symbol>(['onClosed', 'borrow', 'setOwner']);
+const INTERNAL = new Set<string | symbol>(['onClosed', 'borrow', 'setOwner', 'attachRun']);
 
 const ARG_ERRORS = new Set(['ERR_INVALID_ARG_TYPE', 'ERR_INVALID_ARG_VALUE', 'ERR_OUT_OF_RANGE']);
 
