@@ -121,9 +121,13 @@ export class VcpuRun implements AsyncDisposable {
     this.#ringBytes = new Uint8Array(sab, RING_OFFSET, RING_RECORDS * RECORD_BYTES);
     this.#mbView = new DataView(sab, MAILBOX_OFFSET, MAILBOX_BYTES);
     this.#mbBytes = new Uint8Array(sab, MAILBOX_OFFSET, MAILBOX_BYTES);
+    let portEnded: () => void = () => undefined;
+    const portDone = new Promise<void>((resolve) => (portEnded = resolve));
     port.on('message', (m: { type?: string; channel?: string; data?: unknown }) => {
       if (m?.type === 'emit') this.#events.next({ channel: m.channel ?? '', data: m.data });
+      else if (m?.type === 'end') portEnded();
     });
+    port.on('close', () => portEnded()); // a crashed worker never says 'end'
     port.unref();
     this.exits$ = new Observable<VcpuExit>((sub) => {
       this.#exitObservers++;
@@ -155,7 +159,13 @@ export class VcpuRun implements AsyncDisposable {
       Atomics.notify(this.#ctrl, W.doorbell);
     };
     task.then(wake, wake);
-    this.done = Promise.all([task, bridge]).then(
+    // Every ctx.emit was sent before the worker's 'end' message: wait for it (bounded, in case the
+    // thread died) so events$ has them all before it completes.
+    const emitsDone = task.then(
+      () => Promise.race([portDone, new Promise<void>((r) => setTimeout(r, 1000).unref())]),
+      () => undefined,
+    );
+    this.done = Promise.all([task, bridge, emitsDone]).then(
       ([outcome]) => this.#finish(outcome, signal, onAbort),
       (e: unknown) => this.#finish({ reason: 'error', exits: 0, error: { name: 'Error', message: String((e as Error)?.message ?? e) } }, signal, onAbort),
     );

@@ -310,6 +310,7 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
       /* the views are gone either way */
     }
     for (const m of memories) m.close();
+    port.postMessage({ type: 'end' }); // after every ctx.emit: the main thread completes events$ on it
     port.close();
     Atomics.store(ctrl, W.state, State.ended);
     Atomics.add(ctrl, W.doorbell, 1);
