@@ -54,3 +54,4 @@ export type { CpuIdEntryInput, MsrEntryInput } from './wrappers/fam';
 export * as arm64 from './abi/arm64';
 export { regSize } from './abi/arm64';
 export { _IO, _IOR, _IOW, _IOWR, _IOC, iocFields } from './abi/ioc';
+export * from './devices/index';
