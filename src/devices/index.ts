@@ -3,7 +3,7 @@
  *
  * @module
  */
-export { deviceStage, byteRegisters, performIo, composeStages } from './port-device';
+export { deviceStage, whileSubscribed, byteRegisters, performIo, composeStages, inRanges } from './port-device';
 export type { PortDevice, DeviceStage } from './port-device';
 export { Uart16550, uart16550, UART_REG, UART_FIFO_SIZE } from './uart16550';
 export type { Uart16550Options } from './uart16550';

@@ -3,10 +3,8 @@
  *
  * @module
  */
-import { Observable } from 'rxjs';
 import { checkObject, invalidType, invalidValue } from '../abi/validate';
 import type { PortRange } from '../operators/match';
-import type { VcpuExit } from '../wrappers/vcpu-exit';
 import { Cmos } from './cmos';
 import type { CmosOptions } from './cmos';
 import { DebugPorts } from './debug-ports';
@@ -14,7 +12,7 @@ import type { DebugPortsOptions } from './debug-ports';
 import { I8042 } from './i8042';
 import type { I8042Options } from './i8042';
 import { PciAbsent } from './pci-absent';
-import { deviceStage, inRanges } from './port-device';
+import { deviceStage, inRanges, whileSubscribed } from './port-device';
 import type { DeviceStage, PortDevice } from './port-device';
 import { Uart16550 } from './uart16550';
 import type { Uart16550Options } from './uart16550';
@@ -145,15 +143,5 @@ export function legacyPc(options: LegacyPcOptions = {}): DeviceStage<LegacyPcDev
   const debug = debugOpts && new DebugPorts(debugOpts);
   const device = new LegacyPc(com1, kbc, rtc, pci, debug);
   const stage = deviceStage(device);
-  if (com1 === undefined || com1Opts === undefined || com1Opts.input$ === undefined) return stage;
-  const withInput = (source: Observable<VcpuExit>): Observable<VcpuExit> =>
-    new Observable<VcpuExit>((subscriber) => {
-      const sub = stage(source).subscribe(subscriber);
-      const input = com1.connectInput();
-      return () => {
-        input?.unsubscribe();
-        sub.unsubscribe();
-      };
-    });
-  return Object.assign(withInput, { device });
+  return com1?.hasInput === true ? whileSubscribed(stage, () => com1.connectInput()) : stage;
 }

@@ -8,8 +8,8 @@
  *
  * @module
  */
-import { Observable } from 'rxjs';
-import type { MonoTypeOperatorFunction } from 'rxjs';
+import { defer, filter, finalize, takeWhile } from 'rxjs';
+import type { MonoTypeOperatorFunction, Observable, Unsubscribable } from 'rxjs';
 import type { PortRange } from '../operators/match';
 import type { VcpuExit } from '../wrappers/vcpu-exit';
 
@@ -94,29 +94,36 @@ export function performIo(device: PortDevice, exit: VcpuExit): void {
  */
 export function deviceStage<D extends PortDevice>(device: D): DeviceStage<D> {
   const ranges = device.ports;
+  const mine = (exit: VcpuExit): boolean => (exit.kind === 'IoIn' || exit.kind === 'IoOut') && inRanges(ranges, exit.port);
+  // Built from takeWhile and filter so that a stop or an error also stops a synchronous source at once.
   const stage = (source: Observable<VcpuExit>): Observable<VcpuExit> =>
-    new Observable<VcpuExit>((subscriber) =>
-      source.subscribe({
-        next: (exit) => {
-          if (subscriber.closed) return;
-          if ((exit.kind !== 'IoIn' && exit.kind !== 'IoOut') || !inRanges(ranges, exit.port)) {
-            subscriber.next(exit);
-            return;
-          }
-          try {
-            performIo(device, exit);
-            device.afterExit?.();
-          } catch (err) {
-            subscriber.error(err);
-            return;
-          }
-          if (device.stopRequested === true) subscriber.complete();
-        },
-        error: (err: unknown) => subscriber.error(err),
-        complete: () => subscriber.complete(),
+    source.pipe(
+      takeWhile((exit) => {
+        if (!mine(exit)) return true;
+        performIo(device, exit);
+        device.afterExit?.();
+        return device.stopRequested !== true;
       }),
+      filter((exit) => !mine(exit)),
     );
   return Object.assign(stage, { device });
+}
+
+/**
+ * Runs `connect` when the stage is subscribed and unsubscribes what it returns when the stage's
+ * subscription ends (used to feed device inputs such as a UART's `input$` while the vCPU runs).
+ *
+ * @param stage - the device stage
+ * @param connect - called at each subscription
+ * @return a stage with the same device
+ */
+export function whileSubscribed<D>(stage: DeviceStage<D>, connect: () => Unsubscribable | undefined): DeviceStage<D> {
+  const wrapped = (source: Observable<VcpuExit>): Observable<VcpuExit> =>
+    defer(() => {
+      const connection = connect();
+      return stage(source).pipe(finalize(() => connection?.unsubscribe()));
+    });
+  return Object.assign(wrapped, { device: stage.device });
 }
 
 /**

@@ -3,12 +3,11 @@
  *
  * @module
  */
-import { Observable, Subject } from 'rxjs';
-import type { Subscription } from 'rxjs';
+import { Subject } from 'rxjs';
+import type { Observable, Subscription } from 'rxjs';
 import { checkInt, checkObject, checkU8, invalidType } from '../abi/validate';
 import type { PortRange } from '../operators/match';
-import type { VcpuExit } from '../wrappers/vcpu-exit';
-import { byteRegisters, deviceStage } from './port-device';
+import { byteRegisters, deviceStage, whileSubscribed } from './port-device';
 import type { DeviceStage, PortDevice } from './port-device';
 
 /** Register offsets from the base port (DLAB = LCR bit 7). */
@@ -217,6 +216,11 @@ export class Uart16550 implements PortDevice {
     for (const b of data) if (this.#receive(b)) stored++;
     this.#updateIrq();
     return stored;
+  }
+
+  /** Whether the UART was given an `input$` to subscribe. */
+  get hasInput(): boolean {
+    return this.#input$ !== undefined;
   }
 
   /** Subscribes {@link Uart16550Options.input$} (called by the stage on subscription). */
@@ -436,15 +440,5 @@ export class Uart16550 implements PortDevice {
 export function uart16550(options: Uart16550Options = {}): DeviceStage<Uart16550> {
   const device = new Uart16550(options);
   const stage = deviceStage(device);
-  if (options.input$ === undefined) return stage;
-  const withInput = (source: Observable<VcpuExit>): Observable<VcpuExit> =>
-    new Observable<VcpuExit>((subscriber) => {
-      const sub = stage(source).subscribe(subscriber);
-      const input = device.connectInput();
-      return () => {
-        input?.unsubscribe();
-        sub.unsubscribe();
-      };
-    });
-  return Object.assign(withInput, { device });
+  return options.input$ === undefined ? stage : whileSubscribed(stage, () => device.connectInput());
 }
