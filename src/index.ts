@@ -64,3 +64,4 @@ export { VcpuRun } from './observables/vcpu-run';
 export type { ExitRecord, RunOutcome } from './observables/vcpu-run';
 export { runInThread, vcpuExits } from './observables/run-in-thread';
 export type { InThreadOptions } from './observables/run-in-thread';
+export * from './devices/index';

@@ -1,0 +1,311 @@
+/**
+ * A minimal MC146818 CMOS RTC and its NVRAM.
+ *
+ * @module
+ */
+import { checkObject, checkU64, invalidType } from '../abi/validate';
+import type { PortRange } from '../operators/match';
+import { deviceStage } from './port-device';
+import type { DeviceStage, PortDevice } from './port-device';
+
+/** The index port (bit 7: NMI disable). */
+export const CMOS_INDEX_PORT = 0x70;
+/** The data port. */
+export const CMOS_DATA_PORT = 0x71;
+
+/** CMOS register numbers. */
+export const CMOS_REG = {
+  SECONDS: 0x00,
+  SECONDS_ALARM: 0x01,
+  MINUTES: 0x02,
+  MINUTES_ALARM: 0x03,
+  HOURS: 0x04,
+  HOURS_ALARM: 0x05,
+  DAY_OF_WEEK: 0x06,
+  DAY_OF_MONTH: 0x07,
+  MONTH: 0x08,
+  YEAR: 0x09,
+  STATUS_A: 0x0a,
+  STATUS_B: 0x0b,
+  STATUS_C: 0x0c,
+  STATUS_D: 0x0d,
+  BASE_MEM_LO: 0x15,
+  BASE_MEM_HI: 0x16,
+  EXT_MEM_LO: 0x17,
+  EXT_MEM_HI: 0x18,
+  EXT_MEM2_LO: 0x30,
+  EXT_MEM2_HI: 0x31,
+  CENTURY: 0x32,
+  MEM_ABOVE_16M_LO: 0x34,
+  MEM_ABOVE_16M_HI: 0x35,
+  MEM_ABOVE_4G_LO: 0x5b,
+  MEM_ABOVE_4G_MID: 0x5c,
+  MEM_ABOVE_4G_HI: 0x5d,
+} as const;
+
+const B_BINARY = 0x04;
+const B_24H = 0x02;
+/** Status A at reset: UIP clear, 32.768 kHz time base, 1024 Hz periodic rate. */
+const STATUS_A_DEFAULT = 0x26;
+/** Status B at reset: 24-hour mode, BCD. */
+const STATUS_B_DEFAULT = B_24H;
+/** Status D: valid RAM and time. */
+const STATUS_D_VRT = 0x80;
+
+const KIB = 1024n;
+const MIB = 1024n * KIB;
+const GIB = 1024n * MIB;
+
+/** Options of {@link Cmos}. */
+export interface CmosOptions {
+  /** The wall clock the RTC shows (read in UTC). Default `() => new Date()`. */
+  clock?: () => Date;
+  /** Guest RAM size in bytes, for the memory size registers. Default 0 (registers left 0). */
+  memorySize?: number | bigint;
+  /**
+   * Where RAM stops below 4 GiB (the start of the PCI hole); RAM past it is mapped from 4 GiB
+   * (registers 0x5b–0x5d). Default 3 GiB.
+   */
+  lowMemoryLimit?: number | bigint;
+}
+
+const toBcd = (v: number): number => ((Math.floor(v / 10) % 10) << 4) | v % 10;
+const fromBcd = (v: number): number => (v >> 4) * 10 + (v & 0x0f);
+
+/**
+ * A minimal CMOS/RTC at ports 0x70 (index; bit 7 is the NMI mask, recorded in
+ * {@link nmiDisabled}) and 0x71 (data): the time registers 0x00–0x09 and the century (0x32) from
+ * the injectable clock, in BCD unless status B bit 2 selects binary, in 24-hour mode unless status B
+ * bit 1 is cleared (12-hour: bit 7 of the hours is PM); status A (update never in progress),
+ * B (writable), C (no interrupt flags) and D (valid RAM); the memory size registers from the
+ * configured RAM size; every other byte of the 128-byte RAM reads back what was written. Guest
+ * writes to the time registers move the guest's clock (an offset from the injected clock). Status
+ * B's SET bit is stored but does not stop the clock.
+ *
+ * @example
+ * ```ts
+ * const rtc = cmos({ memorySize: 256 * 1024 * 1024, clock: () => new Date('2024-02-29T23:59:58Z') });
+ * exits$.pipe(rtc, untilHalt());
+ * ```
+ */
+export class Cmos implements PortDevice {
+  readonly ports: ReadonlyArray<PortRange> = [[CMOS_INDEX_PORT, CMOS_DATA_PORT]];
+  readonly #ram = new Uint8Array(128);
+  readonly #clock: () => Date;
+  #index = 0;
+  #nmiDisabled = false;
+  /** Milliseconds added to the injected clock (moved by guest writes to the time registers). */
+  #offsetMs = 0;
+
+  /**
+   * @param options - see {@link CmosOptions}
+   * @throws TypeError `ERR_INVALID_ARG_TYPE` / RangeError `ERR_OUT_OF_RANGE` for invalid options
+   */
+  constructor(options: CmosOptions = {}) {
+    checkObject('options', options);
+    if (options.clock !== undefined && typeof options.clock !== 'function') invalidType('options.clock', 'of type function', options.clock);
+    this.#clock = options.clock ?? (() => new Date());
+    const size = checkU64('options.memorySize', options.memorySize ?? 0);
+    const limit = checkU64('options.lowMemoryLimit', options.lowMemoryLimit ?? 3n * GIB);
+    this.#ram[CMOS_REG.STATUS_A] = STATUS_A_DEFAULT;
+    this.#ram[CMOS_REG.STATUS_B] = STATUS_B_DEFAULT;
+    this.#ram[CMOS_REG.STATUS_D] = STATUS_D_VRT;
+    this.#setMemory(size, limit < 4n * GIB ? limit : 4n * GIB);
+  }
+
+  /** Whether the guest set the NMI-disable bit (bit 7 of the index port). */
+  get nmiDisabled(): boolean {
+    return this.#nmiDisabled;
+  }
+
+  /** The selected register (0..127). */
+  get index(): number {
+    return this.#index;
+  }
+
+  #setMemory(size: bigint, limit: bigint): void {
+    const low = size < limit ? size : limit;
+    const high = size - low;
+    const set16 = (reg: number, v: bigint): void => {
+      this.#ram[reg] = Number(v & 0xffn);
+      this.#ram[reg + 1] = Number((v >> 8n) & 0xffn);
+    };
+    const cap = (v: bigint, max: bigint): bigint => (v > max ? max : v < 0n ? 0n : v);
+    const baseKib = cap(low / KIB, 640n);
+    set16(CMOS_REG.BASE_MEM_LO, baseKib);
+    const extKib = low > MIB ? cap((low - MIB) / KIB, 0xffffn) : 0n;
+    set16(CMOS_REG.EXT_MEM_LO, extKib);
+    set16(CMOS_REG.EXT_MEM2_LO, extKib);
+    const above16 = low > 16n * MIB ? cap((low - 16n * MIB) / (64n * KIB), 0xffffn) : 0n;
+    set16(CMOS_REG.MEM_ABOVE_16M_LO, above16);
+    const above4g = cap(high / (64n * KIB), 0xffffffn);
+    set16(CMOS_REG.MEM_ABOVE_4G_LO, above4g);
+    this.#ram[CMOS_REG.MEM_ABOVE_4G_HI] = Number((above4g >> 16n) & 0xffn);
+  }
+
+  #now(): Date {
+    const t = this.#clock().getTime();
+    return new Date((Number.isFinite(t) ? t : 0) + this.#offsetMs);
+  }
+
+  #encode(v: number): number {
+    return (this.#ram[CMOS_REG.STATUS_B]! & B_BINARY) !== 0 ? v : toBcd(v);
+  }
+
+  #decode(v: number): number {
+    return (this.#ram[CMOS_REG.STATUS_B]! & B_BINARY) !== 0 ? v : fromBcd(v);
+  }
+
+  /**
+   * Reads CMOS register `reg` (0..127) as the guest does: time registers come from the clock,
+   * status C reads 0 (no interrupt flags), other registers from the RAM.
+   */
+  readRegister(reg: number): number {
+    const r = reg & 0x7f;
+    switch (r) {
+      case CMOS_REG.SECONDS:
+        return this.#encode(this.#now().getUTCSeconds());
+      case CMOS_REG.MINUTES:
+        return this.#encode(this.#now().getUTCMinutes());
+      case CMOS_REG.HOURS: {
+        const h = this.#now().getUTCHours();
+        if ((this.#ram[CMOS_REG.STATUS_B]! & B_24H) !== 0) return this.#encode(h);
+        return this.#encode(h % 12 === 0 ? 12 : h % 12) | (h >= 12 ? 0x80 : 0);
+      }
+      case CMOS_REG.DAY_OF_WEEK:
+        return this.#encode(this.#now().getUTCDay() + 1);
+      case CMOS_REG.DAY_OF_MONTH:
+        return this.#encode(this.#now().getUTCDate());
+      case CMOS_REG.MONTH:
+        return this.#encode(this.#now().getUTCMonth() + 1);
+      case CMOS_REG.YEAR:
+        return this.#encode(this.#now().getUTCFullYear() % 100);
+      case CMOS_REG.CENTURY:
+        return this.#encode(Math.floor(this.#now().getUTCFullYear() / 100) % 100);
+      case CMOS_REG.STATUS_A:
+        return this.#ram[r]! & 0x7f; // UIP never set
+      case CMOS_REG.STATUS_C:
+        return 0;
+      case CMOS_REG.STATUS_D:
+        return STATUS_D_VRT;
+      default:
+        return this.#ram[r]!;
+    }
+  }
+
+  /** Writes CMOS register `reg` (0..127) as the guest does (only the low 8 bits of `value` count). */
+  writeRegister(reg: number, value: number): void {
+    const r = reg & 0x7f;
+    const v = value & 0xff;
+    switch (r) {
+      case CMOS_REG.SECONDS:
+      case CMOS_REG.MINUTES:
+      case CMOS_REG.HOURS:
+      case CMOS_REG.DAY_OF_MONTH:
+      case CMOS_REG.MONTH:
+      case CMOS_REG.YEAR:
+      case CMOS_REG.CENTURY:
+        this.#setTime(r, v);
+        return;
+      case CMOS_REG.DAY_OF_WEEK:
+      case CMOS_REG.STATUS_C:
+      case CMOS_REG.STATUS_D:
+        return; // computed or read-only
+      case CMOS_REG.STATUS_A:
+        this.#ram[r] = v & 0x7f;
+        return;
+      default:
+        this.#ram[r] = v;
+    }
+  }
+
+  /** Moves the guest's clock so that field `reg` reads `raw` (out-of-range values are ignored). */
+  #setTime(reg: number, raw: number): void {
+    const now = this.#now();
+    const f = {
+      s: now.getUTCSeconds(),
+      min: now.getUTCMinutes(),
+      h: now.getUTCHours(),
+      d: now.getUTCDate(),
+      mon: now.getUTCMonth(),
+      y: now.getUTCFullYear(),
+    };
+    let v: number;
+    if (reg === CMOS_REG.HOURS && (this.#ram[CMOS_REG.STATUS_B]! & B_24H) === 0) {
+      const h12 = this.#decode(raw & 0x7f);
+      if (h12 < 1 || h12 > 12) return;
+      v = (h12 % 12) + ((raw & 0x80) !== 0 ? 12 : 0);
+    } else {
+      v = this.#decode(raw);
+    }
+    switch (reg) {
+      case CMOS_REG.SECONDS:
+        if (v > 59) return;
+        f.s = v;
+        break;
+      case CMOS_REG.MINUTES:
+        if (v > 59) return;
+        f.min = v;
+        break;
+      case CMOS_REG.HOURS:
+        if (v > 23) return;
+        f.h = v;
+        break;
+      case CMOS_REG.DAY_OF_MONTH:
+        if (v < 1 || v > 31) return;
+        f.d = v;
+        break;
+      case CMOS_REG.MONTH:
+        if (v < 1 || v > 12) return;
+        f.mon = v - 1;
+        break;
+      case CMOS_REG.YEAR:
+        if (v > 99) return;
+        f.y = Math.floor(f.y / 100) * 100 + v;
+        break;
+      default: // century
+        if (v > 99) return;
+        f.y = v * 100 + (f.y % 100);
+    }
+    const target = Date.UTC(f.y, f.mon, f.d, f.h, f.min, f.s, now.getUTCMilliseconds());
+    if (Number.isFinite(target)) this.#offsetMs += target - now.getTime();
+  }
+
+  ioRead(port: number, size: number): number {
+    let v = 0;
+    for (let b = size - 1; b >= 0; b--) {
+      // The index register is write-only; it reads as all ones (as on QEMU).
+      v = v * 256 + (port + b === CMOS_DATA_PORT ? this.readRegister(this.#index) : 0xff);
+    }
+    return v;
+  }
+
+  ioWrite(port: number, size: number, value: number): void {
+    for (let b = 0; b < size; b++) {
+      const p = port + b;
+      const v = Math.floor(value / 2 ** (8 * b)) & 0xff;
+      if (p === CMOS_INDEX_PORT) {
+        this.#index = v & 0x7f;
+        this.#nmiDisabled = (v & 0x80) !== 0;
+      } else if (p === CMOS_DATA_PORT) {
+        this.writeRegister(this.#index, v);
+      }
+    }
+  }
+}
+
+/**
+ * A minimal CMOS/RTC as a pipeline stage (ports 0x70–0x71); the model is `stage.device`.
+ *
+ * @example
+ * ```ts
+ * exits$.pipe(cmos({ memorySize: vmRamBytes }), untilHalt());
+ * ```
+ *
+ * @param options - see {@link CmosOptions}
+ * @return the stage
+ * @throws TypeError / RangeError for invalid options
+ */
+export function cmos(options: CmosOptions = {}): DeviceStage<Cmos> {
+  return deviceStage(new Cmos(options));
+}

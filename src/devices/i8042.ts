@@ -1,0 +1,145 @@
+/**
+ * A minimal i8042 keyboard controller: enough for a guest to find no keyboard and to reset the
+ * machine through it.
+ *
+ * @module
+ */
+import { checkObject, invalidType } from '../abi/validate';
+import type { PortRange } from '../operators/match';
+import { deviceStage } from './port-device';
+import type { DeviceStage, PortDevice } from './port-device';
+
+/** The data port. */
+export const I8042_DATA_PORT = 0x60;
+/** The status (read) and command (write) port. */
+export const I8042_COMMAND_PORT = 0x64;
+
+/** Status register bits. */
+const STATUS_SYS = 0x04; // system flag: self-test passed
+const STATUS_CMD = 0x08; // the last write went to the command port
+const STATUS_UNLOCKED = 0x10; // keyboard not inhibited
+
+/** The "write output port" command: the next data byte is the output port (bit 0 = reset line, active low). */
+const CMD_WRITE_OUTPUT = 0xd1;
+/** The "pulse reset line" command. */
+export const I8042_CMD_RESET = 0xfe;
+
+/** Options of {@link I8042}. */
+export interface I8042Options {
+  /**
+   * Called when the guest resets the CPU through the controller (command 0xFE, any other
+   * "pulse output lines" command 0xF0–0xFE that pulses bit 0, or a "write output port" with bit 0
+   * clear). In a worker pipeline: `onReset: () => ctx.emit('reset', null)`.
+   */
+  onReset?: () => void;
+  /** Whether the stage completes its output at a reset, which ends the vCPU's run cleanly. Default `true`. */
+  stopOnReset?: boolean;
+}
+
+/**
+ * A minimal i8042 at ports 0x60 (data) and 0x64 (status/command): no keyboard or mouse is
+ * attached, so the status register never reports data (OBF = 0) and is always ready for input
+ * (IBF = 0); reads of the data port return 0. The CPU-reset commands set {@link resetRequested},
+ * call `onReset` and (by default) complete the stage's output, so the run ends with reason
+ * `'completed'`; the VMM tells a reset from a halt by `resetRequested`. Every other command and
+ * data byte is accepted and ignored.
+ *
+ * @example
+ * ```ts
+ * const kbc = i8042({ onReset: () => console.log('guest reboot') });
+ * const outcome = await runInThread(vcpu, (exits$) => exits$.pipe(kbc, untilHalt()));
+ * if (kbc.device.resetRequested) restartVm();
+ * ```
+ */
+export class I8042 implements PortDevice {
+  readonly ports: ReadonlyArray<PortRange> = [
+    [I8042_DATA_PORT, I8042_DATA_PORT],
+    [I8042_COMMAND_PORT, I8042_COMMAND_PORT],
+  ];
+  readonly #onReset: (() => void) | undefined;
+  readonly #stopOnReset: boolean;
+  #lastWasCommand = false;
+  #pending: number | undefined;
+  #reset = false;
+
+  /**
+   * @param options - see {@link I8042Options}
+   * @throws TypeError `ERR_INVALID_ARG_TYPE` for invalid options
+   */
+  constructor(options: I8042Options = {}) {
+    checkObject('options', options);
+    if (options.onReset !== undefined && typeof options.onReset !== 'function') invalidType('options.onReset', 'of type function', options.onReset);
+    if (options.stopOnReset !== undefined && typeof options.stopOnReset !== 'boolean') invalidType('options.stopOnReset', 'of type boolean', options.stopOnReset);
+    this.#onReset = options.onReset;
+    this.#stopOnReset = options.stopOnReset ?? true;
+  }
+
+  /** Whether the guest has reset the CPU through the controller. */
+  get resetRequested(): boolean {
+    return this.#reset;
+  }
+
+  /** `true` once a reset is requested (and `stopOnReset` is on): the stage completes. */
+  get stopRequested(): boolean {
+    return this.#reset && this.#stopOnReset;
+  }
+
+  /** The status register. */
+  get status(): number {
+    return STATUS_SYS | STATUS_UNLOCKED | (this.#lastWasCommand ? STATUS_CMD : 0);
+  }
+
+  ioRead(port: number, size: number): number {
+    let v = 0;
+    for (let b = size - 1; b >= 0; b--) {
+      const p = port + b;
+      v = v * 256 + (p === I8042_DATA_PORT ? 0 : p === I8042_COMMAND_PORT ? this.status : 0xff);
+    }
+    return v;
+  }
+
+  ioWrite(port: number, size: number, value: number): void {
+    for (let b = 0; b < size; b++) {
+      const p = port + b;
+      const v = Math.floor(value / 2 ** (8 * b)) & 0xff;
+      if (p === I8042_COMMAND_PORT) this.#command(v);
+      else if (p === I8042_DATA_PORT) this.#data(v);
+    }
+  }
+
+  #command(cmd: number): void {
+    this.#lastWasCommand = true;
+    this.#pending = cmd === CMD_WRITE_OUTPUT ? cmd : undefined;
+    // 0xF0-0xFF pulse the output lines whose bits are clear; bit 0 is the CPU reset line.
+    if (cmd >= 0xf0 && (cmd & 1) === 0) this.#resetCpu();
+  }
+
+  #data(v: number): void {
+    this.#lastWasCommand = false;
+    const pending = this.#pending;
+    this.#pending = undefined;
+    if (pending === CMD_WRITE_OUTPUT && (v & 1) === 0) this.#resetCpu();
+  }
+
+  #resetCpu(): void {
+    if (this.#reset) return;
+    this.#reset = true;
+    this.#onReset?.();
+  }
+}
+
+/**
+ * A minimal i8042 as a pipeline stage (ports 0x60 and 0x64); the model is `stage.device`.
+ *
+ * @example
+ * ```ts
+ * exits$.pipe(i8042({ onReset: () => ctx.emit('reset', null) }), untilHalt(), failOnUnhandled());
+ * ```
+ *
+ * @param options - see {@link I8042Options}
+ * @return the stage
+ * @throws TypeError `ERR_INVALID_ARG_TYPE` for invalid options
+ */
+export function i8042(options: I8042Options = {}): DeviceStage<I8042> {
+  return deviceStage(new I8042(options));
+}
