@@ -1,10 +1,11 @@
 /**
  * The in-thread runner and the synchronous exit Observable on the mock backend.
  */
-import { Observable, takeWhile, toArray, lastValueFrom, map } from 'rxjs';
+import { Observable, takeWhile, toArray, lastValueFrom, map, firstValueFrom } from 'rxjs';
 import { MockBackend, hlt, ioIn, ioOut, mmioRead } from '../../src/backend/mock/index';
 import { holdVcpu } from '../../src/operators/hold';
 import { runInThread, vcpuExits } from '../../src/observables/run-in-thread';
+import { failOnUnhandled, untilHalt } from '../../src/operators/index';
 import { Kvm } from '../../src/wrappers/kvm';
 import type { VcpuExit } from '../../src/wrappers/vcpu-exit';
 
@@ -35,17 +36,21 @@ const answering = (value: number, delayMs?: number) => (exits$: Observable<VcpuE
   );
 
 describe('vcpuExits (synchronous, mock backend)', () => {
-  it('emits the scripted exits in order and delivers answers on the next run', () => {
+  it('emits the scripted exits in order and delivers answers on the next run', async () => {
     const { backend, vcpu, kvm } = setup();
     backend.vcpu(0).script([ioOut(0x3f8, 'H'), ioIn(0x60), mmioRead(0xd000_0000n, 4), hlt()]);
     const kinds: string[] = [];
-    vcpuExits(vcpu)
-      .pipe(takeWhile((e) => e.kind !== 'Hlt', true))
-      .subscribe((e) => {
-        kinds.push(e.kind);
-        if (e.kind === 'IoIn') e.data[0] = 0xab;
-        if (e.kind === 'MmioRead') e.data.set([1, 2, 3, 4]);
-      });
+    await lastValueFrom(
+      vcpuExits(vcpu).pipe(
+        takeWhile((e) => e.kind !== 'Hlt', true),
+        map((e) => {
+          kinds.push(e.kind);
+          if (e.kind === 'IoIn') e.data[0] = 0xab;
+          if (e.kind === 'MmioRead') e.data.set([1, 2, 3, 4]);
+          return e;
+        }),
+      ),
+    );
     expect(kinds).toEqual(['IoOut', 'IoIn', 'MmioRead', 'Hlt']);
     expect(backend.vcpu(0).answers).toEqual([
       { exit: 'IoIn(0x60)', answer: Uint8Array.of(0xab) },
@@ -59,6 +64,25 @@ describe('vcpuExits (synchronous, mock backend)', () => {
     const { backend, vcpu, kvm } = setup();
     backend.vcpu(0).script([hlt()]);
     await expect(lastValueFrom(vcpuExits(vcpu).pipe(map((e) => e.kind), toArray()))).rejects.toMatchObject({ code: 'EINTR', request: 'KVM_RUN' });
+    kvm.close();
+  });
+});
+
+describe('vcpuExits with operators that complete or error', () => {
+  it('runs the vCPU no further once untilHalt() completed', async () => {
+    const { backend, vcpu, kvm } = setup();
+    backend.vcpu(0).script([ioOut(1, [1]), hlt(), hlt(), hlt()]);
+    const kinds = await lastValueFrom(vcpuExits(vcpu).pipe(untilHalt(), map((e) => e.kind), toArray()));
+    expect(kinds).toEqual(['IoOut']);
+    expect(backend.vcpu(0).runs).toBe(2);
+    kvm.close();
+  });
+
+  it('runs the vCPU no further once failOnUnhandled() errored', async () => {
+    const { backend, vcpu, kvm } = setup();
+    backend.vcpu(0).script([ioOut(0x80, [1]), hlt(), hlt()]);
+    await expect(firstValueFrom(vcpuExits(vcpu).pipe(failOnUnhandled()))).rejects.toMatchObject({ code: 'ERR_KVM_UNHANDLED_EXIT' });
+    expect(backend.vcpu(0).runs).toBe(1);
     kvm.close();
   });
 });

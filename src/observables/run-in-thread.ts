@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { Observable, Subject } from 'rxjs';
+import { Observable, Subject, asapScheduler } from 'rxjs';
 import { attachHold } from '../operators/hold';
 import type { VcpuExit } from '../wrappers/vcpu-exit';
 import type { VcpuFd } from '../wrappers/vcpu-fd';
@@ -15,9 +15,10 @@ import { recordExit } from './recording';
 import type { RunOutcome } from './vcpu-run';
 
 /**
- * A cold Observable of a vCPU's exits, run synchronously on the subscribing thread: each
- * subscription calls `vcpu.run()` in a loop and emits every exit, until it unsubscribes (e.g.
- * through `takeWhile`) or `run()` throws. Answers written into an exit during `next()` reach the
+ * A cold Observable of a vCPU's exits, run on the subscribing thread: each subscription calls
+ * `vcpu.run()` in a loop (starting on the `asapScheduler`, right after `subscribe()` returns) and
+ * emits every exit, until it unsubscribes (e.g. through `untilHalt()` or `takeWhile`) or `run()`
+ * throws. Answers written into an exit during `next()` reach the
  * guest on the following `run()`. Async holds are not possible here (use {@link runInThread}).
  *
  * @example
@@ -26,18 +27,23 @@ import type { RunOutcome } from './vcpu-run';
  * ```
  */
 export function vcpuExits(vcpu: VcpuFd): Observable<VcpuExit> {
-  return new Observable<VcpuExit>((subscriber) => {
-    while (!subscriber.closed) {
-      let exit: VcpuExit;
-      try {
-        exit = vcpu.run();
-      } catch (e) {
-        subscriber.error(e);
-        break;
+  return new Observable<VcpuExit>((subscriber) =>
+    // The loop starts once subscribe() has returned, so operators downstream have their teardown
+    // in place: one that completes or errors (stopOn, failOnUnhandled) closes this subscriber and
+    // the vCPU is not run again. `asapScheduler` is virtualised by TestScheduler.run (frame 0).
+    asapScheduler.schedule(() => {
+      while (!subscriber.closed) {
+        let exit: VcpuExit;
+        try {
+          exit = vcpu.run();
+        } catch (e) {
+          subscriber.error(e);
+          break;
+        }
+        subscriber.next(exit);
       }
-      subscriber.next(exit);
-    }
-  });
+    }),
+  );
 }
 
 /** Options of {@link runInThread}. */
