@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { Observable, Subject, asapScheduler } from 'rxjs';
+import { EMPTY, Observable, Subject, asapScheduler, filter, map } from 'rxjs';
 import { attachHold } from '../operators/hold';
 import type { VcpuExit } from '../wrappers/vcpu-exit';
 import type { VcpuFd } from '../wrappers/vcpu-fd';
@@ -58,6 +58,8 @@ export interface InThreadOptions {
   onEmit?: (channel: string, data: unknown) => void;
   /** Records every exit and its answer into `outcome.recording`. */
   record?: boolean;
+  /** What `ctx.receive(channel)` delivers (the worker runtime's `run.send`). */
+  input?: Observable<{ channel: string; data: unknown }>;
 }
 
 /**
@@ -82,6 +84,11 @@ export async function runInThread(vcpu: VcpuFd, pipeline: VcpuPipeline, opts: In
     options: opts.options,
     emit: (channel, data) => opts.onEmit?.(channel, data),
     signal: abort.signal,
+    receive: (channel) =>
+      (opts.input ?? EMPTY).pipe(
+        filter((m) => channel === undefined || m.channel === channel),
+        map((m) => m.data),
+      ),
   };
   const exits = new Subject<VcpuExit>();
   let unhandled: VcpuExit | undefined;

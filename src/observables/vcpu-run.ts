@@ -370,6 +370,21 @@ export class VcpuRun implements AsyncDisposable {
     return this.done.catch(() => undefined);
   }
 
+  /**
+   * Sends a value to the pipeline in the vCPU's worker (`ctx.receive(channel)`), e.g. console input
+   * for a UART model. The vCPU is kicked out of the guest so the worker can take it at once, even if
+   * the guest sleeps in `hlt` inside the kernel. The value is structured-cloned.
+   *
+   * @example `process.stdin.on('data', (b) => run.send('stdin', b));`
+   */
+  send(channel: string, data: unknown): void {
+    if (this.#ended) return;
+    this.#port.postMessage({ type: 'input', channel, data });
+    Atomics.store(this.#ctrl, W.wake, 1);
+    const thread = this.#tid[THREAD_SLOT]!;
+    if (thread !== 0n && Atomics.load(this.#ctrl, W.state) === State.running) this.#backend.kick(thread, this.#runAddress);
+  }
+
   /** @internal Runs `fn` once the run has ended (at once if it has). */
   whenEnded(fn: () => void): void {
     if (this.#ended) fn();

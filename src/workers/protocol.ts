@@ -36,6 +36,8 @@ export const W = {
   monitor: 6,
   /** Number of exits the worker has seen. */
   exits: 7,
+  /** Set by the main thread when it sent input (`run.send`): the worker yields to its event loop. */
+  wake: 8,
 } as const;
 
 export const State = { starting: 0, running: 1, ended: 2 } as const;

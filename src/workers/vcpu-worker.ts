@@ -7,8 +7,8 @@
  *
  * @module
  */
-import { Subject, type Observable } from 'rxjs';
-import { MessagePort } from 'node:worker_threads';
+import { Subject, filter, map, type Observable } from 'rxjs';
+import { MessagePort, receiveMessageOnPort } from 'node:worker_threads';
 import { KvmError } from '../abi/errors';
 import { nativeBackend } from '../backend/native';
 import { GuestMemory, GuestMemoryMap } from '../wrappers/guest-memory';
@@ -40,6 +40,12 @@ export interface VcpuContext {
   emit(channel: string, data: unknown): void;
   /** Aborted when the run stops. */
   readonly signal: AbortSignal;
+  /**
+   * Values the main thread sent with `run.send(channel, data)` (all channels, or one). Delivered
+   * between exits: the main thread kicks the vCPU out of the guest to hand them over, so input
+   * reaches a device even while the guest sleeps in an in-kernel `hlt`.
+   */
+  receive(channel?: string): Observable<unknown>;
 }
 
 /** The shape of a pipeline module's export. */
@@ -98,9 +104,18 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
   const abort = new AbortController();
   let stopResolve: () => void = () => undefined;
   const stopped = new Promise<void>((r) => (stopResolve = r));
-  port.on('message', (m: { type?: string }) => {
+  const inputs = new Subject<{ channel: string; data: unknown }>();
+  const onMessage = (m: { type?: string; channel?: string; data?: unknown }) => {
     if (m?.type === 'stop') stopResolve();
-  });
+    else if (m?.type === 'input') inputs.next({ channel: m.channel ?? '', data: m.data });
+  };
+  port.on('message', onMessage);
+  // The run loop is synchronous between exits: take queued messages (input, stop) now.
+  const drainMessages = () => {
+    for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) {
+      onMessage(m.message as { type?: string });
+    }
+  };
   const stopRequested = () => Atomics.load(ctrl, W.stop) !== 0;
   const ring_doorbell = () => {
     Atomics.add(ctrl, W.doorbell, 1);
@@ -129,6 +144,11 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
       options: task.options,
       emit: (channel, data) => port.postMessage({ type: 'emit', channel, data }),
       signal: abort.signal,
+      receive: (channel) =>
+        inputs.pipe(
+          filter((m) => channel === undefined || m.channel === channel),
+          map((m) => m.data),
+        ),
     };
 
     const exits = new Subject<VcpuExit>();
@@ -242,6 +262,16 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
 
     for (;;) {
       if (stopRequested()) break;
+      if (Atomics.load(ctrl, W.wake) !== 0) {
+        Atomics.store(ctrl, W.wake, 0);
+        drainMessages();
+        if (failure !== undefined) throw failure;
+        if (completed) {
+          outcome.reason = 'completed';
+          break;
+        }
+        continue;
+      }
       let exit: VcpuExit | undefined;
       try {
         exit = nextExit();
@@ -303,6 +333,7 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
     outcome.error = serializeError(e);
   } finally {
     abort.abort();
+    inputs.complete();
     // Leave immediate_exit at 0 for whoever runs this vCPU next, then release this thread's views.
     try {
       vm.close();

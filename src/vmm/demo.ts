@@ -1,0 +1,72 @@
+/**
+ * The demo VM (`kvm-rx run` with no arguments, `npm start`): the embedded demo guest with its UART
+ * on the terminal, driven by the worker runtime.
+ *
+ * @module
+ */
+import { extname, join } from 'node:path';
+import { VcpuRuntime } from '../workers/runtime';
+import type { RunOutcome } from '../observables/vcpu-run';
+import { GuestMemory } from '../wrappers/guest-memory';
+import { Kvm } from '../wrappers/kvm';
+import { DEMO_GUEST, DEMO_GUEST_ADDR } from './demo-guest';
+
+/** Options of {@link runDemo}. */
+export interface DemoOptions {
+  /** Receives what the guest writes to its serial port. */
+  output: (bytes: Uint8Array) => void;
+  /** Called once the guest runs: `send(bytes)` types into the guest's serial port. */
+  onStart?: (send: (bytes: Uint8Array) => void) => void;
+  /** Stops the VM. */
+  signal?: AbortSignal;
+  /** A runtime to use (default: a new one with one vCPU thread, closed at the end). */
+  runtime?: VcpuRuntime;
+}
+
+/** How the demo ended. */
+export interface DemoOutcome extends RunOutcome {
+  /** The guest reset the machine (Ctrl-D in the demo guest): a clean end. */
+  reset: boolean;
+}
+
+/**
+ * Runs the demo guest until it resets the machine or `signal` aborts.
+ *
+ * @example
+ * ```ts
+ * const outcome = await runDemo({ output: (b) => process.stdout.write(b), onStart: (send) => send(Buffer.from('hi\x04')) });
+ * ```
+ */
+export async function runDemo(options: DemoOptions): Promise<DemoOutcome> {
+  const runtime = options.runtime ?? new VcpuRuntime({ maxVcpus: 1 });
+  const mem = GuestMemory.anonymous(0x10000); // IVT, code at 0x1000, stack below 0x7000
+  const kvm = new Kvm();
+  try {
+    const vm = kvm.createVm();
+    vm.createIrqChip(); // the 8259 that turns the UART's IRQ 4 into an interrupt
+    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
+    mem.write(Number(DEMO_GUEST_ADDR), DEMO_GUEST);
+    const vcpu = vm.createVcpu(0);
+    const sregs = vcpu.getSregs();
+    sregs.cs.base = 0n;
+    sregs.cs.selector = 0;
+    vcpu.setSregs(sregs);
+    vcpu.setRegs({ rip: DEMO_GUEST_ADDR, rflags: 2n });
+    const run = runtime.start(vcpu, {
+      pipeline: join(__dirname, `demo-devices${extname(__filename)}`),
+      signal: options.signal,
+    });
+    let reset = false;
+    run.events$.subscribe(({ channel, data }) => {
+      if (channel === 'tx') options.output(data as Uint8Array);
+      else if (channel === 'reset') reset = true;
+    });
+    options.onStart?.((bytes) => run.send('stdin', bytes));
+    const outcome = await run.done;
+    return { ...outcome, reset };
+  } finally {
+    kvm.close();
+    mem.close();
+    if (options.runtime === undefined) await runtime.close();
+  }
+}
