@@ -45,6 +45,11 @@ export interface StartOptions {
   unhandled?: 'main' | 'error' | 'ignore';
   /** Stops the run when aborted. */
   signal?: AbortSignal;
+  /**
+   * Pins the vCPU's worker thread to this CPU while it runs (for benchmarks: see
+   * docs/performance.md). Default: no pinning.
+   */
+  pinCpu?: number;
 }
 
 function workerFile(): { filename: string; execArgv: string[] } {
@@ -138,6 +143,7 @@ export class VcpuRuntime implements AsyncDisposable {
       unhandled,
       port: port2,
     };
+    if (options.pinCpu !== undefined) task.pinCpu = checkInt('options.pinCpu', options.pinCpu, 0, 1023);
     vcpu.setOwner(`a VcpuRuntime worker thread`);
     let result: Promise<TaskOutcome>;
     try {
