@@ -328,6 +328,46 @@ function kickWorker(o: Options, workerCpu: number): Promise<Measured> {
   });
 }
 
+/**
+ * The floor of a worker -> main -> worker round trip in Node without KVM: the worker posts and
+ * sleeps in Atomics.wait, the main thread wakes through Atomics.waitAsync, answers and notifies.
+ */
+function handoffFloor(o: Options, workerCpu: number): Promise<Measured> {
+  const sab = new SharedArrayBuffer(16);
+  const ctl = new Int32Array(sab); // [0] doorbell, [1] mailbox (1 posted, 0 answered)
+  const rounds = o.exits;
+  const worker = new Worker(
+    `
+    const { workerData: d } = require('node:worker_threads');
+    require('node-gyp-build')(d.root).setAffinity(d.cpu);
+    const ctl = new Int32Array(d.sab);
+    for (let i = 0; i < d.rounds; i++) {
+      Atomics.store(ctl, 1, 1);
+      Atomics.add(ctl, 0, 1); Atomics.notify(ctl, 0);
+      while (Atomics.load(ctl, 1) === 1) Atomics.wait(ctl, 1, 1);
+    }
+    `,
+    { eval: true, workerData: { root: join(__dirname, '..'), sab, cpu: workerCpu, rounds } },
+  );
+  return (async () => {
+    let t0 = 0n;
+    for (let i = 0; i < rounds; i++) {
+      for (;;) {
+        const seen = Atomics.load(ctl, 0);
+        if (Atomics.load(ctl, 1) === 1) break;
+        const r = Atomics.waitAsync(ctl, 0, seen);
+        if (r.async) await r.value;
+      }
+      if (i === Math.floor(rounds / 10)) t0 = now();
+      Atomics.store(ctl, 1, 0);
+      Atomics.notify(ctl, 1);
+    }
+    const value = Number(now() - t0) / 1000 / (rounds - Math.floor(rounds / 10));
+    await worker.terminate();
+    return { value };
+  })();
+}
+
 function cKick(cpu: number, cpu2: number) {
   return (o: Options): Measured => {
     const samples = (runC(['kick', String(o.kicks), String(cpu), String(cpu2)]).ns as number[]).map((n) => n / 1000);
@@ -427,6 +467,14 @@ function defineCases(o: Options): CaseDef[] {
       unit: 'µs/exit',
       c: cLoop('out', A),
       ts: (opts, runtime) => pullMode('out', opts, runtime, A),
+    },
+    {
+      id: '4h',
+      title: 'reference: Node worker -> main (waitAsync) -> worker round trip, no KVM',
+      placement: one,
+      unit: 'µs/exit',
+      c: null,
+      ts: (opts) => handoffFloor(opts, A),
     },
     {
       id: '6a',
