@@ -14,7 +14,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { extname, join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { offsetOf } from '../src/abi/codec';
@@ -593,6 +593,7 @@ async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
   const ncpu = cpus().length;
   if (o.cpu >= ncpu || o.cpu2 >= ncpu) throw new Error(`--cpu/--cpu2 must be below the CPU count (${ncpu})`);
+  const loadBefore = loadavg().map((x) => Number(x.toFixed(2)));
   cBinary = buildC();
   // Pin the main thread (and so every thread it creates and the C children, which inherit it).
   addon().setAffinity(o.cpu);
@@ -650,6 +651,8 @@ async function main(): Promise<void> {
     kernel: spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim(),
     cpus: ncpu,
     cpuModel: cpus()[0]?.model ?? '',
+    loadavgBefore: loadBefore,
+    loadavgAfter: loadavg().map((x) => Number(x.toFixed(2))),
     pinning: { main: o.cpu, other: o.cpu2 },
     reps: o.reps,
     exits: o.exits,
@@ -681,7 +684,8 @@ async function main(): Promise<void> {
   process.stdout.write(
     `kvm-rx bench, ${meta.date}, Node ${meta.node}, Linux ${meta.kernel}, ${ncpu} CPUs (${meta.cpuModel})\n` +
       `medians of ${o.reps} repetitions; each repetition spawns the C baseline, then runs the kvm-rx case; ` +
-      `${o.exits} measured exits per PIO case after ${o.warmup} warm-up exits; threads pinned as shown\n\n` +
+      `${o.exits} measured exits per PIO case after ${o.warmup} warm-up exits; threads pinned as shown\n` +
+      `load average (1/5/15 min) before ${meta.loadavgBefore.join(' ')}, after ${meta.loadavgAfter.join(' ')}\n\n` +
       [line(rows[0]!), line(widths.map((w) => '-'.repeat(w))), ...rows.slice(1).map(line)].join('\n') +
       '\n',
   );
