@@ -211,16 +211,28 @@ function checkExits(what: string, got: number, want: number) {
 }
 
 /** Main-thread handling on `run.exits$`, through the same operators as the worker pipeline. */
-async function mainThreadObservable(body: Body, o: Options, runtime: VcpuRuntime, posted: boolean, pinCpu: number): Promise<Measured> {
+async function mainThreadObservable(body: Body, o: Options, runtime: VcpuRuntime, posted: boolean, pinCpu: number, plain = false): Promise<Measured> {
   const { iters, warm, measured, total } = iterations(body, o);
   const g = new Guest(loopGuest(body, warm, iters));
   try {
     const run = runtime.start(g.vcpu, { pinCpu, ...(posted ? { posted: [{ port: 0x10 }] } : {}) });
     const s = ioState();
-    run.exits$.pipe(ioHandlers(s)).subscribe((e) => {
-      if (e.kind === 'Hlt') void run.stop();
-      else throw new Error(`unexpected ${e.kind}`);
-    });
+    if (plain) {
+      // the same handling in one plain subscriber, without the operators
+      run.exits$.subscribe((e) => {
+        if (e.kind === 'IoOut' && e.port === 0x10) s.sum += e.data[0]!;
+        else if (e.kind === 'IoIn' && e.port === 0x11) e.data[0] = s.counter++ & 0xff;
+        else if (e.kind === 'IoIn' && e.port === 0x12) (s.t0 = now()), (e.data[0] = 0);
+        else if (e.kind === 'IoIn' && e.port === 0x13) (s.t1 = now()), (e.data[0] = 0);
+        else if (e.kind === 'Hlt') void run.stop();
+        else throw new Error(`unexpected ${e.kind}`);
+      });
+    } else {
+      run.exits$.pipe(ioHandlers(s)).subscribe((e) => {
+        if (e.kind === 'Hlt') void run.stop();
+        else throw new Error(`unexpected ${e.kind}`);
+      });
+    }
     const outcome = await run.done;
     checkExits('exits$', outcome.exits, total);
     return { value: Number(s.t1 - s.t0) / 1000 / measured };
@@ -442,6 +454,14 @@ function defineCases(o: Options): CaseDef[] {
       target: { ratio: 2.2 },
       c: cLoop('in', A),
       ts: (opts, runtime) => mainThreadObservable('in', opts, runtime, false, A),
+    },
+    {
+      id: '4p',
+      title: 'as 4a, one plain exits$ subscriber instead of the operators',
+      placement: one,
+      unit: 'µs/exit',
+      c: cLoop('in', A),
+      ts: (opts, runtime) => mainThreadObservable('in', opts, runtime, false, A, true),
     },
     {
       id: '4b',
