@@ -3,7 +3,7 @@
  * KVM_RUN loop (bench/c/kvm-bench.c, built with gcc into a temp dir and spawned once per
  * repetition, in this same run). Prints a table, or JSON with `--json`.
  *
- *   npm run bench -- [--json] [--reps 5] [--exits 100000] [--cpu 1] [--cpu2 0] [--only 2,4a]
+ *   npm run bench -- [--json] [--reps 5] [--exits 100000] [--cpu 1] [--cpu2 0] [--only 2,4a] [--save out.json]
  *
  * Every PIO guest is the same program shape, for C and TypeScript alike (see `loopGuest`):
  * W warm-up iterations of the body, `in $0x12` (start marker), N measured iterations, `in $0x13`
@@ -13,7 +13,7 @@
  * See docs/performance.md for the method and a recorded run.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { extname, join } from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -44,6 +44,7 @@ interface Options {
   kicks: number;
   coldCycles: number;
   only?: Set<string>;
+  save?: string;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -64,8 +65,9 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--kicks') o.kicks = Math.max(1, num());
     else if (a === '--cold-cycles') o.coldCycles = Math.max(1, num());
     else if (a === '--only') o.only = new Set(argv[++i]!.split(','));
+    else if (a === '--save') o.save = argv[++i]!;
     else if (a === '--help' || a === '-h') {
-      process.stdout.write('npm run bench -- [--json] [--reps 5] [--exits 100000] [--warmup 5000] [--cpu 1] [--cpu2 0] [--kicks 50] [--cold-cycles 100] [--only 2,3,4a,...]\n');
+      process.stdout.write('npm run bench -- [--json] [--reps 5] [--exits 100000] [--warmup 5000] [--cpu 1] [--cpu2 0] [--kicks 50] [--cold-cycles 100] [--only 2,3,4a,...] [--save results.json]\n');
       process.exit(0);
     } else throw new Error(`unknown option ${a}`);
   }
@@ -680,6 +682,7 @@ async function main(): Promise<void> {
     kicks: o.kicks,
     coldCycles: o.coldCycles,
   };
+  if (o.save !== undefined) writeFileSync(o.save, JSON.stringify({ meta, results }, null, 2) + '\n');
   if (o.json) {
     process.stdout.write(JSON.stringify({ meta, results }, null, 2) + '\n');
     return;
