@@ -5,7 +5,7 @@
  * @module
  */
 import { Observable, Subject, share } from 'rxjs';
-import type { MessagePort } from 'node:worker_threads';
+import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { attachHold } from '../operators/hold';
 import type { IoctlBackend } from '../backend/types';
 import { VCPU_EXIT_KINDS, decodeExit, type VcpuExit } from '../wrappers/vcpu-exit';
@@ -99,9 +99,7 @@ export class VcpuRun implements AsyncDisposable {
     this.#ringBytes = new Uint8Array(sab, RING_OFFSET, RING_RECORDS * RECORD_BYTES);
     this.#mbView = new DataView(sab, MAILBOX_OFFSET, MAILBOX_BYTES);
     this.#mbBytes = new Uint8Array(sab, MAILBOX_OFFSET, MAILBOX_BYTES);
-    port.on('message', (m: { type?: string; channel?: string; data?: unknown }) => {
-      if (m?.type === 'emit') this.#events.next({ channel: m.channel ?? '', data: m.data });
-    });
+    port.on('message', (m: { type?: string; channel?: string; data?: unknown }) => this.#onMessage(m));
     port.unref();
     this.exits$ = new Observable<VcpuExit>((sub) => {
       this.#exitObservers++;
@@ -132,8 +130,17 @@ export class VcpuRun implements AsyncDisposable {
     );
   }
 
+  #onMessage(m: { type?: string; channel?: string; data?: unknown }): void {
+    if (m?.type === 'emit') this.#events.next({ channel: m.channel ?? '', data: m.data });
+  }
+
   #finish(outcome: TaskOutcome, signal: AbortSignal | undefined, onAbort: () => void): RunOutcome {
     signal?.removeEventListener('abort', onAbort);
+    // The task's result can arrive before the pipeline's last ctx.emit() messages are dispatched
+    // (they travel on another port): take them off the port before closing it.
+    for (let m = receiveMessageOnPort(this.#port); m !== undefined; m = receiveMessageOnPort(this.#port)) {
+      this.#onMessage(m.message as { type?: string; channel?: string; data?: unknown });
+    }
     this.#ended = true;
     try {
       this.vcpu.getKvmRun().immediateExit = 0;
