@@ -407,14 +407,11 @@ function defineCases(o: Options): CaseDef[] {
         const g = new Guest(loopGuest('inout', warm, iters));
         try {
           const pipeline = join(__dirname, 'pipelines', `io${extname(__filename)}`);
-          const run = runtime.start(g.vcpu, { pipeline, pinCpu: A });
-          let ns = NaN;
-          run.events$.subscribe((e) => {
-            if (e.channel === 'elapsed') ns = e.data as number;
-          });
+          const result = new SharedArrayBuffer(8);
+          const run = runtime.start(g.vcpu, { pipeline, pipelineOptions: { result }, pinCpu: A });
           const outcome = await run.done;
           checkExits('worker pipeline', outcome.exits, total);
-          return { value: ns / 1000 / measured };
+          return { value: new Float64Array(result)[0]! / 1000 / measured };
         } finally {
           g.close();
         }
@@ -673,6 +670,7 @@ async function main(): Promise<void> {
     kernel: spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim(),
     cpus: ncpu,
     cpuModel: cpus()[0]?.model ?? '',
+    scheduling: spawnSync('chrt', ['-p', String(process.pid)], { encoding: 'utf8' }).stdout.trim().split('\n').map((l) => l.replace(/^.*?: /, '')).join(', '),
     loadavgBefore: loadBefore,
     loadavgAfter: loadavg().map((x) => Number(x.toFixed(2))),
     pinning: { main: o.cpu, other: o.cpu2 },
@@ -708,7 +706,7 @@ async function main(): Promise<void> {
     `kvm-rx bench, ${meta.date}, Node ${meta.node}, Linux ${meta.kernel}, ${ncpu} CPUs (${meta.cpuModel})\n` +
       `medians of ${o.reps} repetitions; each repetition spawns the C baseline, then runs the kvm-rx case; ` +
       `${o.exits} measured exits per PIO case after ${o.warmup} warm-up exits; threads pinned as shown\n` +
-      `load average (1/5/15 min) before ${meta.loadavgBefore.join(' ')}, after ${meta.loadavgAfter.join(' ')}\n\n` +
+      `scheduling: ${meta.scheduling}; load average (1/5/15 min) before ${meta.loadavgBefore.join(' ')}, after ${meta.loadavgAfter.join(' ')}\n\n` +
       [line(rows[0]!), line(widths.map((w) => '-'.repeat(w))), ...rows.slice(1).map(line)].join('\n') +
       '\n',
   );

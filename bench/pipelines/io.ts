@@ -42,13 +42,21 @@ export function ioHandlers(s: IoState): OperatorFunction<VcpuExit, VcpuExit> {
     );
 }
 
-/** The worker pipeline: handlers, then complete at the halt; anything else is an error. */
+/**
+ * The worker pipeline: handlers, then complete at the halt; anything else is an error. The time
+ * between the markers goes to `ctx.options.result` (a SharedArrayBuffer: Float64 ns), which the
+ * main thread can read as soon as `run.done` resolves (an `events$` message may still be in
+ * flight then).
+ */
 export default function ioPipeline(exits$: Observable<VcpuExit>, ctx: VcpuContext): Observable<unknown> {
   const s = ioState();
+  const result = (ctx.options as { result?: SharedArrayBuffer } | undefined)?.result;
   return exits$.pipe(
     ioHandlers(s),
     tap((e) => {
-      if (e.kind === 'Hlt') ctx.emit('elapsed', Number(s.t1 - s.t0));
+      if (e.kind !== 'Hlt') return;
+      if (result) new Float64Array(result)[0] = Number(s.t1 - s.t0);
+      ctx.emit('elapsed', Number(s.t1 - s.t0));
     }),
     untilHalt(),
     failOnUnhandled(),
