@@ -157,6 +157,15 @@ describeKvm('VcpuRuntime', () => {
     expect(vcpu.getRegs().rip).toBeGreaterThan(GUEST_ADDR);
   });
 
+  it('pins the worker thread with pinCpu, and checks the option', async () => {
+    const vcpu = realModeGuest(vm, mem, SEED_GUEST);
+    expectCode(() => runtime.start(vcpu, { pinCpu: -1 }), 'RangeError', 'ERR_OUT_OF_RANGE');
+    expectCode(() => runtime.start(vcpu, { pinCpu: 1.5 }), 'RangeError', 'ERR_OUT_OF_RANGE');
+    expect(vcpu.running).toBe(false);
+    const run = runtime.start(vcpu, { pipeline: PIPELINE, pinCpu: 0 });
+    expect(await run.done).toEqual({ reason: 'completed', exits: 5, lastExit: 'Hlt' });
+  });
+
   it('names an exit nobody handles, with its port and RIP', async () => {
     const vcpu = realModeGuest(vm, mem, Uint8Array.of(0xe4, 0x61, 0xf4)); // in $0x61, %al; hlt
     const run = runtime.start(vcpu, { unhandled: 'error' });

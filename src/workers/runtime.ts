@@ -126,6 +126,7 @@ export class VcpuRuntime implements AsyncDisposable {
     }
     const unhandled = options.unhandled ?? (pipeline === undefined ? 'main' : 'error');
     if (!['main', 'error', 'ignore'].includes(unhandled)) invalidValue('options.unhandled', "must be 'main', 'error' or 'ignore'", unhandled);
+    const pinCpu = options.pinCpu === undefined ? undefined : checkInt('options.pinCpu', options.pinCpu, 0, 1023);
     const vm = vcpu.vm;
     const sab = new SharedArrayBuffer(SAB_BYTES);
     const { port1, port2 } = new MessageChannel();
@@ -143,7 +144,7 @@ export class VcpuRuntime implements AsyncDisposable {
       unhandled,
       port: port2,
     };
-    if (options.pinCpu !== undefined) task.pinCpu = checkInt('options.pinCpu', options.pinCpu, 0, 1023);
+    if (pinCpu !== undefined) task.pinCpu = pinCpu;
     vcpu.setOwner(`a VcpuRuntime worker thread`);
     let result: Promise<TaskOutcome>;
     try {
