@@ -9,6 +9,10 @@
  */
 import { constants } from 'node:os';
 import { getSystemErrorMap } from 'node:util';
+
+// util.getSystemErrorMap() builds a new Map of every errno on each call (~17 µs here); an
+// EINTR from a kicked KVM_RUN constructs a KvmError, so the map is built once and reused.
+let systemErrors: Map<number, [string, string]> | undefined;
 import { sys } from './kvm-constants';
 
 // Linux errnos that os.constants lacks (libuv does not know them), from the C headers.
@@ -73,7 +77,7 @@ export class KvmError extends Error {
   constructor(errno: number, syscall: string, options: KvmErrorOptions | string = {}) {
     const opts: KvmErrorOptions = typeof options === 'string' ? { request: options } : options;
     const neg = -Math.abs(errno);
-    const entry = getSystemErrorMap().get(neg);
+    const entry = (systemErrors ??= getSystemErrorMap()).get(neg);
     const code = entry?.[0] ?? errnoNames.get(-neg) ?? `E${-neg}`;
     const text = entry?.[1] ?? (code === 'EHWPOISON' ? 'memory page has hardware error' : 'unknown error');
     let message = `${code}: ${text}, ${syscall}`;

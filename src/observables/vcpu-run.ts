@@ -5,7 +5,7 @@
  * @module
  */
 import { Observable, Subject, share } from 'rxjs';
-import type { MessagePort } from 'node:worker_threads';
+import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { attachHold } from '../operators/hold';
 import type { RecordedExit } from './recording';
 import type { IoctlBackend } from '../backend/types';
@@ -123,10 +123,8 @@ export class VcpuRun implements AsyncDisposable {
     this.#mbBytes = new Uint8Array(sab, MAILBOX_OFFSET, MAILBOX_BYTES);
     let portEnded: () => void = () => undefined;
     const portDone = new Promise<void>((resolve) => (portEnded = resolve));
-    port.on('message', (m: { type?: string; channel?: string; data?: unknown }) => {
-      if (m?.type === 'emit') this.#events.next({ channel: m.channel ?? '', data: m.data });
-      else if (m?.type === 'end') portEnded();
-    });
+    this.#portEnded = () => portEnded();
+    port.on('message', (m: { type?: string; channel?: string; data?: unknown }) => this.#onMessage(m));
     port.on('close', () => portEnded()); // a crashed worker never says 'end'
     port.unref();
     this.exits$ = new Observable<VcpuExit>((sub) => {
@@ -171,8 +169,20 @@ export class VcpuRun implements AsyncDisposable {
     );
   }
 
+  #portEnded: () => void = () => undefined;
+
+  #onMessage(m: { type?: string; channel?: string; data?: unknown }): void {
+    if (m?.type === 'emit') this.#events.next({ channel: m.channel ?? '', data: m.data });
+    else if (m?.type === 'end') this.#portEnded();
+  }
+
   #finish(outcome: TaskOutcome, signal: AbortSignal | undefined, onAbort: () => void): RunOutcome {
     signal?.removeEventListener('abort', onAbort);
+    // The task's result can arrive before the pipeline's last ctx.emit() messages are dispatched
+    // (they travel on another port): take them off the port before closing it.
+    for (let m = receiveMessageOnPort(this.#port); m !== undefined; m = receiveMessageOnPort(this.#port)) {
+      this.#onMessage(m.message as { type?: string; channel?: string; data?: unknown });
+    }
     this.#ended = true;
     this.#runView.setUint8(RUN.immediateExit, 0);
     this.vcpu.setOwner(undefined);

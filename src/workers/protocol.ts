@@ -102,6 +102,8 @@ export interface VcpuTask {
   record?: boolean;
   /** MessagePort for `ctx.emit` and control messages. */
   port: MessagePort;
+  /** Pin the worker thread to this CPU while the task runs (benchmarks); undefined: no pinning. */
+  pinCpu?: number;
 }
 
 /** How a run ended, as the worker reports it. */

@@ -50,6 +50,11 @@ export interface StartOptions {
    * with `replayScript` from `kvm-rx/testing`). Posted ports then take the JavaScript path.
    */
   record?: boolean;
+  /**
+   * Pins the vCPU's worker thread to this CPU while it runs (for benchmarks: see
+   * docs/performance.md). Default: no pinning.
+   */
+  pinCpu?: number;
 }
 
 function workerFile(): { filename: string; execArgv: string[] } {
@@ -126,6 +131,7 @@ export class VcpuRuntime implements AsyncDisposable {
     }
     const unhandled = options.unhandled ?? (pipeline === undefined ? 'main' : 'error');
     if (!['main', 'error', 'ignore'].includes(unhandled)) invalidValue('options.unhandled', "must be 'main', 'error' or 'ignore'", unhandled);
+    const pinCpu = options.pinCpu === undefined ? undefined : checkInt('options.pinCpu', options.pinCpu, 0, 1023);
     const vm = vcpu.vm;
     const sab = new SharedArrayBuffer(SAB_BYTES);
     const { port1, port2 } = new MessageChannel();
@@ -149,6 +155,7 @@ export class VcpuRuntime implements AsyncDisposable {
     const releaseMemory = () => {
       for (const r of releases.splice(0)) r();
     };
+    if (pinCpu !== undefined) task.pinCpu = pinCpu;
     vcpu.setOwner(`a VcpuRuntime worker thread`);
     let result: Promise<TaskOutcome>;
     try {

@@ -95,6 +95,7 @@ async function loadPipeline(path: string, exportName: string | undefined): Promi
 export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
   const backend = nativeBackend();
   backend.kickSignal();
+  if (task.pinCpu !== undefined) backend.addon.setAffinity(task.pinCpu);
   const ctrl = new Int32Array(task.sab, 0, CONTROL_BYTES / 4);
   const tid = new BigInt64Array(task.sab, 0, CONTROL_BYTES / 8);
   const ring = new DataView(task.sab, RING_OFFSET, RING_RECORDS * RECORD_BYTES);
@@ -332,6 +333,7 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
     outcome.reason = 'error';
     outcome.error = serializeError(e);
   } finally {
+    if (task.pinCpu !== undefined) backend.addon.setAffinity(-1); // the pooled thread may run other vCPUs next
     abort.abort();
     inputs.complete();
     // Leave immediate_exit at 0 for whoever runs this vCPU next, then release this thread's views.
