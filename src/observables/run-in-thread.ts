@@ -6,7 +6,7 @@
  * @module
  */
 import { EMPTY, Observable, Subject, asapScheduler, filter, map } from 'rxjs';
-import { attachHold } from '../operators/hold';
+import { deliverExit } from '../operators/hold';
 import type { VcpuExit } from '../wrappers/vcpu-exit';
 import type { VcpuFd } from '../wrappers/vcpu-fd';
 import { UnhandledExitError, describeExit } from '../workers/describe';
@@ -110,9 +110,8 @@ export async function runInThread(vcpu: VcpuFd, pipeline: VcpuPipeline, opts: In
       outcome.exits++;
       outcome.lastExit = exit.kind;
       const holds: Array<PromiseLike<unknown>> = [];
-      attachHold(exit, holds);
       unhandled = undefined;
-      exits.next(exit);
+      deliverExit(exit, holds, (e) => exits.next(e));
       if (holds.length > 0) await Promise.all(holds);
       const failedLate = state.failure as { error: unknown } | undefined;
       if (failedLate) throw failedLate.error;

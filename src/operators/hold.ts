@@ -22,8 +22,35 @@ export type HoldableExit = VcpuExit & { [HOLD]?: (pending: PromiseLike<unknown>)
  * nothing, and the promise is only awaited for its answer.
  */
 export function holdVcpu(exit: VcpuExit, pending: PromiseLike<unknown>): void {
+  if (exit === currentExit && currentHolds !== undefined) {
+    currentHolds.push(pending);
+    return;
+  }
   const hold = (exit as HoldableExit)[HOLD];
   if (hold !== undefined) hold(pending);
+}
+
+// The exit a runner is pushing through a pipeline right now (pipelines run synchronously inside
+// `next()`), and where its holds go. Cheaper than a property per exit on the hot path.
+let currentExit: VcpuExit | undefined;
+let currentHolds: Array<PromiseLike<unknown>> | undefined;
+
+/**
+ * For runners: pushes `exit` through `deliver` (e.g. `subject.next(exit)`) while collecting the
+ * holds that handlers place on it into `into`. Holds placed later (by handlers that run after
+ * `deliver` returned) are not collected: handlers call `holdVcpu` synchronously.
+ */
+export function deliverExit(exit: VcpuExit, into: Array<PromiseLike<unknown>>, deliver: (exit: VcpuExit) => void): void {
+  const prevExit = currentExit;
+  const prevHolds = currentHolds;
+  currentExit = exit;
+  currentHolds = into;
+  try {
+    deliver(exit);
+  } finally {
+    currentExit = prevExit;
+    currentHolds = prevHolds;
+  }
 }
 
 /** Attaches a hold collector to `exit` (for runners). Returns the list the holds land in. */

@@ -16,7 +16,7 @@ import { RUN } from '../wrappers/kvm-run';
 import { VCPU_EXIT_KINDS, decodeExit, type VcpuExit } from '../wrappers/vcpu-exit';
 import type { VcpuFd } from '../wrappers/vcpu-fd';
 import { VmFd } from '../wrappers/vm-fd';
-import { attachHold } from '../operators/hold';
+import { deliverExit } from '../operators/hold';
 import { recordExit, type RecordedExit } from '../observables/recording';
 import { describeExit, UnhandledExitError } from './describe';
 import {
@@ -258,6 +258,9 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
     const recorded: RecordedExit[] | undefined = task.record ? [] : undefined;
     if (recorded) outcome.recording = recorded;
 
+    const holds: Array<PromiseLike<unknown>> = [];
+    const next = (exit: VcpuExit) => exits.next(exit);
+
     Atomics.store(ctrl, W.state, State.running);
     ring_doorbell();
 
@@ -288,10 +291,9 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
       outcome.exits++;
       outcome.lastExit = exit.kind;
       Atomics.add(ctrl, W.exits, 1);
-      const holds: Array<PromiseLike<unknown>> = [];
-      attachHold(exit, holds);
+      holds.length = 0;
       unhandled = undefined;
-      exits.next(exit);
+      deliverExit(exit, holds, next);
       if (holds.length > 0) {
         let stoppedWhileHeld = false;
         await Promise.race([Promise.all(holds), stopped.then(() => (stoppedWhileHeld = true))]);
