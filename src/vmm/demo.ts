@@ -11,6 +11,9 @@ import { GuestMemory } from '../wrappers/guest-memory';
 import { Kvm } from '../wrappers/kvm';
 import { DEMO_GUEST, DEMO_GUEST_ADDR } from './demo-guest';
 
+/** The end of the demo guest's banner: from then on it takes input. */
+const DEMO_READY = 'Ctrl-A x quits.\r\n';
+
 /** Options of {@link runDemo}. */
 export interface DemoOptions {
   /** Receives what the guest writes to its serial port. */
@@ -57,11 +60,23 @@ export async function runDemo(options: DemoOptions): Promise<DemoOutcome> {
       signal: options.signal,
     });
     let reset = false;
+    // The guest resets its UART's FIFOs while it starts: hold typed input until its banner is out.
+    let printed = '';
+    let ready = false;
+    const held: Uint8Array[] = [];
     run.events$.subscribe(({ channel, data }) => {
-      if (channel === 'tx') options.output(data as Uint8Array);
-      else if (channel === 'reset') reset = true;
+      if (channel === 'tx') {
+        options.output(data as Uint8Array);
+        if (!ready) {
+          printed += Buffer.from(data as Uint8Array).toString('latin1');
+          if (printed.includes(DEMO_READY)) {
+            ready = true;
+            for (const b of held.splice(0)) run.send('stdin', b);
+          }
+        }
+      } else if (channel === 'reset') reset = true;
     });
-    options.onStart?.((bytes) => run.send('stdin', bytes));
+    options.onStart?.((bytes) => (ready ? run.send('stdin', bytes) : held.push(bytes)));
     const outcome = await run.done;
     return { ...outcome, reset };
   } finally {
