@@ -372,6 +372,11 @@ export interface LinuxMachineConfig extends PrepareKernelOptions {
   cmdline?: string;
   /** Guest RAM in bytes (default 256 MiB; a multiple of 2 MiB, at most 3 GiB). */
   memSize?: number;
+  /**
+   * Create the in-kernel PIC/IOAPIC/LAPIC and PIT (default `true`, what Linux needs). Without
+   * them `hlt` exits to userspace (`Hlt`), which tiny test kernels use to stop.
+   */
+  irqchip?: boolean;
 }
 
 /** Where things were put. */
@@ -443,12 +448,13 @@ export function layoutGuest(memory: PhysWriter, memSize: number, kernel: Prepare
 }
 
 /**
- * Sets a vCPU up to enter the kernel: CPUID (supported, with its APIC id), LAPIC virtual wire,
+ * Sets a vCPU up to enter the kernel: CPUID (supported, with its APIC id), LAPIC virtual wire
+ * (when `lapic`, i.e. with the in-kernel irqchip),
  * long-mode sregs, FPU defaults, and RIP = entry, RSI = zero page, RSP = stack, RFLAGS = 2.
  */
-export function setupBootVcpu(kvm: Kvm, vcpu: VcpuFd, entry: number): void {
+export function setupBootVcpu(kvm: Kvm, vcpu: VcpuFd, entry: number, lapic = true): void {
   vcpu.setCpuid2(vcpuCpuid(kvm, Math.max(vcpu.id, 0)));
-  configureLapic(vcpu);
+  if (lapic) configureLapic(vcpu);
   vcpu.setSregs(longModeSregs(vcpu.getSregs()));
   vcpu.setFpu({ fcw: 0x37f, mxcsr: 0x1f80 });
   vcpu.setRegs({
@@ -485,13 +491,16 @@ export function createLinuxMachine(kvm: Kvm, config: LinuxMachineConfig): LinuxM
   try {
     vm.setTssAddress(BOOT_LAYOUT.tss);
     vm.setIdentityMapAddress(BOOT_LAYOUT.identityMap);
-    vm.createIrqChip();
-    vm.createPit2({ flags: 0 });
+    const irqchip = config.irqchip ?? true;
+    if (irqchip) {
+      vm.createIrqChip();
+      vm.createPit2({ flags: 0 });
+    }
     memory = GuestMemory.anonymous(memSize, { backend: vm.backend });
     vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory });
     const boot = layoutGuest(vm.guestMemory, memSize, kernel, cmdline, config.initrd);
     const vcpu = vm.createVcpu(0);
-    setupBootVcpu(kvm, vcpu, kernel.entry);
+    setupBootVcpu(kvm, vcpu, kernel.entry, irqchip);
     const mem = memory;
     const close = () => {
       vm.close();
