@@ -133,12 +133,17 @@ function main(): number {
   let end: string | undefined;
   let failure: unknown;
   let exits = 0;
+  let inRun = 0n; // ns spent inside KVM_RUN (guest + KVM), the rest of the loop is userspace
+  const loopStart = process.hrtime.bigint();
   try {
     while (end === undefined) {
       let exit: VcpuExit;
+      const r0 = process.hrtime.bigint();
       try {
         exit = vcpu.run();
+        inRun += process.hrtime.bigint() - r0;
       } catch (e) {
+        inRun += process.hrtime.bigint() - r0;
         if (e instanceof KvmError && e.code === 'EINTR') {
           if (secs() * 1000 >= timeoutMs - 50) {
             end = `timeout after ${(timeoutMs / 1000).toFixed(0)} s`;
@@ -200,6 +205,7 @@ function main(): number {
     void watchdog.terminate();
   }
   if (line) onLine(line);
+  const loopNs = process.hrtime.bigint() - loopStart;
   const total = secs();
   machine.close();
   kvm.close();
@@ -214,6 +220,11 @@ function main(): number {
   console.log(`BOOT-OK: ${marks.bootOk !== undefined ? `uptime ${marks.bootOk} (wall ${marks.bootOkAt!.toFixed(2)} s)` : 'not printed'}`);
   if (marks.panic) console.log(`panic: ${marks.panic}`);
   console.log(`exits to userspace: ${exits} (${[...kinds].map(([k, n]) => `${k} ${n}`).join(', ')})`);
+  const userNs = Number(loopNs - inRun);
+  console.log(
+    `time in KVM_RUN ${(Number(inRun) / 1e9).toFixed(2)} s, in userspace between runs ${(userNs / 1e9).toFixed(3)} s` +
+      ` (${exits ? (userNs / exits / 1000).toFixed(1) : '0'} µs per exit)`,
+  );
   console.log(`  out ports: ${top(portsOut)}`);
   console.log(`  in ports:  ${top(portsIn)}`);
   console.log(`emulation fallbacks: int3 ${emu.int3}, fwait ${emu.fwait}, clac ${emu.clac}, stac ${emu.stac}`);
