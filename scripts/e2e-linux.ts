@@ -3,7 +3,8 @@
  * through src/vmm, with the serial console on stdout, and measures the time to
  * `Run /init as init process`.
  *
- *   npm run e2e:linux                 (env: GUEST_DIR, KERNEL, INITRD, CMDLINE, MEM_MIB, TIMEOUT_S, QUIET=1)
+ *   npm run e2e:linux    (env: GUEST_DIR, KERNEL, INITRD, CMDLINE, MEM_MIB, TIMEOUT_S, QUIET=1,
+ *                         HUGEPAGES=1 for private THP-backed guest RAM)
  *
  * Success:
  *   - on a PVM host (no VMX/SVM: guest kernel code is emulated, and guest user space cannot make
@@ -65,7 +66,7 @@ function main(): number {
   const timeoutMs = Number(process.env.TIMEOUT_S ?? 600) * 1000;
   const quiet = process.env.QUIET === '1';
   console.log(`host: ${mode}${emulated ? ' (no hardware virtualisation: guest kernel code is emulated; success = "Run /init" + clean reset)' : ' (success = BOOT-OK from /init)'}`);
-  console.log(`kernel ${kernelPath}, initrd ${existsSync(initrdPath) ? initrdPath : '(none)'}, ${memSize >>> 20} MiB`);
+  console.log(`kernel ${kernelPath}, initrd ${existsSync(initrdPath) ? initrdPath : '(none)'}, ${memSize >>> 20} MiB${process.env.HUGEPAGES === '1' ? ' (private, THP)' : ''}`);
   console.log(`cmdline: ${cmdline}`);
 
   const t0 = process.hrtime.bigint();
@@ -76,6 +77,7 @@ function main(): number {
     ...(existsSync(initrdPath) ? { initrd: readFileSync(initrdPath) } : {}),
     cmdline,
     memSize,
+    ...(process.env.HUGEPAGES === '1' ? { memory: { shared: false, hugePages: 'madvise' as const } } : {}),
   });
   const { vcpu, boot } = machine;
   const setupS = secs();

@@ -12,7 +12,7 @@
  */
 import type { KvmSegment, KvmSregs } from '../abi/layouts';
 import { checkInt, checkObject, invalidValue, outOfRange } from '../abi/validate';
-import { GuestMemory } from '../wrappers/guest-memory';
+import { GuestMemory, type GuestMemoryOptions } from '../wrappers/guest-memory';
 import type { CpuId } from '../wrappers/fam';
 import { KVM_MAX_CPUID_ENTRIES } from '../wrappers/fam';
 import type { Kvm } from '../wrappers/kvm';
@@ -377,6 +377,11 @@ export interface LinuxMachineConfig extends PrepareKernelOptions {
    * them `hlt` exits to userspace (`Hlt`), which tiny test kernels use to stop.
    */
   irqchip?: boolean;
+  /**
+   * How guest RAM is mapped (`GuestMemory.anonymous` options; default: shared, no huge pages).
+   * `{ shared: false, hugePages: 'madvise' }` asks for transparent huge pages.
+   */
+  memory?: Omit<GuestMemoryOptions, 'backend'>;
 }
 
 /** Where things were put. */
@@ -496,7 +501,7 @@ export function createLinuxMachine(kvm: Kvm, config: LinuxMachineConfig): LinuxM
       vm.createIrqChip();
       vm.createPit2({ flags: 0 });
     }
-    memory = GuestMemory.anonymous(memSize, { backend: vm.backend });
+    memory = GuestMemory.anonymous(memSize, { ...(config.memory ?? {}), backend: vm.backend });
     vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory });
     const boot = layoutGuest(vm.guestMemory, memSize, kernel, cmdline, config.initrd);
     const vcpu = vm.createVcpu(0);
