@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Downloads Debian's cloud kernel and busybox-static, extracts the uncompressed vmlinux from the
+# bzImage's LZ4 payload, and builds an uncompressed initramfs. Output: .guest/ (git-ignored).
+#   npm run guest:fetch            (set GUEST_DIR to put it elsewhere)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+dir=${GUEST_DIR:-$root/.guest}
+mkdir -p "$dir"
+cd "$dir"
+
+newest_kernel() {
+  apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$' | awk '{print $1}' | sort -V | tail -1
+}
+
+download() {
+  local kpkg=$1
+  apt-get download "$kpkg" busybox-static
+}
+
+if [ -f vmlinux ] && [ -f initramfs.cpio ] && [ -z "${FORCE:-}" ]; then
+  echo "guest already prepared in $dir (FORCE=1 to redo)"; exit 0
+fi
+
+kpkg=$(newest_kernel || true)
+if [ -z "$kpkg" ] || ! download "$kpkg"; then
+  echo "download failed; running apt-get update and retrying" >&2
+  apt-get update -qq
+  kpkg=$(newest_kernel)
+  [ -n "$kpkg" ] || { echo "no linux-image-6.1.0-*-cloud-amd64-unsigned package found" >&2; exit 1; }
+  download "$kpkg"
+fi
+echo "kernel package: $kpkg"
+
+rm -rf kpkg bbpkg && mkdir kpkg bbpkg
+dpkg-deb -x "$(ls -t "${kpkg}"_*.deb | head -1)" kpkg
+dpkg-deb -x "$(ls -t busybox-static_*.deb | head -1)" bbpkg
+cp kpkg/boot/vmlinuz-* bzImage
+
+tsnode() { (cd "$root" && npx --no-install ts-node --transpile-only "$@"); }
+tsnode scripts/guest-prepare.ts payload "$dir/bzImage" "$dir/payload.lz4"
+# lz4 exits 1 because of the 4-byte size trailer the kernel build appends; the output is complete.
+lz4 -dc payload.lz4 > vmlinux 2>lz4.err || true
+head -c 4 vmlinux | od -An -tx1 | grep -q '7f 45 4c 46' || { echo "lz4 did not produce an ELF vmlinux:" >&2; cat lz4.err >&2; exit 1; }
+expected=$(tail -c 4 payload.lz4 | od -An -tu4 | tr -d ' ')
+actual=$(stat -c %s vmlinux)
+[ "$expected" = "$actual" ] || { echo "vmlinux is $actual bytes, the payload trailer says $expected" >&2; exit 1; }
+rm -f payload.lz4 lz4.err
+tsnode scripts/guest-prepare.ts initramfs "$dir/bbpkg/bin/busybox" "$dir/initramfs.cpio"
+echo "$kpkg" > kernel-package
+ls -l "$dir/vmlinux" "$dir/bzImage" "$dir/initramfs.cpio"

@@ -1,0 +1,55 @@
+/**
+ * Errors of the Linux loader: a kernel or initrd file that cannot be booted.
+ *
+ * @module
+ */
+
+/** Error codes of {@link BootImageError}. */
+export type BootImageErrorCode = 'ERR_KVM_BAD_KERNEL' | 'ERR_KVM_BAD_INITRD' | 'ERR_KVM_UNSUPPORTED_KERNEL';
+
+/**
+ * A kernel or initrd image the loader cannot use. `code` says which file, `detail` says what is
+ * wrong with it (also part of `message`).
+ *
+ * - `ERR_KVM_BAD_KERNEL`: malformed (bad magic, truncated, segments outside the file or guest RAM)
+ * - `ERR_KVM_UNSUPPORTED_KERNEL`: well formed, but this loader cannot boot it (too old a boot
+ *   protocol, not 64-bit, a compressed payload that must be extracted first)
+ * - `ERR_KVM_BAD_INITRD`: the initrd is empty or does not fit below `initrd_addr_max`
+ *
+ * @example
+ * ```ts
+ * try { parseElf(bytes); } catch (e) { if (e instanceof BootImageError) console.error(e.detail); }
+ * ```
+ */
+export class BootImageError extends Error {
+  override readonly name = 'BootImageError';
+  readonly code: BootImageErrorCode;
+  /** What is wrong, without the prefix. */
+  readonly detail: string;
+  constructor(code: BootImageErrorCode, detail: string) {
+    const what = code === 'ERR_KVM_BAD_INITRD' ? 'initrd' : 'kernel';
+    super(`${code === 'ERR_KVM_UNSUPPORTED_KERNEL' ? 'unsupported' : 'bad'} ${what} image: ${detail}`);
+    this.code = code;
+    this.detail = detail;
+  }
+}
+
+/** @internal */
+export function badKernel(detail: string): never {
+  throw new BootImageError('ERR_KVM_BAD_KERNEL', detail);
+}
+
+/** @internal */
+export function unsupportedKernel(detail: string): never {
+  throw new BootImageError('ERR_KVM_UNSUPPORTED_KERNEL', detail);
+}
+
+/** @internal */
+export function badInitrd(detail: string): never {
+  throw new BootImageError('ERR_KVM_BAD_INITRD', detail);
+}
+
+/** `0x…` for diagnostics. */
+export function hex(v: number | bigint): string {
+  return `0x${v.toString(16)}`;
+}
