@@ -161,6 +161,16 @@ export class VmFd extends FdOwner {
    * @throws `TypeError`/`RangeError` for malformed arguments or a range outside the mapping
    */
   setUserMemoryRegion(region: UserMemoryRegion): void {
+    const { slot, flags, gpa, size, hostAddr, mem, offset } = this.#checkRegion(region);
+    const bytes = structBytes(kvm_userspace_memory_region, {
+      slot, flags, guestPhysAddr: gpa, memorySize: BigInt(size), userspaceAddr: hostAddr,
+    });
+    this.ioctl(ioctls.KVM_SET_USER_MEMORY_REGION, bytes);
+    this.#recordSlot(slot, gpa, mem, offset, size);
+  }
+
+  /** Checks the fields shared by `setUserMemoryRegion` and `setUserMemoryRegion2`. */
+  #checkRegion(region: UserMemoryRegion) {
     checkObject('region', region);
     const slot = checkU32('region.slot', region.slot);
     const flags = region.flags === undefined ? 0 : checkU32('region.flags', region.flags);
@@ -179,10 +189,11 @@ export class VmFd extends FdOwner {
       if (mem.backend !== this.backend) invalidValue('region.memory', 'belongs to another backend');
       hostAddr = mem.hostAddress + BigInt(offset);
     }
-    const bytes = structBytes(kvm_userspace_memory_region, {
-      slot, flags, guestPhysAddr: gpa, memorySize: BigInt(size), userspaceAddr: hostAddr,
-    });
-    this.ioctl(ioctls.KVM_SET_USER_MEMORY_REGION, bytes);
+    return { slot, flags, gpa, size, hostAddr, mem, offset };
+  }
+
+  /** After the kernel accepted a slot: releases the old mapping, records and retains the new one. */
+  #recordSlot(slot: number, gpa: bigint, mem: GuestMemory | undefined, offset: number, size: number): void {
     const old = this.#slots.get(slot);
     if (old !== undefined) {
       old.release();
@@ -680,24 +691,7 @@ export class VmFd extends FdOwner {
    *   end, range already bound to another slot); ENOTTY on kernels before 6.8
    */
   setUserMemoryRegion2(region: UserMemoryRegion2): void {
-    checkObject('region', region);
-    const slot = checkU32('region.slot', region.slot);
-    const flags = region.flags === undefined ? 0 : checkU32('region.flags', region.flags);
-    const gpa = checkU64('region.guestPhysAddr', region.guestPhysAddr);
-    let size: number;
-    let hostAddr = 0n;
-    const mem = region.memory;
-    let offset = 0;
-    if (mem === undefined) {
-      size = region.memorySize === undefined ? 0 : checkInt('region.memorySize', region.memorySize, 0, 0);
-      if (size !== 0) invalidValue('region.memory', 'is required unless memorySize is 0');
-    } else {
-      if (!(mem instanceof GuestMemory)) invalidValue('region.memory', 'must be a GuestMemory', mem);
-      offset = region.memoryOffset === undefined ? 0 : checkInt('region.memoryOffset', region.memoryOffset, 0, mem.size);
-      size = region.memorySize === undefined ? mem.size - offset : checkInt('region.memorySize', region.memorySize, 0, mem.size - offset);
-      if (mem.backend !== this.backend) invalidValue('region.memory', 'belongs to another backend');
-      hostAddr = mem.hostAddress + BigInt(offset);
-    }
+    const { slot, flags, gpa, size, hostAddr, mem, offset } = this.#checkRegion(region);
     let gmemFd = 0;
     const g = region.guestMemfd;
     if (g !== undefined) {
@@ -711,17 +705,7 @@ export class VmFd extends FdOwner {
       guestMemfdOffset: gmemOffset, guestMemfd: gmemFd,
     });
     this.ioctl(ioctls.KVM_SET_USER_MEMORY_REGION2, bytes);
-    const old = this.#slots.get(slot);
-    if (old !== undefined) {
-      old.release();
-      this.guestMemory.remove(old.guestPhysAddr);
-      this.#slots.delete(slot);
-    }
-    if (size > 0 && mem !== undefined) {
-      const releaseMem = mem.retain(`VmFd slot ${slot}`);
-      this.guestMemory.add({ guestPhysAddr: gpa, memory: mem, offset, size });
-      this.#slots.set(slot, { guestPhysAddr: gpa, release: releaseMem });
-    }
+    this.#recordSlot(slot, gpa, mem, offset, size);
   }
 
   /**
