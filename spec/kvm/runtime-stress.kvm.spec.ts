@@ -2,6 +2,7 @@
  * The runtime under concurrency and at process exit, on the real kernel.
  */
 import { spawnSync } from 'node:child_process';
+import { firstValueFrom } from 'rxjs';
 import { join } from 'node:path';
 import { VcpuRuntime } from '../../src/workers/runtime';
 import { GuestMemory } from '../../src/wrappers/guest-memory';
@@ -87,6 +88,33 @@ describeKvm('VcpuRuntime under load', () => {
       await run.done;
       expect(handled).toEqual(['out 7', 'IoIn', 'out 9', 'Hlt']);
       expect(monitored).toEqual(['IoOut@posted', 'IoIn@main', 'IoOut@posted', 'Hlt@main']);
+    } finally {
+      kvm.close();
+      mem.close();
+      await runtime.close();
+    }
+  });
+
+  it("delivers posted writes to the worker pipeline in batches, in order, with postedTo: 'worker'", async () => {
+    const runtime = new VcpuRuntime({ maxVcpus: 1 });
+    const kvm = new Kvm();
+    const mem = GuestMemory.anonymous(0x1000);
+    try {
+      const vm = kvm.createVm();
+      // 1000 x (out %bl,$0x10) then `in $0x11,%al` (the count so far, answered by the pipeline), hlt
+      mem.bytes.set([0xb9, 0xe8, 0x03, 0x88, 0xd8, 0xe6, 0x10, 0xe2, 0xfa, 0xe4, 0x11, 0xf4], 0);
+      vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
+      const vcpu = realMode(vm.createVcpu(0), 0n);
+      vcpu.setRegs({ ...vcpu.getRegs(), rbx: 0x5an });
+      const run = runtime.start(vcpu, {
+        pipeline: join(__dirname, '../fixtures/count-pipeline.ts'),
+        posted: [{ port: 0x10 }],
+        postedTo: 'worker',
+      });
+      const counted = firstValueFrom(run.events$);
+      expect(await run.done).toEqual({ reason: 'completed', exits: 1002, lastExit: 'Hlt' });
+      expect(await counted).toEqual({ channel: 'count', data: { count: 1000, values: [0x5a] } });
+      expect(vcpu.getRegs().rax & 0xffn).toBe(BigInt(1000 & 0xff)); // the IN saw every earlier write
     } finally {
       kvm.close();
       mem.close();

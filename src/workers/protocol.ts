@@ -96,6 +96,8 @@ export interface VcpuTask {
   /** Given to the pipeline as `ctx.options`. */
   options?: unknown;
   posted: PostedRange[];
+  /** Who handles posted writes: the main thread (default) or this worker's pipeline, in batches. */
+  postedTo?: 'main' | 'worker';
   /** What to do with exits the worker pipeline does not handle. */
   unhandled: 'main' | 'error' | 'ignore';
   /** Record every exit and its answer (sent to the main thread in batches). */

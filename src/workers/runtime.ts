@@ -37,6 +37,12 @@ export interface StartOptions {
    */
   posted?: PostedRange[];
   /**
+   * Where posted writes go: `'main'` (default: `exits$` / `next()` on the main thread) or
+   * `'worker'` (the worker pipeline, in batches: the native fast path queues OUTs to posted ports
+   * and the pipeline sees them, in guest order, before the exit that ended the batch).
+   */
+  postedTo?: 'main' | 'worker';
+  /**
    * Exits the worker pipeline does not handle: `'main'` hands them to `exits$` / `next()` on the
    * main thread (the vCPU waits for the answer), `'error'` ends the run with
    * `ERR_KVM_UNHANDLED_EXIT` (naming the exit, its port/address and RIP), `'ignore'` drops them
@@ -129,6 +135,10 @@ export class VcpuRuntime implements AsyncDisposable {
       const p = options.pipeline;
       pipeline = p instanceof URL ? fileURLToPath(p) : typeof p === 'string' ? (isAbsolute(p) ? p : resolve(p)) : invalidValue('options.pipeline', 'must be a path or a file URL', p);
     }
+    if (options.postedTo !== undefined && options.postedTo !== 'main' && options.postedTo !== 'worker') {
+      invalidValue('options.postedTo', "must be 'main' or 'worker'", options.postedTo);
+    }
+    if (options.postedTo === 'worker' && pipeline === undefined) invalidValue('options.postedTo', "is 'worker' but there is no pipeline");
     const unhandled = options.unhandled ?? (pipeline === undefined ? 'main' : 'error');
     if (!['main', 'error', 'ignore'].includes(unhandled)) invalidValue('options.unhandled', "must be 'main', 'error' or 'ignore'", unhandled);
     const pinCpu = options.pinCpu === undefined ? undefined : checkInt('options.pinCpu', options.pinCpu, 0, 1023);
@@ -146,6 +156,7 @@ export class VcpuRuntime implements AsyncDisposable {
       pipelineExport: options.pipelineExport,
       options: options.pipelineOptions,
       posted: options.posted ?? [],
+      postedTo: options.postedTo === 'worker' ? 'worker' : 'main',
       unhandled,
       record: options.record === true,
       port: port2,

@@ -243,14 +243,42 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
     const runAddress = run.address;
     const vcpuFd = vcpu.asRawFd();
     const addon = backend.addon;
+    // With `postedTo: 'worker'`, the fast path fills a ring of this thread's own instead, which
+    // the loop drains into the pipeline (in guest order, before the exit that ended the batch).
+    const toWorker = task.postedTo === 'worker';
+    const localCtl = new Int32Array(CONTROL_BYTES / 4);
+    const localRing = new Uint8Array(RING_RECORDS * RECORD_BYTES);
+    const localView = new DataView(localRing.buffer);
+    const drainLocal = (): VcpuExit[] => {
+      const out: VcpuExit[] = [];
+      for (let r = localCtl[W.ringRead]!; r < localCtl[W.ringWrite]!; r++) {
+        const at = (r % RING_RECORDS) * RECORD_BYTES;
+        const len = localView.getUint8(at + R.len);
+        out.push({
+          kind: 'IoOut',
+          port: localView.getUint16(at + R.port, true),
+          size: localView.getUint8(at + R.size),
+          count: localView.getUint32(at + R.count, true),
+          data: localRing.slice(at + R.data, at + R.data + len),
+        });
+      }
+      localCtl[W.ringRead] = localCtl[W.ringWrite]!;
+      return out;
+    };
+    let batch: VcpuExit[] = [];
     const nextExit = (): VcpuExit | undefined => {
       if (bitmap === undefined) return vcpu.run();
-      const r = addon.runFast(vcpuFd, runAddress, bitmap, ringBytes, ctrl, layout, 256);
+      const r = toWorker
+        ? addon.runFast(vcpuFd, runAddress, bitmap, localRing, localCtl, layout, 256)
+        : addon.runFast(vcpuFd, runAddress, bitmap, ringBytes, ctrl, layout, 256);
       const fast = Math.floor(r / 2);
       if (fast > 0) {
         outcome.exits += fast;
         outcome.lastExit = 'IoOut';
-        ring_doorbell();
+        if (toWorker) {
+          batch = drainLocal();
+          Atomics.add(ctrl, W.exits, fast);
+        } else ring_doorbell();
       }
       return r % 2 === 1 ? decodeExit(runView, runBytes) : undefined;
     };
@@ -279,6 +307,26 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
       let exit: VcpuExit | undefined;
       try {
         exit = nextExit();
+        if (batch.length > 0) {
+          // Posted writes for this thread's pipeline: delivered in order, holds honoured.
+          const posted = batch;
+          batch = [];
+          for (const w of posted) {
+            holds.length = 0;
+            unhandled = undefined;
+            deliverExit(w, holds, next);
+            if (holds.length > 0) await Promise.all(holds);
+            if (failure !== undefined) throw failure;
+            if (unhandled !== undefined && task.unhandled === 'error') {
+              throw new UnhandledExitError(w, describeExit(w) + ' (posted)');
+            }
+            if (completed) break;
+          }
+          if (completed) {
+            outcome.reason = 'completed';
+            break;
+          }
+        }
         if (exit === undefined) continue; // a batch of posted writes, no exit pending
       } catch (e) {
         if (e instanceof KvmError && e.code === 'EINTR') {
@@ -302,7 +350,7 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
       if (failure !== undefined) throw failure;
       let where: number = Where.worker;
       if (unhandled !== undefined) {
-        if (isPosted(exit, task.posted)) {
+        if (task.postedTo !== 'worker' && isPosted(exit, task.posted)) {
           writeRecord(exit.kind === 'IoOut' ? Rec.postedIo : Rec.postedMmio, Where.posted, exit);
           where = Where.posted;
         } else if (task.unhandled === 'main') {
