@@ -122,6 +122,31 @@ describeKvm('VcpuRuntime under load', () => {
     }
   });
 
+  it('hands the writes KVM coalesced into its ring to the worker pipeline, in order, with coalescedRing', async () => {
+    const runtime = new VcpuRuntime({ maxVcpus: 1 });
+    const kvm = new Kvm();
+    const mem = GuestMemory.anonymous(0x1000);
+    try {
+      const vm = kvm.createVm();
+      mem.bytes.set([0xb9, 0xe8, 0x03, 0x88, 0xd8, 0xe6, 0x10, 0xe2, 0xfa, 0xe4, 0x11, 0xf4], 0);
+      vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
+      vm.registerCoalescedMmio({ kind: 'pio', addr: 0x10n }, 1);
+      const vcpu = realMode(vm.createVcpu(0), 0n);
+      vcpu.setRegs({ ...vcpu.getRegs(), rbx: 0x33n });
+      const run = runtime.start(vcpu, { pipeline: join(__dirname, '../fixtures/count-pipeline.ts'), coalescedRing: true });
+      const counted = firstValueFrom(run.events$);
+      const outcome = await run.done;
+      expect(outcome.reason).toBe('completed');
+      expect(outcome.exits).toBeLessThan(1002); // most OUTs never left the kernel
+      expect(await counted).toEqual({ channel: 'count', data: { count: 1000, values: [0x33] } });
+      expect(vcpu.getRegs().rax & 0xffn).toBe(BigInt(1000 & 0xff));
+    } finally {
+      kvm.close();
+      mem.close();
+      await runtime.close();
+    }
+  });
+
   it('exits promptly when the process exits with a vCPU inside KVM_RUN', () => {
     const started = Date.now();
     const r = spawnSync(process.execPath, ['-r', 'ts-node/register/transpile-only', join(__dirname, '../fixtures/exit-with-running-vcpu.ts')], {

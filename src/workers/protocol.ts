@@ -96,6 +96,8 @@ export interface VcpuTask {
   /** Given to the pipeline as `ctx.options`. */
   options?: unknown;
   posted: PostedRange[];
+  /** Drain the kernel's coalesced MMIO/PIO ring into the pipeline before each exit. */
+  coalescedRing?: boolean;
   /** Who handles posted writes: the main thread (default) or this worker's pipeline, in batches. */
   postedTo?: 'main' | 'worker';
   /** What to do with exits the worker pipeline does not handle. */

@@ -43,6 +43,12 @@ export interface StartOptions {
    */
   postedTo?: 'main' | 'worker';
   /**
+   * Map the kernel's coalesced MMIO/PIO ring in the worker and hand the writes it buffered (for
+   * zones registered with `vm.registerCoalescedMmio`) to the worker pipeline, in order, before
+   * each exit. The ring is per VM: enable it on one vCPU's run only.
+   */
+  coalescedRing?: boolean;
+  /**
    * Exits the worker pipeline does not handle: `'main'` hands them to `exits$` / `next()` on the
    * main thread (the vCPU waits for the answer), `'error'` ends the run with
    * `ERR_KVM_UNHANDLED_EXIT` (naming the exit, its port/address and RIP), `'ignore'` drops them
@@ -157,6 +163,7 @@ export class VcpuRuntime implements AsyncDisposable {
       options: options.pipelineOptions,
       posted: options.posted ?? [],
       postedTo: options.postedTo === 'worker' ? 'worker' : 'main',
+      coalescedRing: options.coalescedRing === true,
       unhandled,
       record: options.record === true,
       port: port2,

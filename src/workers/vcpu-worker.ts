@@ -266,7 +266,28 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
       return out;
     };
     let batch: VcpuExit[] = [];
+    // The kernel's coalesced MMIO/PIO ring (zones registered with vm.registerCoalescedMmio): writes
+    // it buffered instead of exiting are handed to the pipeline before the next exit.
+    if (task.coalescedRing) vcpu.mapCoalescedMmioRing();
+    const drainCoalesced = () => {
+      for (let e = vcpu.coalescedMmioRead(); e !== undefined; e = vcpu.coalescedMmioRead()) {
+        const data = e.data.slice(0, Math.min(e.len, 8));
+        batch.push(
+          e.pio !== 0
+            ? { kind: 'IoOut', port: Number(e.physAddr), size: data.length, count: 1, data }
+            : { kind: 'MmioWrite', addr: e.physAddr, data },
+        );
+      }
+    };
     const nextExit = (): VcpuExit | undefined => {
+      if (task.coalescedRing) {
+        const exit = nextExitInner();
+        drainCoalesced();
+        return exit;
+      }
+      return nextExitInner();
+    };
+    const nextExitInner = (): VcpuExit | undefined => {
       if (bitmap === undefined) return vcpu.run();
       const r = toWorker
         ? addon.runFast(vcpuFd, runAddress, bitmap, localRing, localCtl, layout, 256)
@@ -276,7 +297,7 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
         outcome.exits += fast;
         outcome.lastExit = 'IoOut';
         if (toWorker) {
-          batch = drainLocal();
+          batch.push(...drainLocal());
           Atomics.add(ctrl, W.exits, fast);
         } else ring_doorbell();
       }
