@@ -149,6 +149,19 @@ describeKvm('VcpuRuntime', () => {
     expect((await run2.done).reason).toBe('stopped');
   });
 
+  it('routes vCPU calls from the main thread to the running vCPU\'s worker (run.call)', async () => {
+    const vcpu = realModeGuest(vm, mem, Uint8Array.of(0xeb, 0xfe)); // jmp $: never exits by itself
+    const run = runtime.start(vcpu);
+    while (!run.running) await new Promise((r) => setTimeout(r, 5));
+    expectCode(() => vcpu.getRegs(), 'Error', 'ERR_KVM_VCPU_RUNNING');
+    const regs = await run.call('getRegs');
+    expect(regs.rip).toBe(GUEST_ADDR); // spinning on its own jmp
+    expect((await run.call('getSregs')).cs.selector).toBe(0);
+    await expect(run.call('close' as never)).rejects.toMatchObject({ code: 'ERR_INVALID_ARG_VALUE' });
+    await run.stop();
+    await expect(run.call('getRegs')).rejects.toMatchObject({ code: 'ERR_KVM_CLOSED' });
+  });
+
   it('stops the run when the VM is closed under it, and keeps guest memory mapped until it ends', async () => {
     const vcpu = realModeGuest(vm, mem, Uint8Array.of(0xeb, 0xfe));
     const run = runtime.start(vcpu);

@@ -171,9 +171,41 @@ export class VcpuRun implements AsyncDisposable {
 
   #portEnded: () => void = () => undefined;
 
-  #onMessage(m: { type?: string; channel?: string; data?: unknown }): void {
+  #calls = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>();
+  #nextCall = 1;
+
+  #onMessage(m: { type?: string; channel?: string; data?: unknown; id?: number; value?: unknown; error?: TaskOutcome['error'] }): void {
     if (m?.type === 'emit') this.#events.next({ channel: m.channel ?? '', data: m.data });
     else if (m?.type === 'end') this.#portEnded();
+    else if (m?.type === 'result') {
+      const c = this.#calls.get(m.id ?? -1);
+      if (c === undefined) return;
+      this.#calls.delete(m.id!);
+      if (m.error !== undefined) c.reject(revive(m.error));
+      else c.resolve(m.value);
+    }
+  }
+
+  /**
+   * Calls a method of the running vCPU on its own thread, between two exits (the vCPU is kicked out
+   * of the guest so the call runs at once), e.g. `await run.call('getRegs')`. Arguments and the
+   * result are structured-cloned. Rejects with `ERR_KVM_CLOSED` if the run ends first.
+   *
+   * @example `const { rip } = await run.call('getRegs');`
+   */
+  call<K extends keyof VcpuFd>(method: K, ...args: VcpuFd[K] extends (...a: infer P) => unknown ? P : never): Promise<VcpuFd[K] extends (...a: never[]) => infer R ? R : never> {
+    if (this.#ended) return Promise.reject(Object.assign(new Error('the run has ended'), { code: 'ERR_KVM_CLOSED' }));
+    const id = this.#nextCall++;
+    const p = new Promise<unknown>((resolve, reject) => this.#calls.set(id, { resolve, reject }));
+    this.#port.postMessage({ type: 'call', id, method, args });
+    this.#wake();
+    return p as Promise<never>;
+  }
+
+  #wake(): void {
+    Atomics.store(this.#ctrl, W.wake, 1);
+    const thread = this.#tid[THREAD_SLOT]!;
+    if (thread !== 0n && Atomics.load(this.#ctrl, W.state) === State.running) this.#backend.kick(thread, this.#runAddress);
   }
 
   #finish(outcome: TaskOutcome, signal: AbortSignal | undefined, onAbort: () => void): RunOutcome {
@@ -189,6 +221,8 @@ export class VcpuRun implements AsyncDisposable {
     this.vcpu.attachRun(undefined);
     this.#releaseMemory();
     for (const fn of this.#endedCallbacks.splice(0)) fn();
+    for (const c of this.#calls.values()) c.reject(Object.assign(new Error('the run ended before the call ran'), { code: 'ERR_KVM_CLOSED' }));
+    this.#calls.clear();
     this.#port.close();
     const error = this.#failure ?? (outcome.error ? revive(outcome.error) : undefined);
     for (const w of this.#pullWaiters.splice(0)) w({ value: undefined, done: true });
@@ -390,9 +424,7 @@ export class VcpuRun implements AsyncDisposable {
   send(channel: string, data: unknown): void {
     if (this.#ended) return;
     this.#port.postMessage({ type: 'input', channel, data });
-    Atomics.store(this.#ctrl, W.wake, 1);
-    const thread = this.#tid[THREAD_SLOT]!;
-    if (thread !== 0n && Atomics.load(this.#ctrl, W.state) === State.running) this.#backend.kick(thread, this.#runAddress);
+    this.#wake();
   }
 
   /** @internal Runs `fn` once the run has ended (at once if it has). */

@@ -106,9 +106,24 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
   let stopResolve: () => void = () => undefined;
   const stopped = new Promise<void>((r) => (stopResolve = r));
   const inputs = new Subject<{ channel: string; data: unknown }>();
-  const onMessage = (m: { type?: string; channel?: string; data?: unknown }) => {
+  let callTarget: VcpuFd | undefined;
+  const onMessage = (m: { type?: string; channel?: string; data?: unknown; id?: number; method?: string; args?: unknown[] }) => {
     if (m?.type === 'stop') stopResolve();
     else if (m?.type === 'input') inputs.next({ channel: m.channel ?? '', data: m.data });
+    else if (m?.type === 'call') {
+      // A vCPU method called from the main thread (`run.call`), run here between exits.
+      try {
+        const target = callTarget;
+        const method = m.method ?? '';
+        if (target === undefined || ['run', 'close', 'constructor'].includes(method) || typeof (target as unknown as Record<string, unknown>)[method] !== 'function') {
+          throw Object.assign(new TypeError(`cannot call '${method}' on a running vCPU`), { code: 'ERR_INVALID_ARG_VALUE' });
+        }
+        const value = (target as unknown as Record<string, (...a: unknown[]) => unknown>)[method]!(...(m.args ?? []));
+        port.postMessage({ type: 'result', id: m.id, value });
+      } catch (e) {
+        port.postMessage({ type: 'result', id: m.id, error: serializeError(e) });
+      }
+    }
   };
   port.on('message', onMessage);
   // The run loop is synchronous between exits: take queued messages (input, stop) now.
@@ -129,6 +144,7 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
   const outcome: TaskOutcome = { reason: 'stopped', exits: 0 };
   try {
     const vcpu = vm.borrowVcpu(task.vcpuFd, task.vcpuId);
+    callTarget = vcpu;
     const run = vcpu.getKvmRun();
     const runBytes = run.bytes;
     const memory = new GuestMemoryMap();
