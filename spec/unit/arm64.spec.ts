@@ -51,7 +51,7 @@ describe('arm64 ABI (no host needed)', () => {
     expect(regSize(0x6020_0000_0010_0000n)).toBe(4);
     expect(regSize(0x6040_0000_0010_0054n)).toBe(16);
     expect(regSize(0n)).toBe(1);
-    expect(regSize(BigInt(K.KVM_REG_SIZE_U2048))).toBe(256);
+    expect(regSize(K.KVM_REG_SIZE_U2048)).toBe(256);
     expectCode(() => regSize(-1n), 'RangeError', 'ERR_OUT_OF_RANGE');
     expectCode(() => regSize('1' as never), 'TypeError', 'ERR_INVALID_ARG_TYPE');
   });

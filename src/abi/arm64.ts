@@ -81,14 +81,14 @@ export const KVM_ARM_VM_SMCCC_FILTER = 0;
 export const KVM_VM_TYPE_ARM_IPA_SIZE_MASK = kvm.KVM_VM_TYPE_ARM_IPA_SIZE_MASK;
 
 /** The arch field of an arm64 register id (`KVM_REG_ARM64`). */
-export const KVM_REG_ARM64 = BigInt(kvm.KVM_REG_ARM64);
+export const KVM_REG_ARM64 = kvm.KVM_REG_ARM64;
 /** Register size fields (generic), as bigint for building ids. */
-export const KVM_REG_SIZE_U32 = BigInt(kvm.KVM_REG_SIZE_U32);
-export const KVM_REG_SIZE_U64 = BigInt(kvm.KVM_REG_SIZE_U64);
-export const KVM_REG_SIZE_U128 = BigInt(kvm.KVM_REG_SIZE_U128);
-export const KVM_REG_SIZE_MASK = BigInt(kvm.KVM_REG_SIZE_MASK);
+export const KVM_REG_SIZE_U32 = kvm.KVM_REG_SIZE_U32;
+export const KVM_REG_SIZE_U64 = kvm.KVM_REG_SIZE_U64;
+export const KVM_REG_SIZE_U128 = kvm.KVM_REG_SIZE_U128;
+export const KVM_REG_SIZE_MASK = kvm.KVM_REG_SIZE_MASK;
 export const KVM_REG_SIZE_SHIFT = BigInt(kvm.KVM_REG_SIZE_SHIFT);
-export const KVM_REG_ARCH_MASK = BigInt(kvm.KVM_REG_ARCH_MASK);
+export const KVM_REG_ARCH_MASK = kvm.KVM_REG_ARCH_MASK;
 
 /** `KVM_REG_ARM_COPROC_*`: the register class field. */
 export const KVM_REG_ARM_COPROC_MASK = 0x0fff_0000n;

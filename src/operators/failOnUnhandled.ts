@@ -5,7 +5,7 @@ import type { VcpuExit } from '../wrappers/vcpu-exit';
 import { UnhandledExitError } from './errors';
 
 /** What to do with an exit that reached {@link failOnUnhandled}. */
-export type UnhandledPolicy = 'error' | 'ignore' | ((exit: VcpuExit) => 'error' | 'ignore' | void);
+export type UnhandledPolicy = 'error' | 'ignore' | ((exit: VcpuExit) => 'error' | 'ignore' | undefined | void); // eslint-disable-line @typescript-eslint/no-invalid-void-type -- a policy may return nothing
 
 /** Options of {@link failOnUnhandled}. */
 export interface FailOnUnhandledOptions {
@@ -51,7 +51,7 @@ export function failOnUnhandled(options: FailOnUnhandledOptions = {}): OperatorF
       source.subscribe({
         next: (exit) => {
           if (subscriber.closed) return;
-          let decision: 'error' | 'ignore' | void;
+          let decision: 'error' | 'ignore' | undefined | void; // eslint-disable-line @typescript-eslint/no-invalid-void-type -- what a policy function returns
           try {
             decision = typeof policy === 'function' ? policy(exit) : policy;
           } catch (err) {

@@ -18,6 +18,7 @@ import { holdVcpu } from './hold';
  * - `Uint8Array` / `number[]`: the bytes, copied (truncated, or zero-filled up to the access size);
  * - `undefined`: the handler wrote `exit.data` itself.
  */
+// eslint-disable-next-line @typescript-eslint/no-invalid-void-type -- a handler that wrote exit.data itself returns nothing
 export type ExitAnswer = number | bigint | Uint8Array | ReadonlyArray<number> | void;
 
 /** What a handler may return: a value, or a Promise or Observable of one (the vCPU waits). */
@@ -42,7 +43,7 @@ export function writeAnswer(data: Uint8Array, answer: ExitAnswer): void {
   if (answer instanceof Uint8Array || Array.isArray(answer)) {
     const n = Math.min(answer.length, data.length);
     for (let i = 0; i < n; i++) {
-      const b = answer[i];
+      const b = answer[i] as number;
       if (!Number.isInteger(b) || b < 0 || b > 0xff) outOfRange(`answer[${i}]`, 'an integer >= 0 and <= 255', b);
       data[i] = b;
     }
@@ -169,7 +170,7 @@ export function handleExits<E extends VcpuExit, A, R>(
                     finish(); // a read is answered by the first value
                   },
                   error: (err: unknown) => p.failed(err),
-                  complete: () => (answer === undefined ? finish() : p.failed(new EmptyError())),
+                  complete: () => (answer === undefined ? finish() : p.failed(new EmptyError()) /* eslint-disable-line @typescript-eslint/no-deprecated -- rxjs's own error for an Observable that completes without a value, as firstValueFrom gives */),
                 }),
               );
             } else {

@@ -70,7 +70,7 @@ export class EventFd extends FdOwner {
     checkObject('options', options);
     const initval = options.initval === undefined ? 0 : checkInt('options.initval', options.initval, 0, 0xffff_ffff);
     const semaphore = options.semaphore === undefined ? false : checkBool('options.semaphore', options.semaphore);
-    if (options.nonBlocking !== undefined && checkBool('options.nonBlocking', options.nonBlocking) === false) {
+    if (options.nonBlocking !== undefined && !checkBool('options.nonBlocking', options.nonBlocking)) {
       invalidValue('options.nonBlocking', 'must be true: an EventFd never blocks a thread (use readAsync() to wait)', false);
     }
     const cloexec = options.closeOnExec === undefined ? true : checkBool('options.closeOnExec', options.closeOnExec);
@@ -131,7 +131,7 @@ export class EventFd extends FdOwner {
       if (signal?.aborted) throw new AbortError(undefined, { cause: signal.reason });
       return Promise.resolve(this.read());
     } catch (e) {
-      if (!(e instanceof KvmError && e.code === 'EAGAIN')) return Promise.reject(e);
+      if (!(e instanceof KvmError && e.code === 'EAGAIN')) return Promise.reject(e as Error);
     }
     return new Promise<bigint>((resolve, reject) => {
       let unwatch: (() => void) | undefined;
@@ -156,7 +156,7 @@ export class EventFd extends FdOwner {
         } catch (e) {
           if (e instanceof KvmError && e.code === 'EAGAIN') return; // another reader won; keep waiting
           waiter.stop();
-          reject(e);
+          reject(e as Error);
           return;
         }
         waiter.stop();
@@ -165,7 +165,7 @@ export class EventFd extends FdOwner {
       try {
         unwatch = this.backend.watchReadable(this.asRawFd(), onReadable);
       } catch (e) {
-        reject(e);
+        reject(e as Error);
         return;
       }
       this.#waiters.add(waiter);

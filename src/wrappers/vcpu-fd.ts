@@ -924,6 +924,7 @@ export class VcpuFd extends FdOwner {
   setDeviceAttr(attr: DeviceAttr): void {
     const { bytes, keep } = deviceAttrBytes(this.backend, attr);
     this.ioctl(ioctls.KVM_SET_DEVICE_ATTR, bytes);
+    // eslint-disable-next-line @typescript-eslint/no-meaningless-void-operator -- keeps the value buffer referenced until the kernel read it
     void keep;
   }
 

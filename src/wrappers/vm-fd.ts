@@ -486,7 +486,7 @@ export class VmFd extends FdOwner {
       throw new KvmError(errnoOf('EINVAL'), 'ioctl', { request: R, detail: `at most ${kvm.KVM_MSR_FILTER_MAX_RANGES} ranges` });
     }
     const keep: Uint8Array[] = [];
-    const raw = ranges.map((r, i) => {
+    const raw = ranges.map((r: MsrFilterRange, i: number) => {
       const n = `ranges[${i}]`;
       checkObject(n, r);
       const flags = checkU32(`${n}.flags`, r.flags);
@@ -550,7 +550,7 @@ export class VmFd extends FdOwner {
     const size = kvm_irq_routing.size + entries.length * kvm_irq_routing_entry.size;
     const buf = new Uint8Array(size);
     buf.set(structBytes(kvm_irq_routing, { nr: entries.length, flags: 0 }));
-    entries.forEach((e, i) => buf.set(routingEntryBytes(e, `entries[${i}]`), kvm_irq_routing.size + i * kvm_irq_routing_entry.size));
+    entries.forEach((e: IrqRoutingEntry, i: number) => buf.set(routingEntryBytes(e, `entries[${i}]`), kvm_irq_routing.size + i * kvm_irq_routing_entry.size));
     this.ioctl(ioctls.KVM_SET_GSI_ROUTING, buf);
   }
 
@@ -803,6 +803,7 @@ export class VmFd extends FdOwner {
   setDeviceAttr(attr: DeviceAttr): void {
     const { bytes, keep } = deviceAttrBytes(this.backend, attr);
     this.ioctl(ioctls.KVM_SET_DEVICE_ATTR, bytes);
+    // eslint-disable-next-line @typescript-eslint/no-meaningless-void-operator -- keeps the value buffer referenced until the kernel read it
     void keep;
   }
 
