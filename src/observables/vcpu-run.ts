@@ -6,7 +6,7 @@
  */
 import { Observable, Subject, share } from 'rxjs';
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
-import { attachHold } from '../operators/hold';
+import { deliverExit } from '../operators/hold';
 import type { RecordedExit } from './recording';
 import type { IoctlBackend } from '../backend/types';
 import { VCPU_EXIT_KINDS, decodeExit, type VcpuExit } from '../wrappers/vcpu-exit';
@@ -256,7 +256,8 @@ export class VcpuRun implements AsyncDisposable {
       const seen = Atomics.load(this.#ctrl, W.doorbell);
       this.#drainRing();
       if (Atomics.load(this.#ctrl, W.mailbox) === Mailbox.posted && this.#pendingAnswer === undefined) {
-        await this.#handleMailbox();
+        const held = this.#handleMailbox();
+        if (held !== undefined) await held;
       }
       if (Atomics.load(this.#ctrl, W.state) === State.ended) {
         this.#drainRing();
@@ -270,6 +271,7 @@ export class VcpuRun implements AsyncDisposable {
   #drainRing(): void {
     let r = Atomics.load(this.#ctrl, W.ringRead);
     const w = Atomics.load(this.#ctrl, W.ringWrite);
+    if (r === w) return;
     while (r < w) {
       const at = (r % RING_RECORDS) * RECORD_BYTES;
       const kind = this.#ring.getUint8(at + R.kind);
@@ -322,7 +324,8 @@ export class VcpuRun implements AsyncDisposable {
     else this.#pullQueue.push(exit);
   }
 
-  async #handleMailbox(): Promise<void> {
+  /** Handles the exit in the mailbox; returns a promise only when a handler holds the vCPU. */
+  #handleMailbox(): Promise<void> | undefined {
     const exit = decodeExit(this.#mbView, this.#mbBytes);
     // The vCPU is stopped at this exit and its thread sleeps until the answer: register access
     // from this thread cannot block, so it is allowed until the answer is sent.
@@ -337,23 +340,27 @@ export class VcpuRun implements AsyncDisposable {
       // Pull mode: the vCPU resumes when the consumer asks for the next exit.
       this.#pendingAnswer = answer;
       this.#pushPull(exit);
-      return;
+      return undefined;
     }
     if (this.#exitObservers > 0) {
       const holds: Array<PromiseLike<unknown>> = [];
-      attachHold(exit, holds);
       try {
-        this.#exits.next(exit);
-        if (holds.length > 0) await Promise.all(holds);
+        deliverExit(exit, holds, this.#deliver);
       } catch (e) {
         this.#fail(e as Error);
-        return;
+        return undefined;
       }
-      answer();
-      return;
+      if (holds.length === 0) {
+        answer();
+        return undefined;
+      }
+      return Promise.all(holds).then(answer, (e: unknown) => this.#fail(e as Error));
     }
     this.#fail(new UnhandledExitError(exit, `${describeExit(exit)} (not handled by the worker pipeline, and nobody on the main thread handles exits)`));
+    return undefined;
   }
+
+  readonly #deliver = (exit: VcpuExit): void => this.#exits.next(exit);
 
   #fail(e: Error): void {
     this.#failure ??= e;

@@ -223,7 +223,6 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
 
     // Hands the exit to the main thread and sleeps until it is answered (or the run stops).
     const handToMain = (exit: VcpuExit): boolean => {
-      mailbox.fill(0, 0, RUN.syncRegs);
       mailbox.set(runBytes.subarray(0, RUN.syncRegs), 0);
       if (exit.kind === 'IoIn' || exit.kind === 'IoOut') {
         mailbox.set(exit.data, exit.data.byteOffset - runBytes.byteOffset);
