@@ -7,7 +7,7 @@
  * Run it with `npm start`.
  */
 import { extname, join } from 'node:path';
-import { GuestMemory, KVM_MEM_LOG_DIRTY_PAGES, Kvm, VcpuRuntime, type VcpuExit } from '../src/index';
+import { GuestMemory, KVM_MEM_LOG_DIRTY_PAGES, Kvm, VcpuRuntime, type VcpuExit, type VcpuFd, type VmFd } from '../src/index';
 
 /** The guest: rax = 2 and rbx = 3 on entry. */
 export const SEED_GUEST = Uint8Array.of(
@@ -34,6 +34,17 @@ export interface SeedResult {
   regs: { rax: bigint; rdx: bigint };
 }
 
+/** vCPU 0 in real mode with CS base 0, at the guest's first instruction, with rax 2 and rbx 3. */
+export function seedVcpu(vm: VmFd): VcpuFd {
+  const vcpu = vm.createVcpu(0);
+  const sregs = vcpu.getSregs();
+  sregs.cs.base = 0n;
+  sregs.cs.selector = 0;
+  vcpu.setSregs(sregs);
+  vcpu.setRegs({ ...vcpu.getRegs(), rip: GUEST_ADDR, rax: 2n, rbx: 3n, rflags: 2n });
+  return vcpu;
+}
+
 function popcount(x: bigint): number {
   let n = 0;
   for (; x > 0n; x >>= 1n) n += Number(x & 1n);
@@ -50,12 +61,7 @@ export function runSeed(answerIn = 0x42, answerMmio = 0x77, log: (s: string) => 
     vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: GUEST_ADDR, memory: mem, flags: KVM_MEM_LOG_DIRTY_PAGES });
     mem.bytes.set(SEED_GUEST);
 
-    const vcpu = vm.createVcpu(0);
-    const sregs = vcpu.getSregs();
-    sregs.cs.base = 0n;
-    sregs.cs.selector = 0;
-    vcpu.setSregs(sregs);
-    vcpu.setRegs({ ...vcpu.getRegs(), rip: GUEST_ADDR, rax: 2n, rbx: 3n, rflags: 2n });
+    const vcpu = seedVcpu(vm);
 
     const result: SeedResult = { exits: [], output: '', dirtyPagesAtMmioWrite: -1, dirtyBitmapAtHlt: [], regs: { rax: 0n, rdx: 0n } };
     for (;;) {
@@ -105,12 +111,7 @@ export async function runSeedOnRuntime(log: (s: string) => void = () => undefine
   using vm = kvm.createVm();
   vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: GUEST_ADDR, memory: mem });
   mem.bytes.set(SEED_GUEST);
-  const vcpu = vm.createVcpu(0);
-  const sregs = vcpu.getSregs();
-  sregs.cs.base = 0n;
-  sregs.cs.selector = 0;
-  vcpu.setSregs(sregs);
-  vcpu.setRegs({ rip: GUEST_ADDR, rax: 2n, rbx: 3n, rflags: 2n });
+  const vcpu = seedVcpu(vm);
   try {
     const run = runtime.start(vcpu, { pipeline: join(__dirname, `seed-devices${extname(__filename)}`) });
     run.events$.subscribe(({ data }) => log(String(data)));

@@ -3,7 +3,7 @@
  * pipeline must give the same answers.
  */
 import { join } from 'node:path';
-import { GUEST_ADDR, MEM_SIZE, SEED_GUEST } from '../../examples/seed-example';
+import { GUEST_ADDR, MEM_SIZE, SEED_GUEST, seedVcpu } from '../../examples/seed-example';
 import { MockBackend } from '../../src/backend/mock/index';
 import { runInThread } from '../../src/observables/run-in-thread';
 import { replayScript } from '../../src/testing/replay';
@@ -22,12 +22,7 @@ describeKvm('record and replay', () => {
       const vm = kvm.createVm();
       vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: GUEST_ADDR, memory: mem });
       mem.bytes.set(SEED_GUEST);
-      const vcpu = vm.createVcpu(0);
-      const sregs = vcpu.getSregs();
-      sregs.cs.base = 0n;
-      sregs.cs.selector = 0;
-      vcpu.setSregs(sregs);
-      vcpu.setRegs({ rip: GUEST_ADDR, rax: 2n, rbx: 3n, rflags: 2n });
+      const vcpu = seedVcpu(vm);
       const outcome = await runtime.start(vcpu, { pipeline: join(__dirname, '../fixtures/operator-pipeline.ts'), record: true }).done;
       const recording = outcome.recording!;
       expect(recording.map((r) => r.kind)).toEqual(['IoOut', 'IoIn', 'MmioWrite', 'MmioRead', 'Hlt']);

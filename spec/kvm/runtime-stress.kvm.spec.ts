@@ -4,7 +4,7 @@
 import { spawnSync } from 'node:child_process';
 import { firstValueFrom } from 'rxjs';
 import { join } from 'node:path';
-import { VcpuRuntime } from '../../src/workers/runtime';
+import { VcpuRuntime, type StartOptions } from '../../src/workers/runtime';
 import { GuestMemory } from '../../src/wrappers/guest-memory';
 import { Kvm } from '../../src/wrappers/kvm';
 import type { VcpuFd } from '../../src/wrappers/vcpu-fd';
@@ -24,6 +24,33 @@ function realMode(vcpu: VcpuFd, rip: bigint): VcpuFd {
 //   mov $count, %cx ; 1: mov %bl, %al ; out %al, $0x10 ; loop 1b ; hlt
 function counterGuest(count: number): Uint8Array {
   return Uint8Array.of(0xb9, count & 0xff, count >> 8, 0x88, 0xd8, 0xe6, 0x10, 0xe2, 0xfa, 0xf4);
+}
+
+
+// 1000 x (out %bl,$0x10) then `in $0x11,%al` (the count so far, answered by the pipeline), hlt
+const COUNT_GUEST = [0xb9, 0xe8, 0x03, 0x88, 0xd8, 0xe6, 0x10, 0xe2, 0xfa, 0xe4, 0x11, 0xf4];
+
+/** Runs COUNT_GUEST (BL = `value`) through count-pipeline.ts with `options`, then cleans up. */
+async function countRun(value: bigint, options: StartOptions, setup: (vm: VmFd) => void = () => undefined) {
+  const runtime = new VcpuRuntime({ maxVcpus: 1 });
+  const kvm = new Kvm();
+  const mem = GuestMemory.anonymous(0x1000);
+  try {
+    const vm = kvm.createVm();
+    mem.bytes.set(COUNT_GUEST, 0);
+    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
+    setup(vm);
+    const vcpu = realMode(vm.createVcpu(0), 0n);
+    vcpu.setRegs({ ...vcpu.getRegs(), rbx: value });
+    const run = runtime.start(vcpu, { pipeline: join(__dirname, '../fixtures/count-pipeline.ts'), ...options });
+    const counted = firstValueFrom(run.events$);
+    const outcome = await run.done;
+    return { outcome, counted: await counted, al: vcpu.getRegs().rax & 0xffn };
+  } finally {
+    kvm.close();
+    mem.close();
+    await runtime.close();
+  }
 }
 
 describeKvm('VcpuRuntime under load', () => {
@@ -96,55 +123,18 @@ describeKvm('VcpuRuntime under load', () => {
   });
 
   it("delivers posted writes to the worker pipeline in batches, in order, with postedTo: 'worker'", async () => {
-    const runtime = new VcpuRuntime({ maxVcpus: 1 });
-    const kvm = new Kvm();
-    const mem = GuestMemory.anonymous(0x1000);
-    try {
-      const vm = kvm.createVm();
-      // 1000 x (out %bl,$0x10) then `in $0x11,%al` (the count so far, answered by the pipeline), hlt
-      mem.bytes.set([0xb9, 0xe8, 0x03, 0x88, 0xd8, 0xe6, 0x10, 0xe2, 0xfa, 0xe4, 0x11, 0xf4], 0);
-      vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
-      const vcpu = realMode(vm.createVcpu(0), 0n);
-      vcpu.setRegs({ ...vcpu.getRegs(), rbx: 0x5an });
-      const run = runtime.start(vcpu, {
-        pipeline: join(__dirname, '../fixtures/count-pipeline.ts'),
-        posted: [{ port: 0x10 }],
-        postedTo: 'worker',
-      });
-      const counted = firstValueFrom(run.events$);
-      expect(await run.done).toEqual({ reason: 'completed', exits: 1002, lastExit: 'Hlt' });
-      expect(await counted).toEqual({ channel: 'count', data: { count: 1000, values: [0x5a] } });
-      expect(vcpu.getRegs().rax & 0xffn).toBe(BigInt(1000 & 0xff)); // the IN saw every earlier write
-    } finally {
-      kvm.close();
-      mem.close();
-      await runtime.close();
-    }
+    const r = await countRun(0x5an, { posted: [{ port: 0x10 }], postedTo: 'worker' });
+    expect(r.outcome).toEqual({ reason: 'completed', exits: 1002, lastExit: 'Hlt' });
+    expect(r.counted).toEqual({ channel: 'count', data: { count: 1000, values: [0x5a] } });
+    expect(r.al).toBe(BigInt(1000 & 0xff)); // the IN saw every earlier write
   });
 
   it('hands the writes KVM coalesced into its ring to the worker pipeline, in order, with coalescedRing', async () => {
-    const runtime = new VcpuRuntime({ maxVcpus: 1 });
-    const kvm = new Kvm();
-    const mem = GuestMemory.anonymous(0x1000);
-    try {
-      const vm = kvm.createVm();
-      mem.bytes.set([0xb9, 0xe8, 0x03, 0x88, 0xd8, 0xe6, 0x10, 0xe2, 0xfa, 0xe4, 0x11, 0xf4], 0);
-      vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
-      vm.registerCoalescedMmio({ kind: 'pio', addr: 0x10n }, 1);
-      const vcpu = realMode(vm.createVcpu(0), 0n);
-      vcpu.setRegs({ ...vcpu.getRegs(), rbx: 0x33n });
-      const run = runtime.start(vcpu, { pipeline: join(__dirname, '../fixtures/count-pipeline.ts'), coalescedRing: true });
-      const counted = firstValueFrom(run.events$);
-      const outcome = await run.done;
-      expect(outcome.reason).toBe('completed');
-      expect(outcome.exits).toBeLessThan(1002); // most OUTs never left the kernel
-      expect(await counted).toEqual({ channel: 'count', data: { count: 1000, values: [0x33] } });
-      expect(vcpu.getRegs().rax & 0xffn).toBe(BigInt(1000 & 0xff));
-    } finally {
-      kvm.close();
-      mem.close();
-      await runtime.close();
-    }
+    const r = await countRun(0x33n, { coalescedRing: true }, (vm) => vm.registerCoalescedMmio({ kind: 'pio', addr: 0x10n }, 1));
+    expect(r.outcome.reason).toBe('completed');
+    expect(r.outcome.exits).toBeLessThan(1002); // most OUTs never left the kernel
+    expect(r.counted).toEqual({ channel: 'count', data: { count: 1000, values: [0x33] } });
+    expect(r.al).toBe(BigInt(1000 & 0xff));
   });
 
   it('exits promptly when the process exits with a vCPU inside KVM_RUN', () => {
