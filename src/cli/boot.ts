@@ -163,8 +163,6 @@ export async function cmdBoot(argv: string[]): Promise<number> {
   try {
     const kernel = readImage('kernel', kernelPath);
     const initrd = initrdPath === undefined ? undefined : readImage('initrd', initrdPath);
-    process.stderr.write(`[kvm-rx] kernel ${kernelPath} (${mb(kernel.length)})${initrd ? `, initrd ${initrdPath} (${mb(initrd.length)})` : ''}, ${memMiB} MiB RAM\n`);
-    process.stderr.write(`[kvm-rx] cmdline: ${cmdline}\n`);
     const ac = new AbortController();
     let why: 'quit' | 'timeout' | undefined;
     const stop = (w: 'quit' | 'timeout') => {
@@ -185,6 +183,9 @@ export async function cmdBoot(argv: string[]): Promise<number> {
       stop,
     };
     const b = vm.handle.boot;
+    // Progress once the machine is built, so that a bad file gives one line and nothing else.
+    process.stderr.write(`[kvm-rx] kernel ${kernelPath} (${mb(kernel.length)})${initrd ? `, initrd ${initrdPath} (${mb(initrd.length)})` : ''}, ${memMiB} MiB RAM\n`);
+    process.stderr.write(`[kvm-rx] cmdline: ${cmdline}\n`);
     process.stderr.write(
       `[kvm-rx] ${b.kind === 'elf' ? 'ELF vmlinux' : 'bzImage'} at ${hex(b.kernel.low)}–${hex(b.kernel.high)}, entry ${hex(b.entry)}` +
         `${b.initrd ? `, initrd at ${hex(b.initrd.addr)}` : ''}; ${process.stdin.isTTY ? 'Ctrl-A x quits' : 'booting'}\n`,
