@@ -1,7 +1,8 @@
 /**
  * End-to-end: boots the Debian cloud vmlinux (+ busybox initramfs) fetched by `npm run guest:fetch`
- * through src/vmm, with the serial console on stdout, and measures the time to
- * `Run /init as init process`.
+ * with `bootLinux()` (the worker runtime: the vCPU runs in a worker thread with the 16550A UART
+ * model and its interrupt, the i8042, CMOS and the emulation-failure fallbacks), with the serial
+ * console on stdout, and measures the time to `Run /init as init process`.
  *
  *   npm run e2e:linux    (env: GUEST_DIR, KERNEL, INITRD, CMDLINE, MEM_MIB, TIMEOUT_S, QUIET=1,
  *                         HUGEPAGES=1 for private THP-backed guest RAM)
@@ -15,13 +16,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Worker } from 'node:worker_threads';
-import { KvmError } from '../src/abi/errors';
-import { Kvm } from '../src/wrappers/kvm';
-import type { VcpuExit } from '../src/wrappers/vcpu-exit';
-import { createLinuxMachine } from '../src/vmm/boot';
-import { emulationFallbackStats, handleEmulationFailure } from '../src/vmm/emulation-fallback';
-import { SerialStub } from './serial-stub';
+import { bootLinux, type LinuxVm } from '../src/vmm/linux';
 
 /** The cmdline measured fastest on the PVM host (shared notes, cloud-kernel-boot.md, runs F/G). */
 const PVM_CMDLINE = [
@@ -44,13 +39,7 @@ function hostMode(): HostMode {
   return 'unknown';
 }
 
-const WATCHDOG = `
-const { workerData } = require('node:worker_threads');
-const addon = require('node-gyp-build')(workerData.root);
-setTimeout(() => addon.kick(workerData.thread, workerData.runAddress), workerData.ms);
-`;
-
-function main(): number {
+async function main(): Promise<number> {
   const root = join(__dirname, '..');
   const dir = process.env.GUEST_DIR ?? join(root, '.guest');
   const kernelPath = process.env.KERNEL ?? join(dir, 'vmlinux');
@@ -68,32 +57,19 @@ function main(): number {
   console.log(`host: ${mode}${emulated ? ' (no hardware virtualisation: guest kernel code is emulated; success = "Run /init" + clean reset)' : ' (success = BOOT-OK from /init)'}`);
   console.log(`kernel ${kernelPath}, initrd ${existsSync(initrdPath) ? initrdPath : '(none)'}, ${memSize >>> 20} MiB${process.env.HUGEPAGES === '1' ? ' (private, THP)' : ''}`);
   console.log(`cmdline: ${cmdline}`);
+  console.log('VMM: bootLinux() (worker runtime, 16550A with IRQ 4, i8042, CMOS, emulation fallbacks)');
 
   const t0 = process.hrtime.bigint();
   const secs = () => Number(process.hrtime.bigint() - t0) / 1e9;
-  const kvm = new Kvm();
-  const machine = createLinuxMachine(kvm, {
-    kernel: readFileSync(kernelPath),
-    ...(existsSync(initrdPath) ? { initrd: readFileSync(initrdPath) } : {}),
-    cmdline,
-    memSize,
-    ...(process.env.HUGEPAGES === '1' ? { memory: { shared: false, hugePages: 'madvise' as const } } : {}),
-  });
-  const { vcpu, boot } = machine;
-  const setupS = secs();
-  console.log(
-    `machine ready in ${(setupS * 1000).toFixed(0)} ms: ${boot.kind} entry 0x${boot.entry.toString(16)}, kernel 0x${boot.kernel.low.toString(16)}–0x${boot.kernel.high.toString(16)}` +
-      (boot.initrd ? `, initrd ${boot.initrd.size} B at 0x${boot.initrd.addr.toString(16)}` : ''),
-  );
-
-  // Console: lines prefixed with host seconds since start; markers recorded.
-  let line = '';
-  const marks: { runInit?: number; runInitGuest?: number; runInitCpu?: number; bootOk?: string; bootOkAt?: number; panic?: string } = {};
   const cpu0 = process.cpuUsage();
   const cpuSecs = () => {
     const c = process.cpuUsage(cpu0);
     return { user: c.user / 1e6, system: c.system / 1e6 };
   };
+
+  // Console: lines prefixed with host seconds since start; markers recorded.
+  let line = '';
+  const marks: { runInit?: number; runInitGuest?: number; runInitCpu?: number; bootOk?: string; bootOkAt?: number; panic?: string } = {};
   const onLine = (l: string) => {
     const t = secs();
     if (!quiet) process.stdout.write(`[${t.toFixed(2).padStart(7)}] ${l}\n`);
@@ -111,109 +87,56 @@ function main(): number {
     }
     if (l.includes('Kernel panic') && marks.panic === undefined) marks.panic = l.replace(/^\[[^\]]*\]\s*/, '');
   };
-  const serial = new SerialStub(0x3f8, (b) => {
-    if (b === 0x0a) {
-      onLine(line);
-      line = '';
-    } else if (b !== 0x0d) line += String.fromCharCode(b);
-  });
-
-  // Watchdog: kicks the vCPU out of KVM_RUN (EINTR) after the timeout.
-  const backend = vcpu.backend;
-  backend.kickSignal();
-  const watchdog = new Worker(WATCHDOG, {
-    eval: true,
-    workerData: { root, thread: backend.threadSelf(), runAddress: vcpu.getKvmRun().address, ms: timeoutMs },
-  });
-  watchdog.unref();
-
-  const kinds = new Map<string, number>();
-  const portsIn = new Map<number, number>();
-  const portsOut = new Map<number, number>();
-  const emu = emulationFallbackStats();
-  const bump = <K>(m: Map<K, number>, k: K) => m.set(k, (m.get(k) ?? 0) + 1);
-  let end: string | undefined;
-  let failure: unknown;
-  let exits = 0;
-  let inRun = 0n; // ns spent inside KVM_RUN (guest + KVM), the rest of the loop is userspace
-  const loopStart = process.hrtime.bigint();
-  try {
-    while (end === undefined) {
-      let exit: VcpuExit;
-      const r0 = process.hrtime.bigint();
-      try {
-        exit = vcpu.run();
-        inRun += process.hrtime.bigint() - r0;
-      } catch (e) {
-        inRun += process.hrtime.bigint() - r0;
-        if (e instanceof KvmError && e.code === 'EINTR') {
-          if (secs() * 1000 >= timeoutMs - 50) {
-            end = `timeout after ${(timeoutMs / 1000).toFixed(0)} s`;
-            failure = new Error(end);
-            break;
-          }
-          continue;
-        }
-        throw e;
-      }
-      exits++;
-      bump(kinds, exit.kind);
-      switch (exit.kind) {
-        case 'IoOut': {
-          bump(portsOut, exit.port);
-          if (serial.owns(exit.port)) {
-            for (let i = 0; i < exit.count; i++) serial.write(exit.port, exit.data[i * exit.size]!);
-          } else if (exit.port === 0x64 && exit.data[0] === 0xfe) {
-            end = 'i8042 reset (0xfe → port 0x64)';
-          }
-          break;
-        }
-        case 'IoIn': {
-          bump(portsIn, exit.port);
-          if (serial.owns(exit.port)) {
-            for (let i = 0; i < exit.count; i++) exit.data.fill(serial.read(exit.port), i * exit.size, i * exit.size + 1);
-          } else if (exit.port === 0x60 || exit.port === 0x64) {
-            exit.data.fill(0);
-          } else {
-            exit.data.fill(0xff);
-          }
-          break;
-        }
-        case 'MmioRead':
-          exit.data.fill(0xff);
-          break;
-        case 'MmioWrite':
-          break;
-        case 'InternalError':
-          handleEmulationFailure(vcpu, exit, emu);
-          break;
-        case 'Shutdown':
-          end = 'triple fault (Shutdown exit)';
-          break;
-        case 'SystemEvent':
-          end = `system event ${exit.type}`;
-          break;
-        case 'Hlt':
-          end = 'HLT exit';
-          break;
-        default:
-          throw new Error(`unexpected exit ${exit.kind} at rip 0x${vcpu.getRegs().rip.toString(16)}`);
-      }
+  const output = (bytes: Uint8Array) => {
+    for (const b of bytes) {
+      if (b === 0x0a) {
+        onLine(line);
+        line = '';
+      } else if (b !== 0x0d) line += String.fromCharCode(b);
     }
-  } catch (e) {
-    failure = e;
-    end = `error: ${(e as Error).message}`;
-  } finally {
-    void watchdog.terminate();
-  }
-  if (line) onLine(line);
-  const loopNs = process.hrtime.bigint() - loopStart;
-  const total = secs();
-  machine.close();
-  kvm.close();
+  };
 
-  const top = (m: Map<number, number>) =>
-    [...m].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([p, n]) => `0x${p.toString(16)}×${n}`).join(' ');
+  let vm: LinuxVm;
+  try {
+    vm = bootLinux({
+      kernel: readFileSync(kernelPath),
+      ...(existsSync(initrdPath) ? { initrd: readFileSync(initrdPath) } : {}),
+      cmdline,
+      memSize,
+      ...(process.env.HUGEPAGES === '1' ? { memory: { shared: false, hugePages: 'madvise' as const } } : {}),
+      trace: true,
+      output,
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+  } catch (e) {
+    console.error(`cannot boot: ${(e as Error).message}`);
+    return 1;
+  }
+  const boot = vm.boot;
+  console.log(
+    `machine ready in ${(secs() * 1000).toFixed(0)} ms: ${boot.kind} entry 0x${boot.entry.toString(16)}, kernel 0x${boot.kernel.low.toString(16)}–0x${boot.kernel.high.toString(16)}` +
+      (boot.initrd ? `, initrd ${boot.initrd.size} B at 0x${boot.initrd.addr.toString(16)}` : ''),
+  );
+  const outcome = await vm.done;
+  if (line) onLine(line);
+  const total = secs();
+
+  let end: string;
+  switch (outcome.reason) {
+    case 'reset':
+      end = outcome.resetBy === 'i8042' ? 'i8042 reset (0xfe → port 0x64)' : 'triple fault (Shutdown exit)';
+      break;
+    case 'halt':
+      end = 'HLT exit';
+      break;
+    case 'stopped':
+      end = `timeout after ${(timeoutMs / 1000).toFixed(0)} s`;
+      break;
+    case 'error':
+      end = `error: ${outcome.error?.message}`;
+      break;
+  }
+  const s = outcome.stats;
   console.log('--- e2e:linux summary ---');
   console.log(`host mode: ${mode}`);
   const cpu = cpuSecs();
@@ -221,19 +144,18 @@ function main(): number {
   console.log(`Run /init: ${marks.runInit !== undefined ? `${marks.runInit.toFixed(2)} s wall, ${marks.runInitCpu!.toFixed(2)} s CPU (guest ${marks.runInitGuest?.toFixed(2) ?? '?'} s)` : 'not reached'}`);
   console.log(`BOOT-OK: ${marks.bootOk !== undefined ? `uptime ${marks.bootOk} (wall ${marks.bootOkAt!.toFixed(2)} s)` : 'not printed'}`);
   if (marks.panic) console.log(`panic: ${marks.panic}`);
-  console.log(`exits to userspace: ${exits} (${[...kinds].map(([k, n]) => `${k} ${n}`).join(', ')})`);
-  const userNs = Number(loopNs - inRun);
-  console.log(
-    `time in KVM_RUN ${(Number(inRun) / 1e9).toFixed(2)} s, in userspace between runs ${(userNs / 1e9).toFixed(3)} s` +
-      ` (${exits ? (userNs / exits / 1000).toFixed(1) : '0'} µs per exit)`,
-  );
-  console.log(`  out ports: ${top(portsOut)}`);
-  console.log(`  in ports:  ${top(portsIn)}`);
+  console.log(`exits to userspace: ${outcome.exits}${s ? ` (${Object.entries(s.counts).map(([k, n]) => `${k} ${n}`).join(', ')})` : ''}`);
+  if (s) {
+    console.log(`  mean time between exits ${(s.latency.meanMs * 1000).toFixed(1)} µs (guest run + handling; max ${s.latency.maxMs.toFixed(1)} ms)`);
+    console.log(`  ports by exit count: ${Object.entries(s.ports).sort((a, b) => b[1] - a[1]).slice(0, 10).map(([p, n]) => `${p}×${n}`).join(' ')}`);
+  }
+  console.log(`open-bus accesses (no device model): ${outcome.openBus}`);
+  const emu = outcome.emulation;
   console.log(`emulation fallbacks: int3 ${emu.int3}, fwait ${emu.fwait}, clac ${emu.clac}, stac ${emu.stac}`);
-  const cleanEnd = end !== undefined && (end.startsWith('i8042') || end.startsWith('triple'));
+  const cleanEnd = outcome.reason === 'reset';
   let ok: boolean;
   if (emulated) {
-    ok = failure === undefined && marks.runInit !== undefined && cleanEnd;
+    ok = marks.runInit !== undefined && cleanEnd;
     console.log(
       ok
         ? `PASS (${mode}): kernel reached init in ${marks.runInit!.toFixed(2)} s and the VM reset cleanly` +
@@ -241,11 +163,19 @@ function main(): number {
         : `FAIL (${mode})`,
     );
   } else {
-    ok = failure === undefined && marks.bootOk !== undefined && cleanEnd;
+    ok = marks.bootOk !== undefined && cleanEnd;
     console.log(ok ? `PASS (${mode}): BOOT-OK at guest uptime ${marks.bootOk}` : `FAIL (${mode}): BOOT-OK not seen`);
   }
-  if (failure !== undefined && !ok) console.error(failure);
+  if (outcome.error !== undefined && !ok) console.error(outcome.error);
   return ok ? 0 : 1;
 }
 
-process.exitCode = main();
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    console.error(e);
+    process.exitCode = 1;
+  },
+);

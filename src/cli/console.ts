@@ -9,6 +9,11 @@ export interface ConsoleOptions {
   /** Called when the user types Ctrl-A x, or when a non-terminal stdin ends. */
   onQuit: () => void;
   input?: NodeJS.ReadStream;
+  /**
+   * Whether the end of a stdin that is not a terminal quits (5 s later, so the guest can take what
+   * was typed). Default `true`; `false` keeps the VM running until it ends by itself.
+   */
+  quitOnEnd?: boolean;
 }
 
 /**
@@ -45,7 +50,9 @@ export function attachConsole(options: ConsoleOptions): { connect(send: (bytes: 
     else pending.push(bytes);
   };
   // A piped stdin that ends: give the guest a few seconds to take what was typed, then quit.
-  const onEnd = () => setTimeout(() => options.onQuit(), 5000).unref();
+  const onEnd = () => {
+    if (options.quitOnEnd !== false) setTimeout(() => options.onQuit(), 5000).unref();
+  };
   if (tty) input.setRawMode(true);
   input.on('data', onData);
   input.on('end', onEnd);

@@ -24,3 +24,6 @@ export {
 export type { EmulationDecision, EmulationFallbackStats } from './emulation-fallback';
 export { cpioNewc } from './cpio';
 export type { CpioEntry } from './cpio';
+export { bootLinux } from './linux';
+export type { BootLinuxOptions, LinuxOutcome, LinuxVm } from './linux';
+export type { LinuxDevicesOptions, LinuxDevicesStats, LinuxResetCause } from './linux-devices';

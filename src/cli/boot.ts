@@ -1,0 +1,224 @@
+/**
+ * `kvm-rx boot`: boots a Linux kernel with its serial console (COM1) on the terminal.
+ *
+ * @module
+ */
+import { readFileSync, statSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import type { ExitStatsSnapshot } from '../operators/ExitStats';
+import { DEFAULT_MEM_SIZE } from '../vmm/boot';
+import { BootImageError } from '../vmm/errors';
+import { bootLinux, type LinuxOutcome } from '../vmm/linux';
+import { attachConsole } from './console';
+
+/** The default kernel command line. */
+export const DEFAULT_CMDLINE = 'console=ttyS0 panic=-1 reboot=k';
+
+/** Exit statuses of `kvm-rx boot`. */
+export const BOOT_STATUS = { ok: 0, error: 1, usage: 2, timeout: 124 } as const;
+
+export const BOOT_USAGE = `Usage: kvm-rx boot --kernel <file> [options]
+
+Boots a Linux kernel directly in 64-bit mode (no firmware, no bootloader) with its serial
+console (COM1, ttyS0) on this terminal. The kernel is an ELF vmlinux, or a bzImage whose payload
+is uncompressed (extract a compressed one first: the error message says how).
+
+Devices: COM1 16550A (IRQ 4), i8042 (reset only), CMOS/RTC, PCI bus with no device, port 0x80,
+debug console 0x402 (to stderr), and the in-kernel PIC, IOAPIC, LAPIC and PIT.
+
+Options:
+  --kernel <file>    The kernel image (required).
+  --initrd <file>    An initrd/initramfs (cpio, compressed as the kernel supports).
+  --cmdline <text>   The kernel command line (default: "${DEFAULT_CMDLINE}").
+                     Keep reboot=k so a reboot reaches the i8042 and ends the VM.
+  --mem <MiB>        Guest RAM in MiB, a multiple of 2 (default: ${DEFAULT_MEM_SIZE >>> 20}).
+  --trace            At the end, print exit statistics (counts by kind and by port) on stderr.
+  --timeout <s>      Stop the VM after this many seconds.
+  -h, --help         Show this help.
+
+Keys: Ctrl-A x quits; Ctrl-A Ctrl-A sends Ctrl-A. Everything else goes to the guest.
+When standard input is not a terminal, its bytes are typed into the guest; its end does not
+stop the VM.
+
+Exit status:
+  0    the guest reset the machine (reboot, or panic with panic=-1) or halted, or you quit
+       with Ctrl-A x
+  1    an error: the kernel or initrd file cannot be read or booted, or the guest did
+       something the VMM cannot handle (the message names the exit and RIP)
+  2    bad usage (unknown option, missing --kernel, bad value)
+  124  --timeout expired
+`;
+
+class UsageError extends Error {}
+
+function readImage(what: 'kernel' | 'initrd', path: string): Uint8Array {
+  let size: number;
+  try {
+    const st = statSync(path);
+    if (!st.isFile()) throw Object.assign(new Error('not a regular file'), { code: 'EISDIR' });
+    size = st.size;
+    const bytes = readFileSync(path);
+    if (bytes.length !== size) size = bytes.length;
+    return bytes;
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    const why = err.code === 'ENOENT' ? 'no such file' : err.code === 'EACCES' ? 'permission denied' : err.message;
+    throw new BootImageError(what === 'kernel' ? 'ERR_KVM_BAD_KERNEL' : 'ERR_KVM_BAD_INITRD', `cannot read ${path}: ${why}`);
+  }
+}
+
+const mb = (n: number) => (n < 1e6 ? `${n} bytes` : `${(n / 1e6).toFixed(1)} MB`);
+const hex = (n: number) => `0x${n.toString(16)}`;
+
+/** The `--trace` report. */
+export function formatTrace(outcome: LinuxOutcome): string {
+  const lines: string[] = [];
+  const s: ExitStatsSnapshot | undefined = outcome.stats;
+  lines.push(`exits to userspace: ${outcome.exits}`);
+  if (s) {
+    const kinds = Object.entries(s.counts).sort((a, b) => (b[1] ?? 0) - (a[1] ?? 0));
+    lines.push(`  by kind: ${kinds.map(([k, n]) => `${k} ${n}`).join(', ')}`);
+    const ports = Object.entries(s.ports).sort((a, b) => b[1] - a[1]);
+    if (ports.length) lines.push(`  by port: ${ports.map(([p, n]) => `${p} ${n}`).join(', ')}`);
+    const addrs = Object.entries(s.addresses).sort((a, b) => b[1] - a[1]);
+    if (addrs.length) lines.push(`  by MMIO address: ${addrs.slice(0, 16).map(([a, n]) => `${a} ${n}`).join(', ')}`);
+    if (s.latency.count) lines.push(`  mean time between exits: ${(s.latency.meanMs * 1000).toFixed(1)} µs (max ${s.latency.maxMs.toFixed(1)} ms)`);
+  }
+  const e = outcome.emulation;
+  lines.push(`emulation fallbacks: int3 ${e.int3}, fwait ${e.fwait}, clac ${e.clac}, stac ${e.stac}`);
+  lines.push(`open-bus accesses (no device): ${outcome.openBus}`);
+  return lines.map((l) => `[kvm-rx] ${l}\n`).join('');
+}
+
+function describeEnd(outcome: LinuxOutcome, why: 'quit' | 'timeout' | undefined): string {
+  const after = `after ${outcome.exits} exits, ${(outcome.wallMs / 1000).toFixed(2)} s`;
+  switch (outcome.reason) {
+    case 'reset':
+      return `guest reset the machine (${outcome.resetBy === 'i8042' ? 'i8042 reset line' : 'triple fault'}) ${after}`;
+    case 'halt':
+      return `guest halted ${after}`;
+    case 'stopped':
+      return `VM stopped (${why === 'timeout' ? 'timeout' : why === 'quit' ? 'Ctrl-A x' : 'stopped'}) ${after}`;
+    case 'error':
+      return `VM failed ${after}: ${outcome.error?.message ?? 'unknown error'}`;
+  }
+}
+
+/**
+ * `kvm-rx boot …`: returns the exit status (see {@link BOOT_USAGE}).
+ *
+ * @example `process.exitCode = await cmdBoot(['--kernel', 'vmlinux', '--initrd', 'initramfs.cpio'])`
+ */
+export async function cmdBoot(argv: string[]): Promise<number> {
+  let kernelPath: string;
+  let initrdPath: string | undefined;
+  let cmdline: string;
+  let memMiB: number;
+  let trace: boolean;
+  let timeoutS: number | undefined;
+  try {
+    let values;
+    try {
+      ({ values } = parseArgs({
+        args: argv,
+        options: {
+          help: { type: 'boolean', short: 'h' },
+          kernel: { type: 'string' },
+          initrd: { type: 'string' },
+          cmdline: { type: 'string' },
+          mem: { type: 'string' },
+          trace: { type: 'boolean' },
+          timeout: { type: 'string' },
+        },
+        strict: true,
+        allowPositionals: false,
+      }));
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+    if (values.help) {
+      process.stdout.write(BOOT_USAGE);
+      return BOOT_STATUS.ok;
+    }
+    if (values.kernel === undefined) throw new UsageError('--kernel <file> is required');
+    kernelPath = values.kernel;
+    initrdPath = values.initrd;
+    cmdline = values.cmdline ?? DEFAULT_CMDLINE;
+    memMiB = values.mem === undefined ? DEFAULT_MEM_SIZE >>> 20 : Number(values.mem);
+    if (!Number.isInteger(memMiB) || memMiB < 16 || memMiB > 3072 || memMiB % 2 !== 0) {
+      throw new UsageError(`--mem must be an even number of MiB from 16 to 3072, not ${values.mem}`);
+    }
+    trace = values.trace === true;
+    if (values.timeout !== undefined) {
+      timeoutS = Number(values.timeout);
+      if (!Number.isFinite(timeoutS) || timeoutS <= 0) throw new UsageError(`--timeout must be a positive number of seconds, not ${values.timeout}`);
+    }
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    process.stderr.write(`kvm-rx boot: ${e.message}\nTry 'kvm-rx boot --help'.\n`);
+    return BOOT_STATUS.usage;
+  }
+
+  let vm;
+  try {
+    const kernel = readImage('kernel', kernelPath);
+    const initrd = initrdPath === undefined ? undefined : readImage('initrd', initrdPath);
+    const ac = new AbortController();
+    let why: 'quit' | 'timeout' | undefined;
+    const stop = (w: 'quit' | 'timeout') => {
+      why ??= w;
+      ac.abort();
+    };
+    vm = {
+      handle: bootLinux({
+        kernel,
+        ...(initrd ? { initrd } : {}),
+        cmdline,
+        memSize: memMiB << 20,
+        trace,
+        signal: ac.signal,
+        output: (bytes) => process.stdout.write(bytes),
+      }),
+      why: () => why,
+      stop,
+    };
+    const b = vm.handle.boot;
+    // Progress once the machine is built, so that a bad file gives one line and nothing else.
+    process.stderr.write(`[kvm-rx] kernel ${kernelPath} (${mb(kernel.length)})${initrd ? `, initrd ${initrdPath} (${mb(initrd.length)})` : ''}, ${memMiB} MiB RAM\n`);
+    process.stderr.write(`[kvm-rx] cmdline: ${cmdline}\n`);
+    process.stderr.write(
+      `[kvm-rx] ${b.kind === 'elf' ? 'ELF vmlinux' : 'bzImage'} at ${hex(b.kernel.low)}–${hex(b.kernel.high)}, entry ${hex(b.entry)}` +
+        `${b.initrd ? `, initrd at ${hex(b.initrd.addr)}` : ''}; ${process.stdin.isTTY ? 'Ctrl-A x quits' : 'booting'}\n`,
+    );
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    if (e instanceof BootImageError || err.code === 'ERR_OUT_OF_RANGE' || err.code === 'ERR_INVALID_ARG_VALUE') {
+      process.stderr.write(`kvm-rx boot: ${err.message}\n`);
+      return BOOT_STATUS.error;
+    }
+    throw e;
+  }
+
+  let timer: NodeJS.Timeout | undefined;
+  if (timeoutS !== undefined) timer = setTimeout(() => vm.stop('timeout'), timeoutS * 1000);
+  const console_ = attachConsole({ onQuit: () => vm.stop('quit'), quitOnEnd: false });
+  let outcome: LinuxOutcome;
+  try {
+    console_.connect((bytes) => vm.handle.send(bytes));
+    outcome = await vm.handle.done;
+  } finally {
+    if (timer) clearTimeout(timer);
+    console_.close();
+  }
+  process.stderr.write(`\r\n[kvm-rx] ${describeEnd(outcome, vm.why())}\n`);
+  if (trace) process.stderr.write(formatTrace(outcome));
+  switch (outcome.reason) {
+    case 'reset':
+    case 'halt':
+      return BOOT_STATUS.ok;
+    case 'stopped':
+      return vm.why() === 'timeout' ? BOOT_STATUS.timeout : BOOT_STATUS.ok;
+    case 'error':
+      return BOOT_STATUS.error;
+  }
+}

@@ -1,0 +1,144 @@
+/**
+ * The devices of a Linux VM, run in the vCPU's worker thread (the pipeline `bootLinux()` starts):
+ *
+ * - COM1, a 16550A whose interrupt goes to the in-kernel PIC/IOAPIC (IRQ 4), whose output goes to
+ *   the main thread (`tx` events) and whose input comes from it (`run.send('stdin', bytes)`);
+ * - the i8042, whose CPU reset (`reboot=k`) ends the run (`reset` event, `'i8042'`);
+ * - the CMOS/RTC with the VM's memory size, PCI mechanism #1 with no device, port 0x80 and the
+ *   debug console at 0x402 (`debugcon` events);
+ * - KVM emulation failures (`InternalError` exits) fixed up in userspace where possible (int3,
+ *   fwait, clac, stac: see `emulation-fallback.ts`); any other one ends the run with an
+ *   `EmulationFailureError` naming RIP and the instruction bytes;
+ * - a triple fault (`Shutdown`) ends the run as a reset (`reset` event, `'triple-fault'`), which is
+ *   how a PC reboots when nothing else works; a `Hlt` exit (only without the in-kernel irqchip)
+ *   ends it as a halt (`halt` event);
+ * - port I/O and MMIO nobody models read as an open bus (all ones) and writes are dropped: Linux
+ *   probes COM2–COM4, parallel ports, VGA and the like; every other exit is an error.
+ *
+ * At the end it sends a `stats` event: the emulation fallbacks applied and, when `trace` is on,
+ * the exit statistics (`ExitStats.snapshot()`).
+ *
+ * @module
+ */
+import { Observable, finalize, identity, map, type MonoTypeOperatorFunction } from 'rxjs';
+import { legacyPc } from '../devices/legacy-pc';
+import { ExitStats, type ExitStatsSnapshot } from '../operators/ExitStats';
+import { UnhandledExitError, describeExit } from '../operators/errors';
+import { failOnUnhandled } from '../operators/failOnUnhandled';
+import { traceExits } from '../operators/traceExits';
+import type { VcpuExit } from '../wrappers/vcpu-exit';
+import type { VcpuContext } from '../workers/vcpu-worker';
+import { emulationFallbackStats, handleEmulationFailure, type EmulationFallbackStats } from './emulation-fallback';
+
+/** `ctx.options` of the Linux device pipeline (structured-cloneable). */
+export interface LinuxDevicesOptions {
+  /** Guest RAM in bytes, for the CMOS memory-size registers. */
+  memSize: number;
+  /** Count exits by kind and port (sent in the `stats` event at the end). Default `false`. */
+  trace?: boolean;
+  /** COM1's IRQ line on the in-kernel irqchip (default 4); `false` without an irqchip. */
+  com1Irq?: number | false;
+}
+
+/** How the guest ended the run, as sent in the `reset` / `halt` events. */
+export type LinuxResetCause = 'i8042' | 'triple-fault';
+
+/** The `stats` event. */
+export interface LinuxDevicesStats {
+  emulation: EmulationFallbackStats;
+  /** Exit statistics, when `trace` was on. */
+  exits?: ExitStatsSnapshot;
+  /** Port reads/writes and MMIO accesses that no device models (answered as an open bus). */
+  openBus: number;
+}
+
+/** Fixes emulation failures the VMM can handle; lets every other exit through. */
+function emulationFallback(ctx: VcpuContext, stats: EmulationFallbackStats): MonoTypeOperatorFunction<VcpuExit> {
+  return (source) =>
+    new Observable<VcpuExit>((subscriber) =>
+      source.subscribe({
+        next: (exit) => {
+          if (exit.kind !== 'InternalError') {
+            subscriber.next(exit);
+            return;
+          }
+          try {
+            handleEmulationFailure(ctx.vcpu, exit, stats, ctx.memory);
+          } catch (e) {
+            subscriber.error(e);
+          }
+        },
+        error: (e: unknown) => subscriber.error(e),
+        complete: () => subscriber.complete(),
+      }),
+    );
+}
+
+/** Ends the stream at a triple fault (a reset) or a `Hlt` exit, after telling the main thread. */
+function untilGuestStops(ctx: VcpuContext): MonoTypeOperatorFunction<VcpuExit> {
+  return (source) =>
+    new Observable<VcpuExit>((subscriber) =>
+      source.subscribe({
+        next: (exit) => {
+          if (exit.kind === 'Shutdown') {
+            ctx.emit('reset', 'triple-fault' satisfies LinuxResetCause);
+            subscriber.complete();
+          } else if (exit.kind === 'Hlt') {
+            ctx.emit('halt', null);
+            subscriber.complete();
+          } else subscriber.next(exit);
+        },
+        error: (e: unknown) => subscriber.error(e),
+        complete: () => subscriber.complete(),
+      }),
+    );
+}
+
+/**
+ * The pipeline (default export; loaded by the worker runtime in the vCPU's thread).
+ *
+ * @example
+ * ```ts
+ * runtime.start(vcpu, { pipeline: require.resolve('kvm-rx/dist/src/vmm/linux-devices'), pipelineOptions: { memSize } });
+ * ```
+ */
+export default function linuxDevices(exits$: Observable<VcpuExit>, ctx: VcpuContext): Observable<never> {
+  const options = (ctx.options ?? {}) as Partial<LinuxDevicesOptions>;
+  const memSize = options.memSize ?? 0;
+  const irqLine = options.com1Irq === undefined ? 4 : options.com1Irq;
+  const emulation = emulationFallbackStats();
+  const exitStats = options.trace === true ? new ExitStats() : undefined;
+  let openBus = 0;
+  const input$ = ctx.receive('stdin').pipe(map((d) => (d instanceof Uint8Array ? d : new Uint8Array(d as ArrayBuffer))));
+  return exits$.pipe(
+    exitStats ? traceExits(exitStats) : identity,
+    legacyPc({
+      com1: {
+        ...(irqLine === false ? {} : { irq: (level: boolean) => ctx.vm.setIrqLine(irqLine, level) }),
+        onTx: (bytes) => ctx.emit('tx', bytes),
+        input$,
+      },
+      i8042: { onReset: () => ctx.emit('reset', 'i8042' satisfies LinuxResetCause) },
+      cmos: { memorySize: memSize },
+      pci: true,
+      debug: { onDebugOutput: (bytes) => ctx.emit('debugcon', bytes) },
+    }),
+    emulationFallback(ctx, emulation),
+    untilGuestStops(ctx),
+    finalize(() => {
+      const stats: LinuxDevicesStats = { emulation, openBus };
+      if (exitStats) stats.exits = exitStats.snapshot();
+      ctx.emit('stats', stats);
+    }),
+    failOnUnhandled({
+      policy: (exit) => {
+        if (exit.kind === 'IoIn' || exit.kind === 'IoOut' || exit.kind === 'MmioRead' || exit.kind === 'MmioWrite') {
+          openBus++;
+          return 'ignore';
+        }
+        // Name RIP too: the error ends the run, so this is the last look at the vCPU.
+        throw new UnhandledExitError(exit, `${describeExit(exit)}, rip 0x${ctx.vcpu.getRegs().rip.toString(16)}`);
+      },
+    }),
+  );
+}

@@ -1,0 +1,175 @@
+/**
+ * Booting Linux on the worker runtime: `bootLinux()` builds the machine (`createLinuxMachine`),
+ * runs vCPU 0 in a worker thread with the Linux device pipeline (`linux-devices.ts`: COM1 with
+ * interrupts, i8042 reset, CMOS, emulation-failure fallbacks) and reports how the guest ended.
+ *
+ * @module
+ */
+import { extname, join } from 'node:path';
+import { Subject, type Observable } from 'rxjs';
+import { checkObject, invalidType } from '../abi/validate';
+import type { ExitStatsSnapshot } from '../operators/ExitStats';
+import { VcpuRuntime } from '../workers/runtime';
+import { Kvm } from '../wrappers/kvm';
+import { createLinuxMachine, type BootInfo, type LinuxMachineConfig } from './boot';
+import { emulationFallbackStats, type EmulationFallbackStats } from './emulation-fallback';
+import type { LinuxDevicesOptions, LinuxDevicesStats, LinuxResetCause } from './linux-devices';
+
+/** Options of {@link bootLinux}: the machine (see `LinuxMachineConfig`) and how to run it. */
+export interface BootLinuxOptions extends LinuxMachineConfig {
+  /** Receives what the guest writes to COM1 (also on `handle.output$`). */
+  output?: (bytes: Uint8Array) => void;
+  /** Count exits by kind and port (`outcome.stats`). Default `false`. */
+  trace?: boolean;
+  /** Stops the VM (outcome `'stopped'`). */
+  signal?: AbortSignal;
+  /** A runtime to run the vCPU on (default: a new one with one thread, closed at the end). */
+  runtime?: VcpuRuntime;
+  /** The `Kvm` to create the VM with (default: a new one, closed at the end). */
+  kvm?: Kvm;
+}
+
+/** How a Linux guest's run ended. */
+export interface LinuxOutcome {
+  /**
+   * - `'reset'`: the guest reset the machine (i8042 reset line, or a triple fault): how Linux
+   *   reboots, and how `panic=-1 reboot=k` ends a panic;
+   * - `'halt'`: a `Hlt` exit (only without the in-kernel irqchip);
+   * - `'stopped'`: `signal` aborted or `handle.stop()`;
+   * - `'error'`: an exit the VMM cannot handle (`error` says which, with RIP), or a KVM failure.
+   */
+  reason: 'reset' | 'halt' | 'stopped' | 'error';
+  /** What reset the machine, for `'reset'`. */
+  resetBy?: LinuxResetCause;
+  error?: Error;
+  /** Exits the vCPU took to userspace. */
+  exits: number;
+  /** Wall time from the start of the vCPU to the end, in ms. */
+  wallMs: number;
+  /** Emulation failures fixed up in userspace, by instruction. */
+  emulation: EmulationFallbackStats;
+  /** Exit statistics (counts by kind, port, MMIO address), with `trace`. */
+  stats?: ExitStatsSnapshot;
+  /** Port and MMIO accesses no device models (answered as an open bus). */
+  openBus: number;
+}
+
+/** A booting Linux VM. */
+export interface LinuxVm {
+  /** Where the loader put the kernel, initrd, command line and zero page. */
+  readonly boot: BootInfo;
+  readonly memSize: number;
+  /** What the guest writes to COM1, one chunk per exit. Completes at the end. */
+  readonly output$: Observable<Uint8Array>;
+  /** Types `bytes` into COM1 (delivered even while the guest sleeps in `hlt`). */
+  send(bytes: Uint8Array | string): void;
+  /** Stops the VM; resolves with the outcome. */
+  stop(): Promise<LinuxOutcome>;
+  /** Resolves with the outcome once the VM has ended and everything is closed. Never rejects. */
+  readonly done: Promise<LinuxOutcome>;
+}
+
+function pipelinePath(): string {
+  return join(__dirname, `linux-devices${extname(__filename)}`);
+}
+
+/**
+ * Boots a Linux kernel (ELF vmlinux or bzImage with an uncompressed payload) with its serial
+ * console on COM1. The machine is built synchronously, so a bad kernel or initrd throws before
+ * anything runs; the vCPU then runs in a worker thread.
+ *
+ * @example
+ * ```ts
+ * const vm = bootLinux({ kernel: readFileSync('vmlinux'), cmdline: 'console=ttyS0 panic=-1 reboot=k', output: (b) => process.stdout.write(b) });
+ * process.stdin.on('data', (b) => vm.send(b));
+ * const outcome = await vm.done; // { reason: 'reset', resetBy: 'i8042', exits: 31712, … }
+ * ```
+ * @throws {@link BootImageError} for a bad kernel or initrd; `RangeError`/`TypeError` for bad
+ *   options; {@link KvmError} when the VM cannot be created
+ */
+export function bootLinux(options: BootLinuxOptions): LinuxVm {
+  checkObject('options', options);
+  if (options.output !== undefined && typeof options.output !== 'function') invalidType('options.output', 'of type function', options.output);
+  const ownKvm = options.kvm === undefined;
+  const kvm = options.kvm ?? new Kvm();
+  let machine;
+  try {
+    machine = createLinuxMachine(kvm, options);
+  } catch (e) {
+    if (ownKvm) kvm.close();
+    throw e;
+  }
+  const ownRuntime = options.runtime === undefined;
+  const runtime = options.runtime ?? new VcpuRuntime({ maxVcpus: 1 });
+  const irqchip = options.irqchip ?? true;
+  const pipelineOptions: LinuxDevicesOptions = { memSize: machine.memSize, trace: options.trace === true, com1Irq: irqchip ? 4 : false };
+  const output = new Subject<Uint8Array>();
+  const t0 = performance.now();
+  let run;
+  try {
+    run = runtime.start(machine.vcpu, { pipeline: pipelinePath(), pipelineOptions, signal: options.signal });
+  } catch (e) {
+    machine.close();
+    if (ownKvm) kvm.close();
+    if (ownRuntime) void runtime.close();
+    throw e;
+  }
+  let resetBy: LinuxResetCause | undefined;
+  let halted = false;
+  let stats: LinuxDevicesStats | undefined;
+  run.events$.subscribe(({ channel, data }) => {
+    if (channel === 'tx') {
+      const bytes = data as Uint8Array;
+      options.output?.(bytes);
+      output.next(bytes);
+    } else if (channel === 'reset') resetBy ??= data as LinuxResetCause;
+    else if (channel === 'halt') halted = true;
+    else if (channel === 'stats') stats = data as LinuxDevicesStats;
+  });
+  const finish = async (): Promise<LinuxOutcome> => {
+    let exits = 0;
+    let error: Error | undefined;
+    let completed = false;
+    try {
+      const r = await run.done;
+      exits = r.exits;
+      completed = r.reason === 'completed';
+    } catch (e) {
+      error = e as Error;
+      exits = run.exitCount;
+    }
+    const wallMs = performance.now() - t0;
+    machine.close();
+    if (ownKvm) kvm.close();
+    if (ownRuntime) await runtime.close();
+    output.complete();
+    let reason: LinuxOutcome['reason'];
+    if (error !== undefined) reason = 'error';
+    else if (completed && resetBy !== undefined) reason = 'reset';
+    else if (completed && halted) reason = 'halt';
+    else reason = 'stopped';
+    const outcome: LinuxOutcome = {
+      reason,
+      exits,
+      wallMs,
+      emulation: stats?.emulation ?? emulationFallbackStats(),
+      openBus: stats?.openBus ?? 0,
+    };
+    if (reason === 'reset') outcome.resetBy = resetBy;
+    if (error !== undefined) outcome.error = error;
+    if (stats?.exits !== undefined) outcome.stats = stats.exits;
+    return outcome;
+  };
+  const done = finish();
+  return {
+    boot: machine.boot,
+    memSize: machine.memSize,
+    output$: output.asObservable(),
+    send: (bytes) => run.send('stdin', typeof bytes === 'string' ? new Uint8Array(Buffer.from(bytes, 'latin1')) : bytes),
+    stop: async () => {
+      await run.stop();
+      return done;
+    },
+    done,
+  };
+}
