@@ -65,3 +65,4 @@ export type { ExitRecord, RunOutcome } from './observables/vcpu-run';
 export { runInThread, vcpuExits } from './observables/run-in-thread';
 export type { InThreadOptions } from './observables/run-in-thread';
 export * from './devices/index';
+export * from './vmm/index';
