@@ -24,7 +24,7 @@ export interface ConsoleOptions {
  */
 export function attachConsole(options: ConsoleOptions): { connect(send: (bytes: Uint8Array) => void): void; close(): void } {
   const input = options.input ?? process.stdin;
-  const tty = input.isTTY === true;
+  const tty = input.isTTY ?? false;
   let send: ((bytes: Uint8Array) => void) | undefined;
   const pending: Uint8Array[] = [];
   let escape = false;

@@ -15,12 +15,12 @@ import { RUN } from '../wrappers/kvm-run';
 import { UnhandledExitError, describeExit } from '../workers/describe';
 import {
   CONTROL_BYTES, MAILBOX_BYTES, MAILBOX_OFFSET, Mailbox, R, RECORD_BYTES, RING_OFFSET, RING_RECORDS, Rec,
-  State, THREAD_SLOT, W, Where, type TaskOutcome,
+  State, THREAD_SLOT, W, type TaskOutcome,
 } from '../workers/protocol';
 
 /** A summary of one exit, from `monitor$`. */
 export interface ExitRecord {
-  kind: VcpuExit['kind'] | string;
+  kind: VcpuExit['kind'];
   /** Where it was handled. */
   where: 'worker' | 'posted' | 'main' | 'unhandled';
   port?: number;
@@ -149,7 +149,7 @@ export class VcpuRun implements AsyncDisposable {
     signal?.addEventListener('abort', onAbort, { once: true });
     // Start bridging on the next macrotask, so whatever the caller subscribes synchronously after
     // start() (exits$, next(), for await) is in place before the first exit is delivered.
-    const bridge = new Promise<void>((resolve, reject) => setImmediate(() => this.#bridge().then(resolve, reject)));
+    const bridge = new Promise<void>((resolve, reject) => setImmediate(() => void this.#bridge().then(resolve, reject)));
     // If the worker dies without marking the run ended (a crashed thread), end the bridge anyway.
     const wake = () => {
       Atomics.store(this.#ctrl, W.state, State.ended);
@@ -165,7 +165,7 @@ export class VcpuRun implements AsyncDisposable {
     );
     this.done = Promise.all([task, bridge, emitsDone]).then(
       ([outcome]) => this.#finish(outcome, signal, onAbort),
-      (e: unknown) => this.#finish({ reason: 'error', exits: 0, error: { name: 'Error', message: String((e as Error)?.message ?? e) } }, signal, onAbort),
+      (e: unknown) => this.#finish({ reason: 'error', exits: 0, error: { name: 'Error', message: e instanceof Error ? e.message : String(e) } }, signal, onAbort),
     );
   }
 

@@ -53,7 +53,7 @@ export function cpioNewc(entries: ReadonlyArray<CpioEntry>): Uint8Array {
   let ino = 1;
   for (const e of entries) {
     if (typeof e.path !== 'string' || e.path === '' || e.path.startsWith('/')) {
-      throw new TypeError(`cpio entry path must be relative and non-empty, got '${String(e.path)}'`);
+      throw new TypeError(`cpio entry path must be relative and non-empty, got '${e.path}'`);
     }
     switch (e.type) {
       case 'dir':

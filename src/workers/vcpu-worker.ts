@@ -81,6 +81,8 @@ async function loadPipeline(path: string, exportName: string | undefined): Promi
     mod = require(path) as Record<string, unknown>;
   } catch (e) {
     if ((e as { code?: string }).code !== 'ERR_REQUIRE_ESM') throw e;
+    // A real import() that TypeScript's CommonJS output does not turn into require().
+    // eslint-disable-next-line @typescript-eslint/no-implied-eval
     const dynamicImport = new Function('s', 'return import(s)') as (s: string) => Promise<Record<string, unknown>>;
     mod = await dynamicImport(path);
   }
@@ -333,7 +335,7 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
       if (Atomics.load(ctrl, W.wake) !== 0) {
         Atomics.store(ctrl, W.wake, 0);
         drainMessages();
-        if (failure !== undefined) throw failure;
+        if (failure !== undefined) throw failure as Error; // what the pipeline errored with
         if (completed) {
           outcome.reason = 'completed';
           break;
@@ -352,7 +354,7 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
             unhandled = undefined;
             deliverExit(w, holds, next);
             if (holds.length > 0) await Promise.all(holds);
-            if (failure !== undefined) throw failure;
+            if (failure !== undefined) throw failure as Error; // what the pipeline errored with
             if (unhandled !== undefined && task.unhandled === 'error') {
               throw new UnhandledExitError(w, describeExit(w) + ' (posted)');
             }
@@ -383,7 +385,7 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
         await Promise.race([Promise.all(holds), stopped.then(() => (stoppedWhileHeld = true))]);
         if (stoppedWhileHeld) break;
       }
-      if (failure !== undefined) throw failure;
+      if (failure !== undefined) throw failure as Error; // what the pipeline errored with
       let where: number = Where.worker;
       if (unhandled !== undefined) {
         if (task.postedTo !== 'worker' && isPosted(exit, task.posted)) {
