@@ -12,6 +12,21 @@ import { defer, filter, finalize, takeWhile } from 'rxjs';
 import type { MonoTypeOperatorFunction, Observable, Unsubscribable } from 'rxjs';
 import type { PortRange } from '../operators/match';
 import type { VcpuExit } from '../wrappers/vcpu-exit';
+import { checkInt, checkU16, invalidValue } from '../abi/validate';
+
+/**
+ * Checks the arguments of a device model's public `ioRead`/`ioWrite` (the run loop only passes
+ * what the kernel produced, but these are public methods): `port` 0..0xffff, `size` 1, 2 or 4, and
+ * for writes `value` an integer 0..2^32-1. A size such as 2^53 would otherwise loop for ever.
+ *
+ * @throws TypeError `ERR_INVALID_ARG_TYPE` / RangeError `ERR_OUT_OF_RANGE`, `ERR_INVALID_ARG_VALUE`
+ */
+export function checkAccess(port: unknown, size: unknown, value?: unknown): void {
+  checkU16('port', port);
+  checkInt('size', size, 1, 4);
+  if (size === 3) invalidValue('size', 'must be 1, 2 or 4', size);
+  if (value !== undefined || arguments.length > 2) checkInt('value', value, 0, 0xffff_ffff);
+}
 
 /** A device model reached through x86 port I/O. */
 export interface PortDevice {
@@ -145,6 +160,7 @@ export function byteRegisters(
 ): Pick<PortDevice, 'ioRead' | 'ioWrite'> {
   return {
     ioRead: (port, size) => {
+      checkAccess(port, size);
       let v = 0;
       for (let b = size - 1; b >= 0; b--) {
         const off = port + b - base;
@@ -153,6 +169,7 @@ export function byteRegisters(
       return v;
     },
     ioWrite: (port, size, value) => {
+      checkAccess(port, size, value);
       for (let b = 0; b < size; b++) {
         const off = port + b - base;
         if (off >= 0 && off < count) write(off, Math.floor(value / 2 ** (8 * b)) & 0xff);
