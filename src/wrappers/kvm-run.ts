@@ -112,6 +112,11 @@ export class KvmRunWrapper implements Disposable {
     }
   }
 
+  /** Whether `close()` was called. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
   #check(): void {
     if (this.#closed) throw new KvmClosedError('KvmRunWrapper');
   }
@@ -180,10 +185,42 @@ export class KvmRunWrapper implements Disposable {
     this.asMutRef().setBigUint64(RUN.kvmDirtyRegs, v, true);
   }
 
-  /** Detaches the views and unmaps. Idempotent. */
+  #pins = 0;
+  #unmapPending = false;
+
+  /**
+   * @internal Keeps the mapping (and the views taken before) alive until the returned function is
+   * called, even across `close()`: a running `VcpuRun` kicks its worker by writing
+   * `immediate_exit` through this mapping, which must never be unmapped (and reused) under it.
+   */
+  pin(): () => void {
+    this.#check();
+    this.#pins++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      if (--this.#pins === 0 && this.#unmapPending) this.#unmap();
+    };
+  }
+
+  /**
+   * Detaches the views and unmaps. Idempotent. While a running vCPU's runtime pins the mapping,
+   * the object is closed at once (every member throws `ERR_KVM_CLOSED`) and the unmap waits for
+   * the run to end.
+   */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#pins > 0) {
+      this.#unmapPending = true;
+      return;
+    }
+    this.#unmap();
+  }
+
+  #unmap(): void {
+    this.#unmapPending = false;
     if (this.#buffer !== undefined) this.backend.detach(this.#buffer);
     this.#buffer = undefined;
     this.#view = undefined;
