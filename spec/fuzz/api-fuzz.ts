@@ -17,6 +17,8 @@
  *   - `expected`: a TypeError/RangeError whose `code` starts with `ERR_`, a `KvmError`, or an Error
  *     whose `code` starts with `ERR_KVM_` (closed, in use, running, …), or the fuzzer's own
  *     hostile getter error propagated unchanged;
+ *   - `engine`: the engine's own TypeError for a Symbol or a detached buffer given where a string
+ *     or an iterable is expected (what the built-ins do: `new Error(Symbol())`), counted apart;
  *   - `unexpected`: anything else (a plain TypeError from reading a property of undefined, …).
  * A crash is a signal or a non-zero exit of this process: the parent sees it. The pool is closed
  * and rebuilt every `--rebuild` calls, so fds and mappings must come back (the summary reports the
@@ -38,7 +40,7 @@
  * @module
  */
 import fc from 'fast-check';
-import { openSync, readdirSync, writeSync } from 'node:fs';
+import { openSync, readdirSync, readlinkSync, writeSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import * as lib from '../../src/index';
 import { MockBackend } from '../../src/backend/mock/index';
@@ -389,7 +391,7 @@ interface Summary {
   unexpectedSamples: Record<string, string>;
   pending: number;
   kicks: number;
-  fds: { before: number; after: number };
+  fds: { before: number; after: number; added?: string[] };
   ms: number;
   members: number;
 }
@@ -402,10 +404,23 @@ function classify(e: unknown): { ok: boolean; key: string } {
   if ((e instanceof TypeError || e instanceof RangeError) && code?.startsWith('ERR_')) return { ok: true, key: `${x.name} ${code}` };
   if (e instanceof Error && code?.startsWith('ERR_KVM_')) return { ok: true, key: `${x.constructor?.name ?? x.name} ${code}` };
   if (e instanceof lib.AbortError) return { ok: true, key: 'AbortError' };
+  // The engine's own TypeError for an argument no built-in can convert either (`new Error(Symbol())`,
+  // `Array.from(detachedTypedArray)`): same behaviour as the built-ins, counted apart.
+  if (e instanceof TypeError && code === undefined && /^Cannot convert a Symbol value to a string$|on a detached ArrayBuffer$/.test(String(x.message))) {
+    return { ok: true, key: 'engine TypeError: unconvertible argument (Symbol, detached buffer)' };
+  }
   return { ok: false, key: `${x?.constructor?.name ?? typeof e}${code ? ` ${code}` : ''}: ${String(x?.message ?? e).slice(0, 160)}` };
 }
 
 const fdCount = (): number => readdirSync('/proc/self/fd').length;
+const fdTargets = (): string[] =>
+  readdirSync('/proc/self/fd').map((fd) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      return '?';
+    }
+  });
 
 // ---------------------------------------------------------------- watchdog
 
@@ -459,6 +474,7 @@ async function main(): Promise<void> {
   // Warm-up pool, for the fd baseline.
   await closePool(buildPool(backend));
   summary.fds.before = fdCount();
+  const fds0 = fdTargets();
 
   const record = (label: string, outcome: { returned: true } | { error: unknown }) => {
     if ('returned' in outcome) {
@@ -508,6 +524,8 @@ async function main(): Promise<void> {
           );
         } else {
           record(call.label, { returned: true });
+          // `Kvm.openWithCloexec[At]` return a raw fd the caller owns (as in kvm-ioctls).
+          if (call.label.startsWith('Kvm.openWithCloexec') && typeof r === 'number') tryMake(() => backend.close(r as number));
           if (call.returnsOwned && r && typeof r === 'object' && typeof (r as { close?: unknown }).close === 'function') spawned.push(r as { close(): unknown });
           // A VcpuRun from runtime.start(): stop it (it owns a worker thread).
           if (r instanceof lib.VcpuRun) pending.push(r.stop());
@@ -525,7 +543,7 @@ async function main(): Promise<void> {
       summary.calls++;
     }
     // Promises (readAsync, runtime.close, VcpuRun.stop, …): give them a moment, then move on.
-    const settled = await Promise.race([Promise.allSettled(pending).then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 2000).unref())]);
+    const settled = await Promise.race([Promise.allSettled(pending).then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 500))]);
     if (!settled) summary.pending++;
     for (const s of spawned.reverse()) tryMake(() => s.close());
     await closePool(pool);
@@ -535,6 +553,10 @@ async function main(): Promise<void> {
   // Objects the fuzz created and did not close are closed by their parents above; GC the rest.
   (globalThis as { gc?: () => void }).gc?.();
   summary.fds.after = fdCount();
+  const fds1 = fdTargets();
+  for (const f of fds0) fds1.splice(fds1.indexOf(f), fds1.includes(f) ? 1 : 0);
+  const added = fds1.filter((f) => f !== '?'); // '?': the directory fd of the listing itself
+  if (added.length > 0) summary.fds.added = added;
   summary.ms = Date.now() - t0;
   dog?.stop();
   process.stdout.write(`FUZZ_RESULT ${JSON.stringify(summary)}\n`);

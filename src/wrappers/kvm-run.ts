@@ -6,7 +6,7 @@
 import { KvmClosedError } from '../abi/errors';
 import { offsetOf } from '../abi/codec';
 import { kvm_run } from '../abi/layouts';
-import { checkInt } from '../abi/validate';
+import { checkInt, checkU8, checkU64 } from '../abi/validate';
 import type { IoctlBackend } from '../backend/types';
 
 /** Offsets into `struct kvm_run` (x86_64), from the generated layout. */
@@ -143,13 +143,13 @@ export class KvmRunWrapper implements Disposable {
     return this.asMutRef().getUint8(RUN.immediateExit);
   }
   set immediateExit(v: number) {
-    this.asMutRef().setUint8(RUN.immediateExit, v);
+    this.asMutRef().setUint8(RUN.immediateExit, checkU8('immediateExit', v));
   }
   get requestInterruptWindow(): number {
     return this.asMutRef().getUint8(RUN.requestInterruptWindow);
   }
   set requestInterruptWindow(v: number) {
-    this.asMutRef().setUint8(RUN.requestInterruptWindow, v);
+    this.asMutRef().setUint8(RUN.requestInterruptWindow, checkU8('requestInterruptWindow', v));
   }
   get exitReason(): number {
     return this.asMutRef().getUint32(RUN.exitReason, true);
@@ -167,7 +167,7 @@ export class KvmRunWrapper implements Disposable {
     return this.asMutRef().getBigUint64(RUN.cr8, true);
   }
   set cr8(v: bigint) {
-    this.asMutRef().setBigUint64(RUN.cr8, v, true);
+    this.asMutRef().setBigUint64(RUN.cr8, checkU64('cr8', v), true);
   }
   get apicBase(): bigint {
     return this.asMutRef().getBigUint64(RUN.apicBase, true);
@@ -176,13 +176,13 @@ export class KvmRunWrapper implements Disposable {
     return this.asMutRef().getBigUint64(RUN.kvmValidRegs, true);
   }
   set kvmValidRegs(v: bigint) {
-    this.asMutRef().setBigUint64(RUN.kvmValidRegs, v, true);
+    this.asMutRef().setBigUint64(RUN.kvmValidRegs, checkU64('kvmValidRegs', v), true);
   }
   get kvmDirtyRegs(): bigint {
     return this.asMutRef().getBigUint64(RUN.kvmDirtyRegs, true);
   }
   set kvmDirtyRegs(v: bigint) {
-    this.asMutRef().setBigUint64(RUN.kvmDirtyRegs, v, true);
+    this.asMutRef().setBigUint64(RUN.kvmDirtyRegs, checkU64('kvmDirtyRegs', v), true);
   }
 
   #pins = 0;
