@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { Subject, type Observable } from 'rxjs';
+import { Subject, config as rxConfig, type Observable } from 'rxjs';
 import { MessagePort } from 'node:worker_threads';
 import { KvmError } from '../abi/errors';
 import { nativeBackend } from '../backend/native';
@@ -85,8 +85,24 @@ async function loadPipeline(path: string, exportName: string | undefined): Promi
   return fn as VcpuPipeline;
 }
 
+// A handler that throws inside a subscriber's `next` is, by default, reported by RxJS later from
+// a timer: the vCPU would keep running (a flooding guest never lets the timer fire) and the error
+// would surface in whichever run this thread serves next. This thread runs only vCPU tasks, so
+// RxJS rethrows such errors synchronously here: out of `exits.next(exit)`, into the run loop,
+// which ends the run with that error.
+rxConfig.useDeprecatedSynchronousErrorHandling = true;
+
 /** The piscina task: runs one vCPU until its pipeline completes, it fails, or it is stopped. */
 export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
+  // Errors RxJS still reports asynchronously (thrown by a subscriber called from a timer or a
+  // promise) belong to this run: checked at each exit and once more before the run reports.
+  const late: { failure?: { error: unknown } } = {};
+  rxConfig.onUnhandledError = (error: unknown) => {
+    late.failure ??= { error };
+  };
+  const rethrowLate = (): void => {
+    if (late.failure !== undefined) throw late.failure.error;
+  };
   const backend = nativeBackend();
   backend.kickSignal();
   const ctrl = new Int32Array(task.sab, 0, CONTROL_BYTES / 4);
@@ -241,6 +257,7 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
     ring_doorbell();
 
     for (;;) {
+      rethrowLate();
       if (stopRequested()) break;
       let exit: VcpuExit | undefined;
       try {
@@ -298,10 +315,14 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
     }
     sub.unsubscribe();
     if (outcome.reason !== 'completed') outcome.reason = 'stopped';
+    // Let a timer-reported error of this run arrive before the run reports its outcome.
+    await new Promise((r) => setTimeout(r, 0));
+    rethrowLate();
   } catch (e) {
     outcome.reason = 'error';
     outcome.error = serializeError(e);
   } finally {
+    rxConfig.onUnhandledError = null;
     abort.abort();
     // Leave immediate_exit at 0 for whoever runs this vCPU next, then release this thread's views.
     try {
