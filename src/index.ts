@@ -65,4 +65,11 @@ export type { ExitRecord, RunOutcome } from './observables/vcpu-run';
 export { runInThread, vcpuExits } from './observables/run-in-thread';
 export type { InThreadOptions } from './observables/run-in-thread';
 export * from './devices/index';
-export * from './vmm/index';
+// The VMM, at its high level (the loader's building blocks stay in src/vmm/ for now: their
+// argument checks are not complete yet, so they are not public API).
+export { bootLinux } from './vmm/linux';
+export type { BootLinuxOptions, LinuxOutcome, LinuxVm } from './vmm/linux';
+export { runDemo } from './vmm/demo';
+export type { DemoOptions, DemoOutcome } from './vmm/demo';
+export { BootImageError } from './vmm/errors';
+export { EmulationFailureError } from './vmm/emulation-fallback';

@@ -646,8 +646,11 @@ class Addon : public Napi::Addon<Addon> {
     Napi::Env env = info.Env();
     uint64_t thread, run;
     if (!GetU64(info, 0, &thread) || !GetU64(info, 1, &run)) return env.Undefined();
-    uint8_t* ie = reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(run)) + kvmrx_immediate_exit_offset();
-    __atomic_store_n(ie, 1, __ATOMIC_SEQ_CST);
+    // run == 0: only the signal (for a thread blocked in another syscall, or no kvm_run mapped).
+    if (run != 0) {
+      uint8_t* ie = reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(run)) + kvmrx_immediate_exit_offset();
+      __atomic_store_n(ie, 1, __ATOMIC_SEQ_CST);
+    }
     int r = pthread_kill(static_cast<pthread_t>(thread), KickSignalNumber());
     if (r != 0) ThrowErrno(env, r, "pthread_kill");
     return env.Undefined();

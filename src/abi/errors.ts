@@ -30,8 +30,11 @@ for (const [name, value] of Object.entries(allErrnos)) {
 
 /** The positive errno value for an error name such as `'EINVAL'`, from the host's `os.constants`. */
 export function errnoOf(code: string): number {
-  const value = allErrnos[code];
-  if (value === undefined) throw new RangeError(`unknown errno name ${code}`);
+  const value = typeof code === 'string' && Object.hasOwn(allErrnos, code) ? allErrnos[code] : undefined;
+  if (value === undefined) {
+    const shown = typeof code === 'string' ? `'${code.slice(0, 40)}'` : `of type ${typeof code}`;
+    throw new KvmRangeError('ERR_INVALID_ARG_VALUE', `unknown errno name ${shown}`);
+  }
   return value;
 }
 
@@ -75,7 +78,12 @@ export class KvmError extends Error {
    * @param options - request name, path, extra detail
    */
   constructor(errno: number, syscall: string, options: KvmErrorOptions | string = {}) {
-    const opts: KvmErrorOptions = typeof options === 'string' ? { request: options } : options;
+    if (typeof errno !== 'number' || !Number.isSafeInteger(errno)) {
+      throw new KvmTypeError('ERR_INVALID_ARG_TYPE', `The "errno" argument must be an integer. Received type ${typeof errno}`);
+    }
+    if (typeof syscall !== 'string') throw new KvmTypeError('ERR_INVALID_ARG_TYPE', `The "syscall" argument must be of type string. Received type ${typeof syscall}`);
+    const opts: KvmErrorOptions = typeof options === 'string' ? { request: options } : (options ?? {});
+    if (typeof opts !== 'object') throw new KvmTypeError('ERR_INVALID_ARG_TYPE', `The "options" argument must be an object or a string. Received type ${typeof options}`);
     const neg = -Math.abs(errno);
     const entry = (systemErrors ??= getSystemErrorMap()).get(neg);
     const code = entry?.[0] ?? errnoNames.get(-neg) ?? `E${-neg}`;

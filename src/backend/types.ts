@@ -85,6 +85,7 @@ export interface IoctlBackend {
   /**
    * Kicks a vCPU: stores 1 into `kvm_run.immediate_exit` at `runAddress` and sends the kick signal
    * to `thread`, so its `KVM_RUN` returns `EINTR` whether or not it was already inside the guest.
+   * `runAddress` 0n sends only the signal (interrupts a blocking syscall of that thread).
    */
   kick(thread: bigint, runAddress: bigint): void;
 }

@@ -3,9 +3,9 @@
  *
  * @module
  */
-import { checkObject, checkU64, invalidType } from '../abi/validate';
+import { checkInt, checkObject, checkU64, invalidType } from '../abi/validate';
 import type { PortRange } from '../operators/match';
-import { deviceStage } from './port-device';
+import { checkAccess, deviceStage } from './port-device';
 import type { DeviceStage, PortDevice } from './port-device';
 
 /** The index port (bit 7: NMI disable). */
@@ -161,7 +161,7 @@ export class Cmos implements PortDevice {
    * status C reads 0 (no interrupt flags), other registers from the RAM.
    */
   readRegister(reg: number): number {
-    const r = reg & 0x7f;
+    const r = checkInt('reg', reg, 0, 0xff) & 0x7f;
     switch (r) {
       case CMOS_REG.SECONDS:
         return this.#encode(this.#now().getUTCSeconds());
@@ -195,8 +195,8 @@ export class Cmos implements PortDevice {
 
   /** Writes CMOS register `reg` (0..127) as the guest does (only the low 8 bits of `value` count). */
   writeRegister(reg: number, value: number): void {
-    const r = reg & 0x7f;
-    const v = value & 0xff;
+    const r = checkInt('reg', reg, 0, 0xff) & 0x7f;
+    const v = checkInt('value', value, 0, 0xffff_ffff) & 0xff;
     switch (r) {
       case CMOS_REG.SECONDS:
       case CMOS_REG.MINUTES:
@@ -272,6 +272,7 @@ export class Cmos implements PortDevice {
   }
 
   ioRead(port: number, size: number): number {
+    checkAccess(port, size);
     let v = 0;
     for (let b = size - 1; b >= 0; b--) {
       // The index register is write-only; it reads as all ones (as on QEMU).
@@ -281,6 +282,7 @@ export class Cmos implements PortDevice {
   }
 
   ioWrite(port: number, size: number, value: number): void {
+    checkAccess(port, size, value);
     for (let b = 0; b < size; b++) {
       const p = port + b;
       const v = Math.floor(value / 2 ** (8 * b)) & 0xff;

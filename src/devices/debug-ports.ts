@@ -7,7 +7,7 @@ import { Subject } from 'rxjs';
 import type { Observable } from 'rxjs';
 import { checkObject, checkU16, invalidType, invalidValue } from '../abi/validate';
 import type { PortRange } from '../operators/match';
-import { deviceStage } from './port-device';
+import { checkAccess, deviceStage } from './port-device';
 import type { DeviceStage, PortDevice } from './port-device';
 
 /** What QEMU's debugcon answers to reads, so guests can detect it. */
@@ -82,11 +82,13 @@ export class DebugPorts implements PortDevice {
   }
 
   ioRead(port: number, size: number): number {
+    checkAccess(port, size);
     const low = port === this.#debugconPort ? DEBUGCON_READBACK : 0xff;
     return (2 ** (8 * size) - 256) + low;
   }
 
   ioWrite(port: number, _size: number, value: number): void {
+    checkAccess(port, _size, value);
     const v = value & 0xff;
     if (port === this.#postPort) {
       this.#lastPostCode = v;

@@ -6,7 +6,7 @@
  */
 import { checkObject, invalidType } from '../abi/validate';
 import type { PortRange } from '../operators/match';
-import { deviceStage } from './port-device';
+import { checkAccess, deviceStage } from './port-device';
 import type { DeviceStage, PortDevice } from './port-device';
 
 /** The data port. */
@@ -90,6 +90,7 @@ export class I8042 implements PortDevice {
   }
 
   ioRead(port: number, size: number): number {
+    checkAccess(port, size);
     let v = 0;
     for (let b = size - 1; b >= 0; b--) {
       const p = port + b;
@@ -99,6 +100,7 @@ export class I8042 implements PortDevice {
   }
 
   ioWrite(port: number, size: number, value: number): void {
+    checkAccess(port, size, value);
     for (let b = 0; b < size; b++) {
       const p = port + b;
       const v = Math.floor(value / 2 ** (8 * b)) & 0xff;

@@ -12,7 +12,7 @@ import type { DebugPortsOptions } from './debug-ports';
 import { I8042 } from './i8042';
 import type { I8042Options } from './i8042';
 import { PciAbsent } from './pci-absent';
-import { deviceStage, inRanges, whileSubscribed } from './port-device';
+import { checkAccess, deviceStage, inRanges, whileSubscribed } from './port-device';
 import type { DeviceStage, PortDevice } from './port-device';
 import { Uart16550 } from './uart16550';
 import type { Uart16550Options } from './uart16550';
@@ -77,11 +77,13 @@ class LegacyPc implements LegacyPcDevices {
   }
 
   ioRead(port: number, size: number): number {
+    checkAccess(port, size);
     const d = this.#find(port);
     return d === undefined ? 2 ** (8 * size) - 1 : d.ioRead(port, size);
   }
 
   ioWrite(port: number, size: number, value: number): void {
+    checkAccess(port, size, value);
     this.#find(port)?.ioWrite(port, size, value);
   }
 

@@ -4,7 +4,7 @@
  * @module
  */
 import type { PortRange } from '../operators/match';
-import { deviceStage } from './port-device';
+import { checkAccess, deviceStage } from './port-device';
 import type { DeviceStage, PortDevice } from './port-device';
 
 /** CONFIG_ADDRESS. */
@@ -34,11 +34,13 @@ export class PciAbsent implements PortDevice {
   }
 
   ioRead(port: number, size: number): number {
+    checkAccess(port, size);
     if (port === PCI_CONFIG_ADDRESS && size === 4) return this.#address;
     return 2 ** (8 * size) - 1;
   }
 
   ioWrite(port: number, size: number, value: number): void {
+    checkAccess(port, size, value);
     if (port === PCI_CONFIG_ADDRESS && size === 4) this.#address = value >>> 0;
   }
 }

@@ -12,6 +12,21 @@ import { defer, filter, finalize, takeWhile } from 'rxjs';
 import type { MonoTypeOperatorFunction, Observable, Unsubscribable } from 'rxjs';
 import type { PortRange } from '../operators/match';
 import type { VcpuExit } from '../wrappers/vcpu-exit';
+import { checkInt, checkObject, checkU16, invalidType, invalidValue } from '../abi/validate';
+
+/**
+ * Checks the arguments of a device model's public `ioRead`/`ioWrite` (the run loop only passes
+ * what the kernel produced, but these are public methods): `port` 0..0xffff, `size` 1, 2 or 4, and
+ * for writes `value` an integer 0..2^32-1. A size such as 2^53 would otherwise loop for ever.
+ *
+ * @throws TypeError `ERR_INVALID_ARG_TYPE` / RangeError `ERR_OUT_OF_RANGE`, `ERR_INVALID_ARG_VALUE`
+ */
+export function checkAccess(port: unknown, size: unknown, value?: unknown): void {
+  checkU16('port', port);
+  checkInt('size', size, 1, 4);
+  if (size === 3) invalidValue('size', 'must be 1, 2 or 4', size);
+  if (value !== undefined || arguments.length > 2) checkInt('value', value, 0, 0xffff_ffff);
+}
 
 /** A device model reached through x86 port I/O. */
 export interface PortDevice {
@@ -35,7 +50,11 @@ export type DeviceStage<D> = MonoTypeOperatorFunction<VcpuExit> & { readonly dev
 
 /** Whether `port` falls in one of `ranges`. */
 export function inRanges(ranges: ReadonlyArray<PortRange>, port: number): boolean {
-  for (const [from, to] of ranges) if (port >= from && port <= to) return true;
+  if (!Array.isArray(ranges)) invalidType('ranges', 'an array of [from, to] ranges', ranges);
+  for (const r of ranges) {
+    if (!Array.isArray(r)) invalidType('ranges', 'an array of [from, to] ranges', r);
+    if (port >= r[0] && port <= r[1]) return true;
+  }
   return false;
 }
 
@@ -60,6 +79,8 @@ function setLe(data: Uint8Array, offset: number, size: number, value: number): v
  * @param exit - an `IoIn` or `IoOut` exit on one of the device's ports
  */
 export function performIo(device: PortDevice, exit: VcpuExit): void {
+  checkObject('device', device);
+  checkObject('exit', exit);
   if (exit.kind !== 'IoIn' && exit.kind !== 'IoOut') return;
   const { port, size, data } = exit;
   const valid = size === 1 || size === 2 || size === 4;
@@ -93,6 +114,8 @@ export function performIo(device: PortDevice, exit: VcpuExit): void {
  * @return the stage, with the device as `stage.device`
  */
 export function deviceStage<D extends PortDevice>(device: D): DeviceStage<D> {
+  checkObject('device', device);
+  if (!Array.isArray(device.ports)) invalidType('device.ports', 'an array of [from, to] ranges', device.ports);
   const ranges = device.ports;
   const mine = (exit: VcpuExit): boolean => (exit.kind === 'IoIn' || exit.kind === 'IoOut') && inRanges(ranges, exit.port);
   // Built from takeWhile and filter so that a stop or an error also stops a synchronous source at once.
@@ -118,6 +141,8 @@ export function deviceStage<D extends PortDevice>(device: D): DeviceStage<D> {
  * @return a stage with the same device
  */
 export function whileSubscribed<D>(stage: DeviceStage<D>, connect: () => Unsubscribable | undefined): DeviceStage<D> {
+  if (typeof stage !== 'function') invalidType('stage', 'a device stage (function)', stage);
+  if (typeof connect !== 'function') invalidType('connect', 'a function', connect);
   const wrapped = (source: Observable<VcpuExit>): Observable<VcpuExit> =>
     defer(() => {
       const connection = connect();
@@ -145,6 +170,7 @@ export function byteRegisters(
 ): Pick<PortDevice, 'ioRead' | 'ioWrite'> {
   return {
     ioRead: (port, size) => {
+      checkAccess(port, size);
       let v = 0;
       for (let b = size - 1; b >= 0; b--) {
         const off = port + b - base;
@@ -153,6 +179,7 @@ export function byteRegisters(
       return v;
     },
     ioWrite: (port, size, value) => {
+      checkAccess(port, size, value);
       for (let b = 0; b < size; b++) {
         const off = port + b - base;
         if (off >= 0 && off < count) write(off, Math.floor(value / 2 ** (8 * b)) & 0xff);

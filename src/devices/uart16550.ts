@@ -234,6 +234,7 @@ export class Uart16550 implements PortDevice {
    * 0..7 read 0xff.
    */
   readRegister(offset: number): number {
+    if (typeof offset !== 'number') invalidType('offset', 'a number', offset);
     switch (offset) {
       case UART_REG.RBR_THR: {
         if ((this.#lcr & LCR_DLAB) !== 0) return this.#divisor & 0xff;
@@ -284,6 +285,8 @@ export class Uart16550 implements PortDevice {
 
   /** Writes register `offset` as the guest does (only the low 8 bits of `value` count; offsets outside 0..7 are ignored). */
   writeRegister(offset: number, value: number): void {
+    if (typeof offset !== 'number') invalidType('offset', 'a number', offset);
+    if (typeof value !== 'number') invalidType('value', 'a number', value);
     const v = value & 0xff;
     switch (offset) {
       case UART_REG.RBR_THR:

@@ -8,7 +8,8 @@
 import { EMPTY, Observable, Subject, asapScheduler, filter, map } from 'rxjs';
 import { deliverExit } from '../operators/hold';
 import type { VcpuExit } from '../wrappers/vcpu-exit';
-import type { VcpuFd } from '../wrappers/vcpu-fd';
+import { VcpuFd } from '../wrappers/vcpu-fd';
+import { checkObject, invalidType } from '../abi/validate';
 import { UnhandledExitError, describeExit } from '../workers/describe';
 import type { VcpuContext, VcpuPipeline } from '../workers/vcpu-worker';
 import { recordExit } from './recording';
@@ -27,6 +28,7 @@ import type { RunOutcome } from './vcpu-run';
  * ```
  */
 export function vcpuExits(vcpu: VcpuFd): Observable<VcpuExit> {
+  if (!(vcpu instanceof VcpuFd)) invalidType('vcpu', 'a VcpuFd', vcpu);
   return new Observable<VcpuExit>((subscriber) =>
     // The loop starts once subscribe() has returned, so operators downstream have their teardown
     // in place: one that completes or errors (stopOn, failOnUnhandled) closes this subscriber and
@@ -75,6 +77,9 @@ export interface InThreadOptions {
  * ```
  */
 export async function runInThread(vcpu: VcpuFd, pipeline: VcpuPipeline, opts: InThreadOptions = {}): Promise<RunOutcome> {
+  if (!(vcpu instanceof VcpuFd)) invalidType('vcpu', 'a VcpuFd', vcpu);
+  if (typeof pipeline !== 'function') invalidType('pipeline', 'a function', pipeline);
+  checkObject('opts', opts);
   const abort = new AbortController();
   const ctx: VcpuContext = {
     vcpuId: vcpu.id,

@@ -97,6 +97,7 @@ export class VcpuRun implements AsyncDisposable {
   readonly #runAddress: bigint;
   readonly #runView: DataView;
   #endedCallbacks: Array<() => void> = [];
+  readonly #unpinRun: () => void;
 
   /** @internal Created by `VcpuRuntime#start()`. */
   constructor(
@@ -110,6 +111,9 @@ export class VcpuRun implements AsyncDisposable {
     this.vcpu = vcpu;
     this.#releaseMemory = releaseMemory;
     const run = vcpu.getKvmRun();
+    // The kick writes immediate_exit through this mapping: it stays mapped until the run ends,
+    // even if the KvmRunWrapper (or the vCPU) is closed meanwhile.
+    this.#unpinRun = run.pin();
     this.#runAddress = run.address;
     this.#runView = run.asMutRef();
     vcpu.attachRun(this);
@@ -217,6 +221,7 @@ export class VcpuRun implements AsyncDisposable {
     }
     this.#ended = true;
     this.#runView.setUint8(RUN.immediateExit, 0);
+    this.#unpinRun();
     this.vcpu.setOwner(undefined);
     this.vcpu.attachRun(undefined);
     this.#releaseMemory();

@@ -4,6 +4,7 @@
  * @module
  */
 import type { VcpuExit } from '../wrappers/vcpu-exit';
+import { checkObject, invalidType } from '../abi/validate';
 
 /** Options of {@link ExitStats}. */
 export interface ExitStatsOptions {
@@ -68,11 +69,14 @@ export class ExitStats {
 
   /** @param options - `now`: the clock in milliseconds (default `performance.now()`) */
   constructor(options: ExitStatsOptions = {}) {
+    checkObject('options', options);
+    if (options.now !== undefined && typeof options.now !== 'function') invalidType('options.now', 'a function', options.now);
     this.now = options.now ?? (() => performance.now());
   }
 
   /** Counts one exit. */
   record(exit: VcpuExit): void {
+    checkObject('exit', exit);
     this.total++;
     this.counts.set(exit.kind, (this.counts.get(exit.kind) ?? 0) + 1);
     if (exit.kind === 'IoIn' || exit.kind === 'IoOut') this.ports.set(exit.port, (this.ports.get(exit.port) ?? 0) + 1);
@@ -81,6 +85,7 @@ export class ExitStats {
 
   /** Adds one latency (ms) to the histogram. */
   recordLatency(ms: number): void {
+    if (typeof ms !== 'number') invalidType('ms', 'of type number', ms);
     this.latencyCount++;
     this.latencySum += ms;
     this.latencyMin = Math.min(this.latencyMin, ms);

@@ -4,11 +4,13 @@
  * @module
  */
 import type { VcpuExit } from '../wrappers/vcpu-exit';
+import { checkObject } from '../abi/validate';
 
 const hex = (v: number | bigint): string => `0x${v.toString(16)}`;
 
 /** A one-line description of an exit: its kind and where it went (port, address, size, …). */
 export function describeExit(exit: VcpuExit): string {
+  checkObject('exit', exit);
   switch (exit.kind) {
     case 'IoIn':
     case 'IoOut':

@@ -1,6 +1,6 @@
 import { Observable } from 'rxjs';
 import type { OperatorFunction } from 'rxjs';
-import { invalidValue } from '../abi/validate';
+import { checkObject, invalidValue } from '../abi/validate';
 import type { VcpuExit } from '../wrappers/vcpu-exit';
 import { UnhandledExitError } from './errors';
 
@@ -42,6 +42,7 @@ function openBus(exit: VcpuExit): void {
  * @throws TypeError `ERR_INVALID_ARG_VALUE` for an unknown policy.
  */
 export function failOnUnhandled(options: FailOnUnhandledOptions = {}): OperatorFunction<VcpuExit, never> {
+  checkObject('options', options);
   const policy = options.policy ?? 'error';
   if (policy !== 'error' && policy !== 'ignore' && typeof policy !== 'function') {
     invalidValue('options.policy', "must be 'error', 'ignore' or a function", policy);

@@ -7,7 +7,7 @@
  */
 import { EmptyError, Observable, Subscription, isObservable } from 'rxjs';
 import type { OperatorFunction } from 'rxjs';
-import { invalidType, outOfRange } from '../abi/validate';
+import { checkBytes, invalidType, outOfRange } from '../abi/validate';
 import type { VcpuExit } from '../wrappers/vcpu-exit';
 import { holdVcpu } from './hold';
 
@@ -33,6 +33,7 @@ export type HandlerResult<T> = T | PromiseLike<T> | Observable<T>;
  *   non-integer number or a byte outside 0..255
  */
 export function writeAnswer(data: Uint8Array, answer: ExitAnswer): void {
+  checkBytes('data', data);
   if (answer === undefined) return;
   if (typeof answer === 'number' || typeof answer === 'bigint') {
     if (typeof answer === 'number' && !Number.isSafeInteger(answer)) outOfRange('answer', 'a safe integer or a bigint', answer);

@@ -9,6 +9,7 @@
  * @module
  */
 import type { VcpuExit } from '../wrappers/vcpu-exit';
+import { checkObject, invalidType } from '../abi/validate';
 
 /** The symbol under which a runner attaches its hold callback to an exit object. */
 export const HOLD: unique symbol = Symbol.for('kvm-rx.hold') as never;
@@ -22,6 +23,7 @@ export type HoldableExit = VcpuExit & { [HOLD]?: (pending: PromiseLike<unknown>)
  * nothing, and the promise is only awaited for its answer.
  */
 export function holdVcpu(exit: VcpuExit, pending: PromiseLike<unknown>): void {
+  checkObject('exit', exit);
   if (exit === currentExit && currentHolds !== undefined) {
     currentHolds.push(pending);
     return;
@@ -55,5 +57,7 @@ export function deliverExit(exit: VcpuExit, into: Array<PromiseLike<unknown>>, d
 
 /** Attaches a hold collector to `exit` (for runners). Returns the list the holds land in. */
 export function attachHold(exit: VcpuExit, into: Array<PromiseLike<unknown>>): void {
+  checkObject('exit', exit);
+  if (!Array.isArray(into)) invalidType('into', 'an array', into);
   Object.defineProperty(exit, HOLD, { value: (p: PromiseLike<unknown>) => into.push(p), enumerable: false, configurable: true });
 }

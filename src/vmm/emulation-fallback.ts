@@ -11,6 +11,7 @@
  *
  * @module
  */
+import { checkBytes, checkString, checkU32, checkU64 } from '../abi/validate';
 import { kvm } from '../abi/kvm-constants';
 import type { GuestMemoryMap } from '../wrappers/guest-memory';
 import type { VcpuFd } from '../wrappers/vcpu-fd';
@@ -56,6 +57,10 @@ export class EmulationFailureError extends Error {
   readonly bytes: Uint8Array;
   readonly suberror: number;
   constructor(rip: bigint, bytes: Uint8Array, suberror: number, why: string) {
+    checkU64('rip', rip);
+    checkBytes('bytes', bytes);
+    checkU32('suberror', suberror);
+    checkString('why', why);
     const hexBytes = bytes.length ? Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(' ') : 'unreadable';
     super(`KVM internal error (suberror ${suberror}) at rip 0x${rip.toString(16)}, instruction bytes ${hexBytes}: ${why}`);
     this.rip = rip;

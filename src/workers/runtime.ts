@@ -8,9 +8,9 @@ import { MessageChannel } from 'node:worker_threads';
 import { extname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { availableParallelism } from 'node:os';
-import { checkInt, checkObject, invalidValue } from '../abi/validate';
+import { checkInt, checkObject, invalidType, invalidValue } from '../abi/validate';
 import { VcpuRun } from '../observables/vcpu-run';
-import type { VcpuFd } from '../wrappers/vcpu-fd';
+import { VcpuFd } from '../wrappers/vcpu-fd';
 import { SAB_BYTES, type PostedRange, type TaskOutcome, type VcpuTask } from './protocol';
 
 /** Options of {@link VcpuRuntime}. */
@@ -129,6 +129,7 @@ export class VcpuRuntime implements AsyncDisposable {
    *   when this vCPU already runs; `ERR_KVM_CLOSED` for a closed vCPU or runtime
    */
   start(vcpu: VcpuFd, options: StartOptions = {}): VcpuRun {
+    if (!(vcpu instanceof VcpuFd)) invalidType('vcpu', 'a VcpuFd', vcpu);
     checkObject('options', options);
     if (this.#closed) throw Object.assign(new Error('VcpuRuntime is closed'), { code: 'ERR_KVM_CLOSED' });
     if (vcpu.running) throw Object.assign(new Error(`vCPU ${vcpu.id} is already running`), { code: 'ERR_KVM_VCPU_RUNNING' });

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { Subject, filter, map, type Observable } from 'rxjs';
+import { Subject, config as rxConfig, filter, map, type Observable } from 'rxjs';
 import { MessagePort, receiveMessageOnPort } from 'node:worker_threads';
 import { KvmError } from '../abi/errors';
 import { nativeBackend } from '../backend/native';
@@ -93,8 +93,24 @@ async function loadPipeline(path: string, exportName: string | undefined): Promi
   return fn as VcpuPipeline;
 }
 
+// A handler that throws inside a subscriber's `next` is, by default, reported by RxJS later from
+// a timer: the vCPU would keep running (a flooding guest never lets the timer fire) and the error
+// would surface in whichever run this thread serves next. This thread runs only vCPU tasks, so
+// RxJS rethrows such errors synchronously here: out of `exits.next(exit)`, into the run loop,
+// which ends the run with that error.
+rxConfig.useDeprecatedSynchronousErrorHandling = true;
+
 /** The piscina task: runs one vCPU until its pipeline completes, it fails, or it is stopped. */
 export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
+  // Errors RxJS still reports asynchronously (thrown by a subscriber called from a timer or a
+  // promise) belong to this run: checked at each exit and once more before the run reports.
+  const late: { failure?: { error: unknown } } = {};
+  rxConfig.onUnhandledError = (error: unknown) => {
+    late.failure ??= { error };
+  };
+  const rethrowLate = (): void => {
+    if (late.failure !== undefined) throw late.failure.error;
+  };
   const backend = nativeBackend();
   backend.kickSignal();
   if (task.pinCpu !== undefined) backend.addon.setAffinity(task.pinCpu);
@@ -331,6 +347,7 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
     ring_doorbell();
 
     for (;;) {
+      rethrowLate();
       if (stopRequested()) break;
       if (Atomics.load(ctrl, W.wake) !== 0) {
         Atomics.store(ctrl, W.wake, 0);
@@ -417,11 +434,15 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
     }
     sub.unsubscribe();
     if (outcome.reason !== 'completed') outcome.reason = 'stopped';
+    // Let a timer-reported error of this run arrive before the run reports its outcome.
+    await new Promise((r) => setTimeout(r, 0));
+    rethrowLate();
   } catch (e) {
     outcome.reason = 'error';
     outcome.error = serializeError(e);
   } finally {
     if (task.pinCpu !== undefined) backend.addon.setAffinity(-1); // the pooled thread may run other vCPUs next
+    rxConfig.onUnhandledError = null;
     abort.abort();
     inputs.complete();
     // Leave immediate_exit at 0 for whoever runs this vCPU next, then release this thread's views.

@@ -109,7 +109,7 @@ export abstract class FamCollection<T> {
     checkBytes('bytes', bytes);
     if (bytes.length < s.entriesOffset) outOfRange('bytes.length', `>= ${s.entriesOffset}`, bytes.length);
     const view = dv(bytes);
-    const n = count ?? readCount(view, s);
+    const n = count === undefined ? readCount(view, s) : checkInt('count', count, 0, s.max);
     const room = Math.floor((bytes.length - s.entriesOffset) / s.entrySize);
     if (n > room) outOfRange(`${s.name} count`, `<= ${room} (the entries the buffer holds)`, n);
     if (n > s.max) outOfRange(`${s.name} count`, `<= ${s.max}`, n);

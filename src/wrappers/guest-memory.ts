@@ -5,7 +5,7 @@
  * @module
  */
 import { KvmClosedError, KvmRangeError } from '../abi/errors';
-import { checkBool, checkInt, checkObject, checkU64, invalidValue, outOfRange } from '../abi/validate';
+import { checkBool, checkBytes, checkInt, checkObject, checkU64, invalidType, invalidValue, outOfRange } from '../abi/validate';
 import { nativeBackend } from '../backend/native';
 import type { IoctlBackend } from '../backend/types';
 
@@ -130,6 +130,9 @@ export class GuestMemory implements Disposable {
 
   /** Bounds-checked write of `data` at `offset`. */
   write(offset: number, data: Uint8Array | ArrayLike<number>): void {
+    if (!(data instanceof Uint8Array) && !(Array.isArray(data) && data.every((b) => typeof b === 'number'))) {
+      invalidType('data', 'a Uint8Array or an array of numbers', data);
+    }
     this.#range(offset, data.length);
     this.bytes.set(data, offset);
   }
@@ -204,6 +207,7 @@ export class GuestMemoryMap {
   #regions: Array<Required<GuestRegion>> = [];
 
   constructor(regions: GuestRegion[] = []) {
+    if (!Array.isArray(regions)) invalidType('regions', 'an array of regions', regions);
     for (const r of regions) this.add(r);
   }
 
@@ -234,6 +238,7 @@ export class GuestMemoryMap {
 
   /** Removes the region that starts at `guestPhysAddr`. Returns whether there was one. */
   remove(guestPhysAddr: bigint): boolean {
+    checkU64('guestPhysAddr', guestPhysAddr);
     const i = this.#regions.findIndex((r) => r.guestPhysAddr === guestPhysAddr);
     if (i < 0) return false;
     this.#regions.splice(i, 1);
@@ -242,6 +247,7 @@ export class GuestMemoryMap {
 
   /** The region holding `gpa` and the offset into its mapping, or `undefined`. */
   find(gpa: bigint): { region: Readonly<Required<GuestRegion>>; offset: number } | undefined {
+    gpa = checkU64('gpa', gpa);
     for (const r of this.#regions) {
       if (gpa >= r.guestPhysAddr && gpa < r.guestPhysAddr + BigInt(r.size)) {
         return { region: r, offset: r.offset + Number(gpa - r.guestPhysAddr) };
@@ -272,6 +278,7 @@ export class GuestMemoryMap {
    * @throws `RangeError` `ERR_OUT_OF_RANGE` when any byte is outside guest memory
    */
   read(gpa: bigint, length: number): Uint8Array {
+    this.#walk(gpa, length, () => undefined); // check everything before allocating
     const out = new Uint8Array(length);
     this.#walk(gpa, length, (bytes, at, done, n) => out.set(bytes.subarray(at, at + n), done));
     return out;
@@ -282,6 +289,7 @@ export class GuestMemoryMap {
    * @throws `RangeError` `ERR_OUT_OF_RANGE` when any byte is outside guest memory
    */
   write(gpa: bigint, data: Uint8Array): void {
+    checkBytes('data', data);
     this.#walk(gpa, data.length, () => undefined); // check everything first
     this.#walk(gpa, data.length, (bytes, at, done, n) => bytes.set(data.subarray(done, done + n), at));
   }

@@ -6,7 +6,7 @@
 import { KvmClosedError } from '../abi/errors';
 import { offsetOf } from '../abi/codec';
 import { kvm_run } from '../abi/layouts';
-import { checkInt } from '../abi/validate';
+import { checkInt, checkU8, checkU64 } from '../abi/validate';
 import type { IoctlBackend } from '../backend/types';
 
 /** Offsets into `struct kvm_run` (x86_64), from the generated layout. */
@@ -112,6 +112,11 @@ export class KvmRunWrapper implements Disposable {
     }
   }
 
+  /** Whether `close()` was called. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
   #check(): void {
     if (this.#closed) throw new KvmClosedError('KvmRunWrapper');
   }
@@ -138,13 +143,13 @@ export class KvmRunWrapper implements Disposable {
     return this.asMutRef().getUint8(RUN.immediateExit);
   }
   set immediateExit(v: number) {
-    this.asMutRef().setUint8(RUN.immediateExit, v);
+    this.asMutRef().setUint8(RUN.immediateExit, checkU8('immediateExit', v));
   }
   get requestInterruptWindow(): number {
     return this.asMutRef().getUint8(RUN.requestInterruptWindow);
   }
   set requestInterruptWindow(v: number) {
-    this.asMutRef().setUint8(RUN.requestInterruptWindow, v);
+    this.asMutRef().setUint8(RUN.requestInterruptWindow, checkU8('requestInterruptWindow', v));
   }
   get exitReason(): number {
     return this.asMutRef().getUint32(RUN.exitReason, true);
@@ -162,7 +167,7 @@ export class KvmRunWrapper implements Disposable {
     return this.asMutRef().getBigUint64(RUN.cr8, true);
   }
   set cr8(v: bigint) {
-    this.asMutRef().setBigUint64(RUN.cr8, v, true);
+    this.asMutRef().setBigUint64(RUN.cr8, checkU64('cr8', v), true);
   }
   get apicBase(): bigint {
     return this.asMutRef().getBigUint64(RUN.apicBase, true);
@@ -171,19 +176,51 @@ export class KvmRunWrapper implements Disposable {
     return this.asMutRef().getBigUint64(RUN.kvmValidRegs, true);
   }
   set kvmValidRegs(v: bigint) {
-    this.asMutRef().setBigUint64(RUN.kvmValidRegs, v, true);
+    this.asMutRef().setBigUint64(RUN.kvmValidRegs, checkU64('kvmValidRegs', v), true);
   }
   get kvmDirtyRegs(): bigint {
     return this.asMutRef().getBigUint64(RUN.kvmDirtyRegs, true);
   }
   set kvmDirtyRegs(v: bigint) {
-    this.asMutRef().setBigUint64(RUN.kvmDirtyRegs, v, true);
+    this.asMutRef().setBigUint64(RUN.kvmDirtyRegs, checkU64('kvmDirtyRegs', v), true);
   }
 
-  /** Detaches the views and unmaps. Idempotent. */
+  #pins = 0;
+  #unmapPending = false;
+
+  /**
+   * @internal Keeps the mapping (and the views taken before) alive until the returned function is
+   * called, even across `close()`: a running `VcpuRun` kicks its worker by writing
+   * `immediate_exit` through this mapping, which must never be unmapped (and reused) under it.
+   */
+  pin(): () => void {
+    this.#check();
+    this.#pins++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      if (--this.#pins === 0 && this.#unmapPending) this.#unmap();
+    };
+  }
+
+  /**
+   * Detaches the views and unmaps. Idempotent. While a running vCPU's runtime pins the mapping,
+   * the object is closed at once (every member throws `ERR_KVM_CLOSED`) and the unmap waits for
+   * the run to end.
+   */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#pins > 0) {
+      this.#unmapPending = true;
+      return;
+    }
+    this.#unmap();
+  }
+
+  #unmap(): void {
+    this.#unmapPending = false;
     if (this.#buffer !== undefined) this.backend.detach(this.#buffer);
     this.#buffer = undefined;
     this.#view = undefined;

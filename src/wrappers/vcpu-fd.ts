@@ -218,6 +218,7 @@ export class VcpuFd extends FdOwner {
    *   (a `MemoryFault` exit is returned, not thrown)
    */
   run(): VcpuExit {
+    this.#run.asMutRef(); // ERR_KVM_CLOSED if the kvm_run mapping was closed on its own
     try {
       this.ioctl(ioctls.KVM_RUN);
     } catch (e) {
@@ -225,13 +226,14 @@ export class VcpuFd extends FdOwner {
         e instanceof KvmError &&
         (e.code === 'EFAULT' || e.code === 'EHWPOISON') &&
         !this.closed &&
+        !this.#run.closed &&
         this.#view.getUint32(RUN.exitReason, true) === kvm.KVM_EXIT_MEMORY_FAULT
       ) {
         return memoryFault(this.#view);
       }
       throw e;
     }
-    return decodeExit(this.#view, this.#bytes);
+    return decodeExit(this.#run.asMutRef(), this.#run.bytes);
   }
 
   /**
@@ -676,8 +678,9 @@ export class VcpuFd extends FdOwner {
       invalidValue('reg', 'must be a SyncReg (1, 2 or 4)', reg);
     }
     this.checkOpen();
-    const v = this.#view.getBigUint64(at, true);
-    this.#view.setBigUint64(at, set ? v | BigInt(reg) : v & ~BigInt(reg), true);
+    const view = this.#run.asMutRef();
+    const v = view.getBigUint64(at, true);
+    view.setBigUint64(at, set ? v | BigInt(reg) : v & ~BigInt(reg), true);
   }
 
   /**
@@ -726,7 +729,7 @@ export class VcpuFd extends FdOwner {
    */
   syncRegs(): KvmSyncRegs {
     this.checkOpen();
-    return decodeStruct<KvmSyncRegs>(kvm_sync_regs, this.#view, RUN.syncRegs);
+    return decodeStruct<KvmSyncRegs>(kvm_sync_regs, this.#run.asMutRef(), RUN.syncRegs);
   }
 
   /**
@@ -759,9 +762,9 @@ export class VcpuFd extends FdOwner {
     checkObject('regs', regs);
     this.checkOpen();
     // Encode into a copy first so a bad field leaves kvm_run untouched.
-    const copy = this.#bytes.slice(RUN.syncRegs, RUN.syncRegs + kvm_sync_regs.size);
+    const copy = this.#run.bytes.slice(RUN.syncRegs, RUN.syncRegs + kvm_sync_regs.size);
     encodeStruct(kvm_sync_regs, regs, dv(copy), 0, 'regs');
-    this.#bytes.set(copy, RUN.syncRegs);
+    this.#run.bytes.set(copy, RUN.syncRegs);
   }
 
   /**

@@ -61,6 +61,8 @@ export interface CoalescedAddress {
 
 interface SlotRecord {
   guestPhysAddr: bigint;
+  /** Bytes: the kernel's dirty bitmap for the slot covers this many (one bit per page). */
+  size: number;
   release: () => void;
 }
 
@@ -203,7 +205,7 @@ export class VmFd extends FdOwner {
     if (size > 0 && mem !== undefined) {
       const releaseMem = mem.retain(`VmFd slot ${slot}`);
       this.guestMemory.add({ guestPhysAddr: gpa, memory: mem, offset, size });
-      this.#slots.set(slot, { guestPhysAddr: gpa, release: releaseMem });
+      this.#slots.set(slot, { guestPhysAddr: gpa, size, release: releaseMem });
     }
   }
 
@@ -244,7 +246,8 @@ export class VmFd extends FdOwner {
 
   /**
    * `KVM_GET_DIRTY_LOG`: the dirty-page bitmap of a slot (bit n = page n written since the last
-   * call; reading clears it). One 64-bit word per 64 pages.
+   * call; reading clears it). One 64-bit word per 64 pages. When the slot is larger than
+   * `memorySize`, the bitmap covers the whole slot (the kernel always writes all of it).
    *
    * @example
    * ```ts
@@ -255,9 +258,14 @@ export class VmFd extends FdOwner {
    */
   getDirtyLog(slot: number, memorySize: number): BigUint64Array {
     checkU32('slot', slot);
-    checkInt('memorySize', memorySize, 0, Number.MAX_SAFE_INTEGER);
+    // 2^52: the widest guest-physical address space (and a bitmap that can still be allocated).
+    checkInt('memorySize', memorySize, 0, 2 ** 52);
     const pages = Math.ceil(memorySize / this.backend.pageSize);
-    const bitmap = new BigUint64Array(Math.max(1, Math.ceil(pages / 64)));
+    // The kernel writes a bitmap as large as the slot it knows, whatever memorySize says: never
+    // hand it a smaller buffer (it would write past its end into the JavaScript heap).
+    const known = this.#slots.get(slot);
+    const slotWords = known === undefined ? 0 : Math.ceil(Math.ceil(known.size / this.backend.pageSize) / 64);
+    const bitmap = new BigUint64Array(Math.max(1, Math.ceil(pages / 64), slotWords));
     const arg = structBytes(kvm_dirty_log, { slot, dirtyBitmap: this.backend.addressOf(bitmap) });
     this.ioctl(ioctls.KVM_GET_DIRTY_LOG, arg);
     return Math.ceil(pages / 64) === 0 ? new BigUint64Array(0) : bitmap;
