@@ -11,6 +11,7 @@ import { inRanges } from '../../src/devices/port-device';
 import type { DeviceStage, PortDevice } from '../../src/devices/port-device';
 import type { VcpuExit } from '../../src/wrappers/vcpu-exit';
 import { ioIn, ioOut } from '../helpers/exits';
+import { count } from '../helpers/stress';
 
 const PORTS_OF_INTEREST = [0x3f8, 0x3ff, 0x60, 0x64, 0x70, 0x71, 0xcf8, 0xcfc, 0x80, 0x402];
 
@@ -119,7 +120,7 @@ describe('legacyPc fuzz', () => {
         // The IRQ line only reports changes.
         a.irqs.forEach((l, i) => expect(l).toBe(i % 2 === 0));
       }),
-      { numRuns: 300 },
+      { numRuns: count(300, 5000) },
     );
   });
 
@@ -143,7 +144,7 @@ describe('legacyPc fuzz', () => {
           }
         },
       ),
-      { numRuns: 300 },
+      { numRuns: count(300, 5000) },
     );
   });
 

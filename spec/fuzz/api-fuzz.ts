@@ -33,7 +33,7 @@
  * addresses (`Kvm.fromRawFd`, `new Kvm(opts, fd)`, `createVmfdFromRawfd`, `createVcpuFromRawfd`,
  * `VmFd.borrow`, `borrowVcpu`, `VcpuFd.borrowed`, `GuestMemory.borrow`, `KvmRunWrapper.mmapFromFd`,
  * the `VmFd`/`VcpuFd`/`DeviceFd`/`GuestMemfd` constructors) and the TypeScript-`protected`/
- * `@internal` members (`ioctl`, `onClosed`, `adopt`, `setOwner`, `attachRun`, `whenEnded`, `kick`, `GuestMemory#retain`).
+ * `@internal` members (`ioctl`, `onClosed`, `adopt`, `setOwner`, `attachRun`, `whenEnded`, `kick`, `GuestMemory#retain`, `KvmRunWrapper#pin`).
  *
  * Output: one line `FUZZ_RESULT <json>` on stdout.
  *
@@ -67,7 +67,7 @@ type Ctor = new (...a: unknown[]) => unknown;
 
 /** Members that adopt raw fds/addresses or are internal hooks: the unsafe seam, not fuzzed. */
 const UNSAFE_MEMBERS = new Set([
-  'ioctl', 'onClosed', 'adopt', 'borrow', 'setOwner', 'attachRun', 'whenEnded', 'kick', 'retain',
+  'ioctl', 'onClosed', 'adopt', 'borrow', 'setOwner', 'attachRun', 'whenEnded', 'kick', 'retain', 'pin',
   'createVmfdFromRawfd', 'createVcpuFromRawfd', 'borrowVcpu',
 ]);
 const UNSAFE_STATICS = new Set(['Kvm.fromRawFd', 'VmFd.borrow', 'VcpuFd.borrowed', 'GuestMemory.borrow', 'KvmRunWrapper.mmapFromFd']);

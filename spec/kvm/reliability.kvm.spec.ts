@@ -205,6 +205,32 @@ describeKvm('reliability: guest faults and hostile guests', () => {
     expectCode(() => vcpu.run(), 'KvmClosedError', 'ERR_KVM_CLOSED');
   });
 
+  it('a VcpuRun after its end and a VcpuRuntime after close: no-ops or ERR_KVM_CLOSED, never the buffer of another run', async () => {
+    const vcpu = realMode(vm, mem, OUT_HLT);
+    const run = runtime.start(vcpu, { pipeline: PIPELINE, pipelineOptions: { mode: 'flood' } });
+    const outcome = await run.done;
+    expect(outcome).toEqual({ reason: 'completed', exits: 2, lastExit: 'Hlt' });
+    // the next run reuses the ended run's SharedArrayBuffer: the old handle must not reach it
+    const v2 = realMode(vm, mem, SPIN, 1);
+    const run2 = runtime.start(v2);
+    while (!run2.running) await new Promise((r) => setTimeout(r, 2));
+    expect(await run.stop()).toEqual(outcome); // no stop flag written into run2's buffer
+    run.kick();
+    expect([run.running, run.exitCount]).toEqual([false, 2]);
+    const completed = await new Promise<boolean>((resolve) => run.monitor$.subscribe({ complete: () => resolve(true) }));
+    expect(completed).toBe(true);
+    expect(await run.next()).toEqual({ value: undefined, done: true });
+    await new Promise((r) => setTimeout(r, 30));
+    expect(run2.running).toBe(true); // untouched by the old handle
+    expect((await run2.stop())?.reason).toBe('stopped');
+
+    const rt = new VcpuRuntime({ maxVcpus: 1 });
+    await rt.close();
+    await rt.close(); // idempotent
+    expectCode(() => rt.start(vcpu), 'Error', 'ERR_KVM_CLOSED');
+    expectCode(() => rt.start(undefined as never), 'TypeError', 'ERR_INVALID_ARG_TYPE');
+  });
+
   it('getDirtyLog never hands the kernel a bitmap smaller than the slot', () => {
     const big = GuestMemory.anonymous(64 << 20);
     try {

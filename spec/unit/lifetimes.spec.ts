@@ -344,6 +344,53 @@ describe.each(contractBackends())('lifetimes and use-after-close: %s', (name, ma
     }
   });
 
+  it('every method of a closed EventFd, DeviceFd and GuestMemfd throws ERR_KVM_CLOSED; a pending readAsync rejects', async () => {
+    const EventFd = lib('EventFd') as unknown as new (o: object) => { close(): void; readAsync(): Promise<bigint> };
+    const twinEfd = ctx().own(new EventFd({ backend }));
+    const efd = new EventFd({ backend });
+    const pending = efd.readAsync();
+    efd.close();
+    await expect(pending).rejects.toMatchObject({ code: 'ERR_KVM_CLOSED' });
+    const failures = await useAfterClose(efd, twinEfd, ctx());
+
+    // DeviceFd: a VFIO device where the kernel has one (the mock too); closed with its VM.
+    const twinVm = kvm.createVm();
+    const twinDev = (() => {
+      try {
+        return twinVm.createDevice({ type: 4 /* KVM_DEV_TYPE_VFIO */ });
+      } catch {
+        return undefined;
+      }
+    })();
+    if (twinDev) {
+      const vm = kvm.createVm();
+      const dev = vm.createDevice({ type: 4 })!;
+      const devFd = dev.asRawFd();
+      vm.close();
+      expect(dev.closed).toBe(true);
+      expect(fdOpen(backend, devFd)).toBe(false);
+      failures.push(...(await useAfterClose(dev, twinDev, ctx())));
+    }
+
+    // GuestMemfd: needs a VM type with private memory (KVM_X86_SW_PROTECTED_VM = 1) where supported.
+    const gmem = (vmType: number) => {
+      try {
+        return kvm.createVmWithType(vmType).createGuestMemfd({ size: 0x10000n });
+      } catch {
+        return undefined;
+      }
+    };
+    const twinGmem = gmem(1) ?? gmem(0);
+    const g = gmem(1) ?? gmem(0);
+    if (twinGmem && g) {
+      g.close();
+      failures.push(...(await useAfterClose(g, twinGmem, ctx())));
+    }
+    expect(failures).toEqual([]);
+    // eslint-disable-next-line no-console
+    if (!twinDev || !twinGmem) console.warn(`${name}: ${!twinDev ? 'no VFIO device' : ''} ${!twinGmem ? 'no guest_memfd' : ''} on this backend`);
+  });
+
   it('a KvmRunWrapper closed on its own throws ERR_KVM_CLOSED too', async () => {
     const vcpu = kvm.createVm().createVcpu(0);
     const twin = kvm.createVm().createVcpu(0).getKvmRun();

@@ -91,6 +91,13 @@ export class VcpuRun implements AsyncDisposable {
   #ended = false;
   #failure: Error | undefined;
   #stopping = false;
+  /**
+   * Set when the run has ended: the SharedArrayBuffer goes back to the runtime's pool for the next
+   * run, so this handle must never touch it again (a late stop() or monitor$ unsubscribe would
+   * reach another vCPU's run).
+   */
+  #released = false;
+  #finalExits = 0;
 
   readonly #releaseMemory: () => void;
   /** This thread's kvm_run mapping: the VcpuFd keeps it mapped until the run ends, for kicks. */
@@ -140,10 +147,14 @@ export class VcpuRun implements AsyncDisposable {
       };
     });
     this.monitor$ = new Observable<ExitRecord>((sub) => {
+      if (this.#released) {
+        sub.complete();
+        return undefined;
+      }
       Atomics.add(this.#ctrl, W.monitor, 1);
       const s = this.#monitor.subscribe(sub);
       return () => {
-        Atomics.sub(this.#ctrl, W.monitor, 1);
+        if (!this.#released) Atomics.sub(this.#ctrl, W.monitor, 1);
         s.unsubscribe();
       };
     }).pipe(share());
@@ -221,6 +232,8 @@ export class VcpuRun implements AsyncDisposable {
     }
     this.#ended = true;
     this.#runView.setUint8(RUN.immediateExit, 0);
+    this.#finalExits = Atomics.load(this.#ctrl, W.exits);
+    this.#released = true;
     this.#unpinRun();
     this.vcpu.setOwner(undefined);
     this.vcpu.attachRun(undefined);
@@ -248,12 +261,12 @@ export class VcpuRun implements AsyncDisposable {
 
   /** Whether the worker has started running the vCPU and not ended. */
   get running(): boolean {
-    return Atomics.load(this.#ctrl, W.state) === State.running;
+    return !this.#released && Atomics.load(this.#ctrl, W.state) === State.running;
   }
 
   /** Exits taken so far (counted by the worker). */
   get exitCount(): number {
-    return Atomics.load(this.#ctrl, W.exits);
+    return this.#released ? this.#finalExits : Atomics.load(this.#ctrl, W.exits);
   }
 
   async #bridge(): Promise<void> {
@@ -410,7 +423,7 @@ export class VcpuRun implements AsyncDisposable {
    * outcome's error, if any, stays on `done`).
    */
   async stop(): Promise<RunOutcome | undefined> {
-    if (!this.#stopping) {
+    if (!this.#stopping && !this.#released) {
       this.#stopping = true;
       Atomics.store(this.#ctrl, W.stop, 1);
       Atomics.notify(this.#ctrl, W.mailbox);
@@ -451,8 +464,8 @@ export class VcpuRun implements AsyncDisposable {
    * is running or about to enter.
    */
   kick(): void {
+    if (this.#ended || this.#released) return;
     Atomics.store(this.#ctrl, W.stop, 1);
-    if (this.#ended) return;
     const thread = this.#tid[THREAD_SLOT]!;
     if (thread !== 0n && Atomics.load(this.#ctrl, W.state) === State.running) this.#backend.kick(thread, this.#runAddress);
     else this.#runView.setUint8(RUN.immediateExit, 1);

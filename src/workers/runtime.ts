@@ -94,6 +94,12 @@ export class VcpuRuntime implements AsyncDisposable {
   readonly maxVcpus: number;
   readonly #pool: Piscina;
   readonly #runs = new Set<VcpuRun>();
+  /**
+   * SharedArrayBuffers of ended runs, reused by the next ones. A fresh one per run would be freed
+   * only when the worker thread's isolate collects its garbage, which a vCPU thread seldom does:
+   * 74 KB per run piled up (measured: +147 KB per cycle of 2 runs, linear over 4,000 cycles).
+   */
+  readonly #freeSabs: SharedArrayBuffer[] = [];
   #closed = false;
   readonly #onExit = () => {
     for (const r of this.#runs) r.kick();
@@ -150,7 +156,9 @@ export class VcpuRuntime implements AsyncDisposable {
     if (!['main', 'error', 'ignore'].includes(unhandled)) invalidValue('options.unhandled', "must be 'main', 'error' or 'ignore'", unhandled);
     const pinCpu = options.pinCpu === undefined ? undefined : checkInt('options.pinCpu', options.pinCpu, 0, 1023);
     const vm = vcpu.vm;
-    const sab = new SharedArrayBuffer(SAB_BYTES);
+    const reused = this.#freeSabs.pop();
+    if (reused !== undefined) new Uint8Array(reused).fill(0);
+    const sab = reused ?? new SharedArrayBuffer(SAB_BYTES);
     const { port1, port2 } = new MessageChannel();
     const task: VcpuTask = {
       sab,
@@ -186,7 +194,11 @@ export class VcpuRuntime implements AsyncDisposable {
     }
     const run = new VcpuRun(vcpu, sab, port1, result, options.signal, releaseMemory);
     this.#runs.add(run);
-    const release = () => this.#runs.delete(run);
+    const release = () => {
+      this.#runs.delete(run);
+      // The worker has ended and the run no longer touches the buffer (see VcpuRun#released).
+      if (this.#freeSabs.length < this.maxVcpus) this.#freeSabs.push(sab);
+    };
     run.done.then(release, release);
     return run;
   }
