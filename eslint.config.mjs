@@ -52,7 +52,10 @@ export default tseslint.config(
       '@typescript-eslint/no-unnecessary-type-assertion': 'warn',
       // Handlers may return nothing, a value, a Promise or an Observable: `void | Promise<R> | …`
       // is the honest type of such a callback.
-      '@typescript-eslint/no-invalid-void-type': ['error', { allowInGenericTypeArguments: true, allowAsThisParameter: true }],
+      '@typescript-eslint/no-invalid-void-type': [
+        'error',
+        { allowInGenericTypeArguments: true, allowAsThisParameter: true },
+      ],
       'no-console': 'error',
     },
   },

@@ -12,23 +12,23 @@
  *
  * See docs/performance.md for the method and a recorded run.
  */
-import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { cpus, loadavg, tmpdir } from "node:os";
-import { extname, join } from "node:path";
-import { Worker } from "node:worker_threads";
-import { offsetOf } from "../src/abi/codec";
-import { ioctls } from "../src/abi/kvm-constants";
-import { kvm_run } from "../src/abi/layouts";
-import { nativeBackend } from "../src/backend/native";
-import { runInThread } from "../src/observables/run-in-thread";
-import type { VcpuRun } from "../src/observables/vcpu-run";
-import { VcpuRuntime } from "../src/workers/runtime";
-import { GuestMemory } from "../src/wrappers/guest-memory";
-import { Kvm } from "../src/wrappers/kvm";
-import type { VcpuFd } from "../src/wrappers/vcpu-fd";
-import type { VmFd } from "../src/wrappers/vm-fd";
-import ioPipeline, { ioHandlers, ioState } from "./pipelines/io";
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { extname, join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { offsetOf } from '../src/abi/codec';
+import { ioctls } from '../src/abi/kvm-constants';
+import { kvm_run } from '../src/abi/layouts';
+import { nativeBackend } from '../src/backend/native';
+import { runInThread } from '../src/observables/run-in-thread';
+import type { VcpuRun } from '../src/observables/vcpu-run';
+import { VcpuRuntime } from '../src/workers/runtime';
+import { GuestMemory } from '../src/wrappers/guest-memory';
+import { Kvm } from '../src/wrappers/kvm';
+import type { VcpuFd } from '../src/wrappers/vcpu-fd';
+import type { VmFd } from '../src/wrappers/vm-fd';
+import ioPipeline, { ioHandlers, ioState } from './pipelines/io';
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -58,26 +58,25 @@ function parseArgs(argv: string[]): Options {
     coldCycles: 100,
   };
   for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
+    const a = argv[i];
     const num = () => {
       const v = Number(argv[++i]);
-      if (!Number.isInteger(v) || v < 0)
-        throw new Error(`${a} needs a non-negative integer`);
+      if (!Number.isInteger(v) || v < 0) throw new Error(`${a} needs a non-negative integer`);
       return v;
     };
-    if (a === "--json") o.json = true;
-    else if (a === "--reps") o.reps = Math.max(1, num());
-    else if (a === "--exits") o.exits = Math.max(100, num());
-    else if (a === "--warmup") o.warmup = Math.max(1, num());
-    else if (a === "--cpu") o.cpu = num();
-    else if (a === "--cpu2") o.cpu2 = num();
-    else if (a === "--kicks") o.kicks = Math.max(1, num());
-    else if (a === "--cold-cycles") o.coldCycles = Math.max(1, num());
-    else if (a === "--only") o.only = new Set(argv[++i]!.split(","));
-    else if (a === "--save") o.save = argv[++i]!;
-    else if (a === "--help" || a === "-h") {
+    if (a === '--json') o.json = true;
+    else if (a === '--reps') o.reps = Math.max(1, num());
+    else if (a === '--exits') o.exits = Math.max(100, num());
+    else if (a === '--warmup') o.warmup = Math.max(1, num());
+    else if (a === '--cpu') o.cpu = num();
+    else if (a === '--cpu2') o.cpu2 = num();
+    else if (a === '--kicks') o.kicks = Math.max(1, num());
+    else if (a === '--cold-cycles') o.coldCycles = Math.max(1, num());
+    else if (a === '--only') o.only = new Set(argv[++i].split(','));
+    else if (a === '--save') o.save = argv[++i]!;
+    else if (a === '--help' || a === '-h') {
       process.stdout.write(
-        "npm run bench -- [--json] [--reps 5] [--exits 100000] [--warmup 5000] [--cpu 1] [--cpu2 0] [--kicks 50] [--cold-cycles 100] [--only 2,3,4a,...] [--save results.json]\n",
+        'npm run bench -- [--json] [--reps 5] [--exits 100000] [--warmup 5000] [--cpu 1] [--cpu2 0] [--kicks 50] [--cold-cycles 100] [--only 2,3,4a,...] [--save results.json]\n',
       );
       process.exit(0);
     } else throw new Error(`unknown option ${a}`);
@@ -105,12 +104,7 @@ const EXITS_PER_ITER: Record<Body, number> = { out: 1, in: 1, inout: 2 };
  */
 function loopGuest(body: Body, warmIters: number, iters: number): Uint8Array {
   const out: number[] = [];
-  const u32 = (v: number) => [
-    v & 0xff,
-    (v >>> 8) & 0xff,
-    (v >>> 16) & 0xff,
-    (v >>> 24) & 0xff,
-  ];
+  const u32 = (v: number) => [v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, (v >>> 24) & 0xff];
   const loop = (n: number) => {
     out.push(0x66, 0xb9, ...u32(n));
     const top = out.length;
@@ -124,7 +118,7 @@ function loopGuest(body: Body, warmIters: number, iters: number): Uint8Array {
   return Uint8Array.from(out);
 }
 
-const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
+const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
 
 /** A fresh VM with one page of memory at GPA 0 holding `code`, and vCPU 0 in real mode at 0. */
 class Guest {
@@ -159,27 +153,23 @@ class Guest {
 // ---------------------------------------------------------------------------------------------
 // The C baseline
 
-let cBinary = "";
+let cBinary = '';
 
 function buildC(): string {
-  const dir = mkdtempSync(join(tmpdir(), "kvm-rx-bench-"));
-  const bin = join(dir, "kvm-bench");
-  const src = join(__dirname, "c", "kvm-bench.c");
-  const r = spawnSync("gcc", ["-O2", "-Wall", "-o", bin, src, "-lpthread"], {
-    encoding: "utf8",
+  const dir = mkdtempSync(join(tmpdir(), 'kvm-rx-bench-'));
+  const bin = join(dir, 'kvm-bench');
+  const src = join(__dirname, 'c', 'kvm-bench.c');
+  const r = spawnSync('gcc', ['-O2', '-Wall', '-o', bin, src, '-lpthread'], {
+    encoding: 'utf8',
   });
-  if (r.error || r.status !== 0)
-    throw new Error(`gcc failed: ${r.error?.message ?? r.stderr}`);
-  process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+  if (r.error || r.status !== 0) throw new Error(`gcc failed: ${r.error?.message ?? r.stderr}`);
+  process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
   return bin;
 }
 
 function runC(args: string[]): { ns: number | number[]; exits?: number } {
-  const r = spawnSync(cBinary, args, { encoding: "utf8", timeout: 120_000 });
-  if (r.error || r.status !== 0)
-    throw new Error(
-      `kvm-bench ${args[0]} failed: ${r.error?.message ?? r.stderr}`,
-    );
+  const r = spawnSync(cBinary, args, { encoding: 'utf8', timeout: 120_000 });
+  if (r.error || r.status !== 0) throw new Error(`kvm-bench ${args[0]} failed: ${r.error?.message ?? r.stderr}`);
   return JSON.parse(r.stdout) as { ns: number | number[]; exits?: number };
 }
 
@@ -191,11 +181,11 @@ const now = () => process.hrtime.bigint();
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
 const quantile = (xs: number[], q: number) => {
   const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
 };
 
 interface Measured {
@@ -210,7 +200,7 @@ interface CaseDef {
   title: string;
   /** Where the threads run, for the table. */
   placement: string;
-  unit: "µs/exit" | "µs/cycle" | "µs/kick";
+  unit: 'µs/exit' | 'µs/cycle' | 'µs/kick';
   /** Target: ratio to C (`ratio`) or absolute µs (`abs`). */
   target?: { ratio?: number; abs?: number };
   /** The C run of this repetition (null: no C baseline). */
@@ -234,14 +224,13 @@ function iterations(body: Body, o: Options) {
 function cLoop(body: Body, cpu: number) {
   return (o: Options): Measured => {
     const { iters, warm, measured } = iterations(body, o);
-    const r = runC(["loop", hex(loopGuest(body, warm, iters)), String(cpu)]);
+    const r = runC(['loop', hex(loopGuest(body, warm, iters)), String(cpu)]);
     return { value: (r.ns as number) / 1000 / measured };
   };
 }
 
 function checkExits(what: string, got: number, want: number) {
-  if (got !== want)
-    throw new Error(`${what}: the guest took ${got} exits, expected ${want}`);
+  if (got !== want) throw new Error(`${what}: the guest took ${got} exits, expected ${want}`);
 }
 
 /** Main-thread handling on `run.exits$`, through the same operators as the worker pipeline. */
@@ -264,27 +253,25 @@ async function mainThreadObservable(
     if (plain) {
       // the same handling in one plain subscriber, without the operators
       run.exits$.subscribe((e) => {
-        if (e.kind === "IoOut" && e.port === 0x10) s.sum += e.data[0]!;
-        else if (e.kind === "IoIn" && e.port === 0x11)
-          e.data[0] = s.counter++ & 0xff;
-        else if (e.kind === "IoIn" && e.port === 0x12) {
+        if (e.kind === 'IoOut' && e.port === 0x10) s.sum += e.data[0];
+        else if (e.kind === 'IoIn' && e.port === 0x11) e.data[0] = s.counter++ & 0xff;
+        else if (e.kind === 'IoIn' && e.port === 0x12) {
           s.t0 = now();
           e.data[0] = 0;
-        } else if (e.kind === "IoIn" && e.port === 0x13) {
+        } else if (e.kind === 'IoIn' && e.port === 0x13) {
           s.t1 = now();
           e.data[0] = 0;
-        }
-        else if (e.kind === "Hlt") void run.stop();
+        } else if (e.kind === 'Hlt') void run.stop();
         else throw new Error(`unexpected ${e.kind}`);
       });
     } else {
       run.exits$.pipe(ioHandlers(s)).subscribe((e) => {
-        if (e.kind === "Hlt") void run.stop();
+        if (e.kind === 'Hlt') void run.stop();
         else throw new Error(`unexpected ${e.kind}`);
       });
     }
     const outcome = await run.done;
-    checkExits("exits$", outcome.exits, total);
+    checkExits('exits$', outcome.exits, total);
     return { value: Number(s.t1 - s.t0) / 1000 / measured };
   } finally {
     g.close();
@@ -292,39 +279,33 @@ async function mainThreadObservable(
 }
 
 /** Pull mode: `for await (const exit of run)`. */
-async function pullMode(
-  body: Body,
-  o: Options,
-  runtime: VcpuRuntime,
-  pinCpu: number,
-): Promise<Measured> {
+async function pullMode(body: Body, o: Options, runtime: VcpuRuntime, pinCpu: number): Promise<Measured> {
   const { iters, warm, measured, total } = iterations(body, o);
   const g = new Guest(loopGuest(body, warm, iters));
   try {
     const run: VcpuRun = runtime.start(g.vcpu, {
       pinCpu,
-      ...(body === "out" ? { posted: [{ port: 0x10 }] } : {}),
+      ...(body === 'out' ? { posted: [{ port: 0x10 }] } : {}),
     });
     let t0 = 0n;
     let t1 = 0n;
     let sum = 0;
     let counter = 0;
     for await (const e of run) {
-      if (e.kind === "IoOut" && e.port === 0x10) sum += e.data[0]!;
-      else if (e.kind === "IoIn" && e.port === 0x11)
-        e.data[0] = counter++ & 0xff;
-      else if (e.kind === "IoIn" && e.port === 0x12) {
+      if (e.kind === 'IoOut' && e.port === 0x10) sum += e.data[0];
+      else if (e.kind === 'IoIn' && e.port === 0x11) e.data[0] = counter++ & 0xff;
+      else if (e.kind === 'IoIn' && e.port === 0x12) {
         t0 = now();
         e.data[0] = 0;
-      } else if (e.kind === "IoIn" && e.port === 0x13) {
+      } else if (e.kind === 'IoIn' && e.port === 0x13) {
         t1 = now();
         e.data[0] = 0;
-      } else if (e.kind === "Hlt") break;
+      } else if (e.kind === 'Hlt') break;
       else throw new Error(`unexpected ${e.kind}`);
     }
     if (sum < 0) throw new Error('unreachable'); // keeps the sum of the data alive
     const outcome = await run.done;
-    checkExits("pull", outcome.exits, total);
+    checkExits('pull', outcome.exits, total);
     return { value: Number(t1 - t0) / 1000 / measured };
   } finally {
     g.close();
@@ -364,19 +345,19 @@ function kickWorker(o: Options, workerCpu: number): Promise<Measured> {
     {
       eval: true,
       workerData: {
-        root: join(__dirname, ".."),
+        root: join(__dirname, '..'),
         sab,
         cpu: workerCpu,
         fd: g.vcpu.asRawFd(),
         runAddress: run.address,
         runSize: run.size,
         KVM_RUN: ioctls.KVM_RUN,
-        ie: offsetOf(kvm_run, "immediate_exit"),
+        ie: offsetOf(kvm_run, 'immediate_exit'),
         rounds: o.kicks,
       },
     },
   );
-  const failed = new Promise<never>((_, reject) => worker.on("error", reject));
+  const failed = new Promise<never>((_, reject) => worker.on('error', reject));
   const work = (async (): Promise<Measured> => {
     const samples: number[] = [];
     const sleeper = new Int32Array(new SharedArrayBuffer(4));
@@ -387,9 +368,9 @@ function kickWorker(o: Options, workerCpu: number): Promise<Measured> {
       }
       Atomics.wait(sleeper, 0, 0, 2); // the worker enters the guest
       const t0 = now();
-      addon().kick(stamp[0]!, run.address);
+      addon().kick(stamp[0], run.address);
       while (Atomics.load(ctl, 1) !== i) Atomics.wait(ctl, 1, i - 1, 1000);
-      samples.push(Number(stamp[1]! - t0) / 1000);
+      samples.push(Number(stamp[1] - t0) / 1000);
     }
     return { value: median(samples), samples };
   })();
@@ -420,7 +401,7 @@ function handoffFloor(o: Options, workerCpu: number): Promise<Measured> {
     `,
     {
       eval: true,
-      workerData: { root: join(__dirname, ".."), sab, cpu: workerCpu, rounds },
+      workerData: { root: join(__dirname, '..'), sab, cpu: workerCpu, rounds },
     },
   );
   return (async () => {
@@ -436,8 +417,7 @@ function handoffFloor(o: Options, workerCpu: number): Promise<Measured> {
       Atomics.store(ctl, 1, 0);
       Atomics.notify(ctl, 1);
     }
-    const value =
-      Number(now() - t0) / 1000 / (rounds - Math.floor(rounds / 10));
+    const value = Number(now() - t0) / 1000 / (rounds - Math.floor(rounds / 10));
     await worker.terminate();
     return { value };
   })();
@@ -445,9 +425,7 @@ function handoffFloor(o: Options, workerCpu: number): Promise<Measured> {
 
 function cKick(cpu: number, cpu2: number) {
   return (o: Options): Measured => {
-    const samples = (
-      runC(["kick", String(o.kicks), String(cpu), String(cpu2)]).ns as number[]
-    ).map((n) => n / 1000);
+    const samples = (runC(['kick', String(o.kicks), String(cpu), String(cpu2)]).ns as number[]).map((n) => n / 1000);
     return { value: median(samples), samples };
   };
 }
@@ -459,22 +437,17 @@ function defineCases(o: Options): CaseDef[] {
   const split = `vCPU ${B} / main ${A}`;
   return [
     {
-      id: "2",
-      title:
-        "worker pipeline: onIoOut + onIoIn in the vCPU thread (OUT+IN guest)",
+      id: '2',
+      title: 'worker pipeline: onIoOut + onIoIn in the vCPU thread (OUT+IN guest)',
       placement: one,
-      unit: "µs/exit",
+      unit: 'µs/exit',
       target: { ratio: 1.1 },
-      c: cLoop("inout", A),
+      c: cLoop('inout', A),
       ts: async (opts, runtime) => {
-        const { iters, warm, measured, total } = iterations("inout", opts);
-        const g = new Guest(loopGuest("inout", warm, iters));
+        const { iters, warm, measured, total } = iterations('inout', opts);
+        const g = new Guest(loopGuest('inout', warm, iters));
         try {
-          const pipeline = join(
-            __dirname,
-            "pipelines",
-            `io${extname(__filename)}`,
-          );
+          const pipeline = join(__dirname, 'pipelines', `io${extname(__filename)}`);
           const result = new SharedArrayBuffer(8);
           const run = runtime.start(g.vcpu, {
             pipeline,
@@ -482,29 +455,28 @@ function defineCases(o: Options): CaseDef[] {
             pinCpu: A,
           });
           const outcome = await run.done;
-          checkExits("worker pipeline", outcome.exits, total);
-          return { value: new Float64Array(result)[0]! / 1000 / measured };
+          checkExits('worker pipeline', outcome.exits, total);
+          return { value: new Float64Array(result)[0] / 1000 / measured };
         } finally {
           g.close();
         }
       },
     },
     {
-      id: "2t",
-      title:
-        "same pipeline, runInThread() on the main thread (no worker; reference)",
+      id: '2t',
+      title: 'same pipeline, runInThread() on the main thread (no worker; reference)',
       placement: one,
-      unit: "µs/exit",
-      c: cLoop("inout", A),
+      unit: 'µs/exit',
+      c: cLoop('inout', A),
       ts: async (opts) => {
-        const { iters, warm, measured, total } = iterations("inout", opts);
-        const g = new Guest(loopGuest("inout", warm, iters));
+        const { iters, warm, measured, total } = iterations('inout', opts);
+        const g = new Guest(loopGuest('inout', warm, iters));
         try {
           let ns = NaN;
           const outcome = await runInThread(g.vcpu, ioPipeline, {
             onEmit: (_c, d) => (ns = d as number),
           });
-          checkExits("runInThread", outcome.exits, total);
+          checkExits('runInThread', outcome.exits, total);
           return { value: ns / 1000 / measured };
         } finally {
           g.close();
@@ -512,83 +484,71 @@ function defineCases(o: Options): CaseDef[] {
       },
     },
     {
-      id: "3",
-      title:
-        "native fast path: posted OUT port, runFast in the worker, main drains the ring (OUT guest)",
+      id: '3',
+      title: 'native fast path: posted OUT port, runFast in the worker, main drains the ring (OUT guest)',
       placement: split,
-      unit: "µs/exit",
+      unit: 'µs/exit',
       target: { ratio: 1.03 },
-      c: cLoop("out", B),
-      ts: (opts, runtime) =>
-        mainThreadObservable("out", opts, runtime, true, B),
+      c: cLoop('out', B),
+      ts: (opts, runtime) => mainThreadObservable('out', opts, runtime, true, B),
     },
     {
-      id: "4a",
-      title: "main thread exits$ (operators), IN answered on main (IN guest)",
+      id: '4a',
+      title: 'main thread exits$ (operators), IN answered on main (IN guest)',
       placement: one,
-      unit: "µs/exit",
+      unit: 'µs/exit',
       target: { ratio: 2.2 },
-      c: cLoop("in", A),
-      ts: (opts, runtime) =>
-        mainThreadObservable("in", opts, runtime, false, A),
+      c: cLoop('in', A),
+      ts: (opts, runtime) => mainThreadObservable('in', opts, runtime, false, A),
     },
     {
-      id: "4p",
-      title: "as 4a, one plain exits$ subscriber instead of the operators",
+      id: '4p',
+      title: 'as 4a, one plain exits$ subscriber instead of the operators',
       placement: one,
-      unit: "µs/exit",
-      c: cLoop("in", A),
-      ts: (opts, runtime) =>
-        mainThreadObservable("in", opts, runtime, false, A, true),
+      unit: 'µs/exit',
+      c: cLoop('in', A),
+      ts: (opts, runtime) => mainThreadObservable('in', opts, runtime, false, A, true),
     },
     {
-      id: "4b",
-      title:
-        "main thread exits$, posted OUT writes (runFast + ring, OUT guest)",
+      id: '4b',
+      title: 'main thread exits$, posted OUT writes (runFast + ring, OUT guest)',
       placement: one,
-      unit: "µs/exit",
+      unit: 'µs/exit',
       target: { ratio: 1.3 },
-      c: cLoop("out", A),
-      ts: (opts, runtime) =>
-        mainThreadObservable("out", opts, runtime, true, A),
+      c: cLoop('out', A),
+      ts: (opts, runtime) => mainThreadObservable('out', opts, runtime, true, A),
     },
     {
-      id: "5a",
-      title:
-        "pull mode: for await / run.next(), IN answered on main (IN guest)",
+      id: '5a',
+      title: 'pull mode: for await / run.next(), IN answered on main (IN guest)',
       placement: one,
-      unit: "µs/exit",
-      c: cLoop("in", A),
-      ts: (opts, runtime) => pullMode("in", opts, runtime, A),
+      unit: 'µs/exit',
+      c: cLoop('in', A),
+      ts: (opts, runtime) => pullMode('in', opts, runtime, A),
     },
     {
-      id: "5b",
-      title: "pull mode: for await / run.next(), posted OUT writes (OUT guest)",
+      id: '5b',
+      title: 'pull mode: for await / run.next(), posted OUT writes (OUT guest)',
       placement: one,
-      unit: "µs/exit",
-      c: cLoop("out", A),
-      ts: (opts, runtime) => pullMode("out", opts, runtime, A),
+      unit: 'µs/exit',
+      c: cLoop('out', A),
+      ts: (opts, runtime) => pullMode('out', opts, runtime, A),
     },
     {
-      id: "4h",
-      title:
-        "reference: Node worker -> main (waitAsync) -> worker round trip, no KVM",
+      id: '4h',
+      title: 'reference: Node worker -> main (waitAsync) -> worker round trip, no KVM',
       placement: one,
-      unit: "µs/exit",
+      unit: 'µs/exit',
       c: null,
       ts: (opts) => handoffFloor(opts, A),
     },
     {
-      id: "6a",
-      title:
-        "cold start: VM + memory + vCPU + run to Hlt + destroy (sync wrappers)",
+      id: '6a',
+      title: 'cold start: VM + memory + vCPU + run to Hlt + destroy (sync wrappers)',
       placement: one,
-      unit: "µs/cycle",
+      unit: 'µs/cycle',
       c: (opts) => ({
-        value:
-          (runC(["cold", String(opts.coldCycles), String(A)]).ns as number) /
-          1000 /
-          opts.coldCycles,
+        value: (runC(['cold', String(opts.coldCycles), String(A)]).ns as number) / 1000 / opts.coldCycles,
       }),
       ts: (opts) => {
         const kvm = new Kvm();
@@ -597,8 +557,7 @@ function defineCases(o: Options): CaseDef[] {
           for (let i = 0; i < opts.coldCycles; i++) {
             const g = new Guest(Uint8Array.of(0xf4), kvm);
             const exit = g.vcpu.run();
-            if (exit.kind !== "Hlt")
-              throw new Error(`cold start: ${exit.kind}, not Hlt`);
+            if (exit.kind !== 'Hlt') throw new Error(`cold start: ${exit.kind}, not Hlt`);
             g.close(false);
           }
           return Promise.resolve({ value: Number(now() - t0) / 1000 / opts.coldCycles });
@@ -608,16 +567,12 @@ function defineCases(o: Options): CaseDef[] {
       },
     },
     {
-      id: "6b",
-      title:
-        "cold start through VcpuRuntime (warm pool; Hlt handled on exits$)",
+      id: '6b',
+      title: 'cold start through VcpuRuntime (warm pool; Hlt handled on exits$)',
       placement: one,
-      unit: "µs/cycle",
+      unit: 'µs/cycle',
       c: (opts) => ({
-        value:
-          (runC(["cold", String(opts.coldCycles), String(A)]).ns as number) /
-          1000 /
-          opts.coldCycles,
+        value: (runC(['cold', String(opts.coldCycles), String(A)]).ns as number) / 1000 / opts.coldCycles,
       }),
       ts: async (opts, runtime) => {
         const kvm = new Kvm();
@@ -627,11 +582,10 @@ function defineCases(o: Options): CaseDef[] {
             const g = new Guest(Uint8Array.of(0xf4), kvm);
             const run = runtime.start(g.vcpu, { pinCpu: A });
             run.exits$.subscribe((e) => {
-              if (e.kind === "Hlt") void run.stop();
+              if (e.kind === 'Hlt') void run.stop();
             });
             const outcome = await run.done;
-            if (outcome.lastExit !== "Hlt")
-              throw new Error(`cold start: ${outcome.lastExit}, not Hlt`);
+            if (outcome.lastExit !== 'Hlt') throw new Error(`cold start: ${outcome.lastExit}, not Hlt`);
             g.close(false);
           }
           return { value: Number(now() - t0) / 1000 / opts.coldCycles };
@@ -641,29 +595,28 @@ function defineCases(o: Options): CaseDef[] {
       },
     },
     {
-      id: "7a",
-      title: "kick: addon kick() -> KVM_RUN returns EINTR (`jmp $` guest)",
+      id: '7a',
+      title: 'kick: addon kick() -> KVM_RUN returns EINTR (`jmp $` guest)',
       placement: one,
-      unit: "µs/kick",
+      unit: 'µs/kick',
       target: { abs: 50 },
       c: cKick(A, A),
       ts: (opts) => kickWorker(opts, A),
     },
     {
-      id: "7b",
-      title: "kick: addon kick() -> KVM_RUN returns EINTR (`jmp $` guest)",
+      id: '7b',
+      title: 'kick: addon kick() -> KVM_RUN returns EINTR (`jmp $` guest)',
       placement: split,
-      unit: "µs/kick",
+      unit: 'µs/kick',
       target: { abs: 50 },
       c: cKick(A, B),
       ts: (opts) => kickWorker(opts, B),
     },
     {
-      id: "7c",
-      title:
-        "stop: run.stop() -> run.done resolved (kick + worker teardown), `jmp $` guest",
+      id: '7c',
+      title: 'stop: run.stop() -> run.done resolved (kick + worker teardown), `jmp $` guest',
       placement: one,
-      unit: "µs/kick",
+      unit: 'µs/kick',
       c: null,
       ts: async (opts, runtime) => {
         const g = new Guest(Uint8Array.of(0xeb, 0xfe));
@@ -676,8 +629,7 @@ function defineCases(o: Options): CaseDef[] {
             const t0 = now();
             const outcome = await run.stop();
             samples.push(Number(now() - t0) / 1000);
-            if (outcome?.reason !== "stopped")
-              throw new Error(`stop: ${JSON.stringify(outcome)}`);
+            if (outcome?.reason !== 'stopped') throw new Error(`stop: ${JSON.stringify(outcome)}`);
           }
         } finally {
           g.close();
@@ -704,14 +656,13 @@ interface CaseResult {
 }
 
 function fmt(x: number | undefined, d = 2): string {
-  return x === undefined || !Number.isFinite(x) ? "-" : x.toFixed(d);
+  return x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(d);
 }
 
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
   const ncpu = cpus().length;
-  if (o.cpu >= ncpu || o.cpu2 >= ncpu)
-    throw new Error(`--cpu/--cpu2 must be below the CPU count (${ncpu})`);
+  if (o.cpu >= ncpu || o.cpu2 >= ncpu) throw new Error(`--cpu/--cpu2 must be below the CPU count (${ncpu})`);
   const loadBefore = loadavg().map((x) => Number(x.toFixed(2)));
   cBinary = buildC();
   // Pin the main thread (and so every thread it creates and the C children, which inherit it).
@@ -740,7 +691,7 @@ async function main(): Promise<void> {
       for (let r = 0; r < o.reps; r++) {
         if (c.c) cReps.push(c.c(o));
         tsReps.push(await c.ts(o, runtime));
-        log(".");
+        log('.');
       }
       const res: CaseResult = {
         id: c.id,
@@ -775,9 +726,7 @@ async function main(): Promise<void> {
         res.met = res.ts.median <= c.target.abs;
       }
       results.push(res);
-      log(
-        ` ${fmt(res.ts.median)} ${c.unit}${res.ratio !== undefined ? ` (${fmt(res.ratio)}x C)` : ""}\n`,
-      );
+      log(` ${fmt(res.ts.median)} ${c.unit}${res.ratio !== undefined ? ` (${fmt(res.ratio)}x C)` : ''}\n`);
     }
   } finally {
     await runtime.close();
@@ -787,16 +736,16 @@ async function main(): Promise<void> {
   const meta = {
     date: new Date().toISOString(),
     node: process.version,
-    kernel: spawnSync("uname", ["-r"], { encoding: "utf8" }).stdout.trim(),
+    kernel: spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim(),
     cpus: ncpu,
-    cpuModel: cpus()[0]?.model ?? "",
-    scheduling: spawnSync("chrt", ["-p", String(process.pid)], {
-      encoding: "utf8",
+    cpuModel: cpus()[0]?.model ?? '',
+    scheduling: spawnSync('chrt', ['-p', String(process.pid)], {
+      encoding: 'utf8',
     })
       .stdout.trim()
-      .split("\n")
-      .map((l) => l.replace(/^.*?: /, ""))
-      .join(", "),
+      .split('\n')
+      .map((l) => l.replace(/^.*?: /, ''))
+      .join(', '),
     loadavgBefore: loadBefore,
     loadavgAfter: loadavg().map((x) => Number(x.toFixed(2))),
     pinning: { main: o.cpu, other: o.cpu2 },
@@ -806,45 +755,35 @@ async function main(): Promise<void> {
     kicks: o.kicks,
     coldCycles: o.coldCycles,
   };
-  if (o.save !== undefined)
-    writeFileSync(o.save, JSON.stringify({ meta, results }, null, 2) + "\n");
+  if (o.save !== undefined) writeFileSync(o.save, JSON.stringify({ meta, results }, null, 2) + '\n');
   if (o.json) {
-    process.stdout.write(JSON.stringify({ meta, results }, null, 2) + "\n");
+    process.stdout.write(JSON.stringify({ meta, results }, null, 2) + '\n');
     return;
   }
-  const rows = [
-    ["case", "what", "threads on", "kvm-rx", "C", "x C", "target", "met"],
-  ];
+  const rows = [['case', 'what', 'threads on', 'kvm-rx', 'C', 'x C', 'target', 'met']];
   for (const r of results) {
-    const extra = r.ts.p90 !== undefined ? ` (p90 ${fmt(r.ts.p90, 1)})` : "";
-    const cExtra = r.c?.p90 !== undefined ? ` (p90 ${fmt(r.c.p90, 1)})` : "";
+    const extra = r.ts.p90 !== undefined ? ` (p90 ${fmt(r.ts.p90, 1)})` : '';
+    const cExtra = r.c?.p90 !== undefined ? ` (p90 ${fmt(r.c.p90, 1)})` : '';
     rows.push([
       r.id,
       r.title,
       r.placement,
       `${fmt(r.ts.median)} ${r.unit}${extra}`,
-      r.c ? `${fmt(r.c.median)}${cExtra}` : "-",
-      r.ratio !== undefined ? fmt(r.ratio) : "-",
-      r.target ?? "-",
-      r.met === undefined ? "" : r.met ? "yes" : "NO",
+      r.c ? `${fmt(r.c.median)}${cExtra}` : '-',
+      r.ratio !== undefined ? fmt(r.ratio) : '-',
+      r.target ?? '-',
+      r.met === undefined ? '' : r.met ? 'yes' : 'NO',
     ]);
   }
-  const widths = rows[0]!.map((_, i) =>
-    Math.max(...rows.map((row) => row[i]!.length)),
-  );
-  const line = (row: string[]) =>
-    "| " + row.map((cell, i) => cell.padEnd(widths[i]!)).join(" | ") + " |";
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((row) => row[i].length)));
+  const line = (row: string[]) => '| ' + row.map((cell, i) => cell.padEnd(widths[i])).join(' | ') + ' |';
   process.stdout.write(
     `kvm-rx bench, ${meta.date}, Node ${meta.node}, Linux ${meta.kernel}, ${ncpu} CPUs (${meta.cpuModel})\n` +
       `medians of ${o.reps} repetitions; each repetition spawns the C baseline, then runs the kvm-rx case; ` +
       `${o.exits} measured exits per PIO case after ${o.warmup} warm-up exits; threads pinned as shown\n` +
-      `scheduling: ${meta.scheduling}; load average (1/5/15 min) before ${meta.loadavgBefore.join(" ")}, after ${meta.loadavgAfter.join(" ")}\n\n` +
-      [
-        line(rows[0]!),
-        line(widths.map((w) => "-".repeat(w))),
-        ...rows.slice(1).map(line),
-      ].join("\n") +
-      "\n",
+      `scheduling: ${meta.scheduling}; load average (1/5/15 min) before ${meta.loadavgBefore.join(' ')}, after ${meta.loadavgAfter.join(' ')}\n\n` +
+      [line(rows[0]), line(widths.map((w) => '-'.repeat(w))), ...rows.slice(1).map(line)].join('\n') +
+      '\n',
   );
 }
 

@@ -7,18 +7,41 @@
  * Run it with `npm start`.
  */
 import { extname, join } from 'node:path';
-import { GuestMemory, KVM_MEM_LOG_DIRTY_PAGES, Kvm, VcpuRuntime, type VcpuExit, type VcpuFd, type VmFd } from '../src/index';
+import {
+  GuestMemory,
+  KVM_MEM_LOG_DIRTY_PAGES,
+  Kvm,
+  VcpuRuntime,
+  type VcpuExit,
+  type VcpuFd,
+  type VmFd,
+} from '../src/index';
 
 /** The guest: rax = 2 and rbx = 3 on entry. */
 export const SEED_GUEST = Uint8Array.of(
-  0xba, 0xf8, 0x03, //       mov $0x3f8, %dx
-  0x00, 0xd8, //             add %bl, %al
-  0x04, 0x30, //             add $'0', %al
+  0xba,
+  0xf8,
+  0x03, //       mov $0x3f8, %dx
+  0x00,
+  0xd8, //             add %bl, %al
+  0x04,
+  0x30, //             add $'0', %al
   0xee, //                   out %al, (%dx)
   0xec, //                   in (%dx), %al
-  0xc6, 0x06, 0x00, 0x80, 0x00, // movb $0, (0x8000)   -> MMIO write
-  0x8a, 0x16, 0x00, 0x80, // mov (0x8000), %dl       -> MMIO read
-  0xc6, 0x06, 0x00, 0x20, 0x00, // movb $0, (0x2000)   -> dirties the slot's page 1
+  0xc6,
+  0x06,
+  0x00,
+  0x80,
+  0x00, // movb $0, (0x8000)   -> MMIO write
+  0x8a,
+  0x16,
+  0x00,
+  0x80, // mov (0x8000), %dl       -> MMIO read
+  0xc6,
+  0x06,
+  0x00,
+  0x20,
+  0x00, // movb $0, (0x2000)   -> dirties the slot's page 1
   0xf4, //                   hlt
 );
 
@@ -63,7 +86,13 @@ export function runSeed(answerIn = 0x42, answerMmio = 0x77, log: (s: string) => 
 
     const vcpu = seedVcpu(vm);
 
-    const result: SeedResult = { exits: [], output: '', dirtyPagesAtMmioWrite: -1, dirtyBitmapAtHlt: [], regs: { rax: 0n, rdx: 0n } };
+    const result: SeedResult = {
+      exits: [],
+      output: '',
+      dirtyPagesAtMmioWrite: -1,
+      dirtyBitmapAtHlt: [],
+      regs: { rax: 0n, rdx: 0n },
+    };
     for (;;) {
       const exit = vcpu.run();
       result.exits.push(exit.kind);
@@ -81,7 +110,9 @@ export function runSeed(answerIn = 0x42, answerMmio = 0x77, log: (s: string) => 
         case 'MmioWrite': {
           const bitmap = vm.getDirtyLog(0, MEM_SIZE);
           result.dirtyPagesAtMmioWrite = bitmap.reduce((n, w) => n + popcount(w), 0);
-          log(`MmioWrite addr 0x${exit.addr.toString(16)} data [${[...exit.data].join(', ')}]; dirty pages: ${result.dirtyPagesAtMmioWrite}`);
+          log(
+            `MmioWrite addr 0x${exit.addr.toString(16)} data [${[...exit.data].join(', ')}]; dirty pages: ${result.dirtyPagesAtMmioWrite}`,
+          );
           break;
         }
         case 'MmioRead':
@@ -93,7 +124,9 @@ export function runSeed(answerIn = 0x42, answerMmio = 0x77, log: (s: string) => 
           const regs = vcpu.getRegs();
           result.regs = { rax: regs.rax, rdx: regs.rdx };
           result.dirtyBitmapAtHlt = [...vm.getDirtyLog(0, MEM_SIZE)];
-          log(`Hlt    rax=0x${regs.rax.toString(16)} rdx=0x${regs.rdx.toString(16)}; dirty bitmap ${result.dirtyBitmapAtHlt.map((w) => '0b' + w.toString(2)).join(' ')}`);
+          log(
+            `Hlt    rax=0x${regs.rax.toString(16)} rdx=0x${regs.rdx.toString(16)}; dirty bitmap ${result.dirtyBitmapAtHlt.map((w) => '0b' + w.toString(2)).join(' ')}`,
+          );
           return result;
         }
         default:
@@ -104,7 +137,9 @@ export function runSeed(answerIn = 0x42, answerMmio = 0x77, log: (s: string) => 
 }
 
 /** The same guest through the worker runtime: its devices run in the vCPU's own thread. */
-export async function runSeedOnRuntime(log: (s: string) => void = () => undefined): Promise<{ rax: bigint; rdx: bigint; exits: number }> {
+export async function runSeedOnRuntime(
+  log: (s: string) => void = () => undefined,
+): Promise<{ rax: bigint; rdx: bigint; exits: number }> {
   const runtime = new VcpuRuntime({ maxVcpus: 1 });
   using mem = GuestMemory.anonymous(MEM_SIZE);
   using kvm = new Kvm();
@@ -117,7 +152,9 @@ export async function runSeedOnRuntime(log: (s: string) => void = () => undefine
     run.events$.subscribe(({ data }) => log(String(data)));
     const outcome = await run.done;
     const regs = vcpu.getRegs();
-    log(`${outcome.lastExit}    rax=0x${regs.rax.toString(16)} rdx=0x${regs.rdx.toString(16)}; ${outcome.exits} exits, run ${outcome.reason}`);
+    log(
+      `${outcome.lastExit}    rax=0x${regs.rax.toString(16)} rdx=0x${regs.rdx.toString(16)}; ${outcome.exits} exits, run ${outcome.reason}`,
+    );
     return { rax: regs.rax, rdx: regs.rdx, exits: outcome.exits };
   } finally {
     await runtime.close();

@@ -54,8 +54,12 @@ async function main(): Promise<number> {
   const memSize = Number(process.env.MEM_MIB ?? 256) << 20;
   const timeoutMs = Number(process.env.TIMEOUT_S ?? 600) * 1000;
   const quiet = process.env.QUIET === '1';
-  console.log(`host: ${mode}${emulated ? ' (no hardware virtualisation: guest kernel code is emulated; success = "Run /init" + clean reset)' : ' (success = BOOT-OK from /init)'}`);
-  console.log(`kernel ${kernelPath}, initrd ${existsSync(initrdPath) ? initrdPath : '(none)'}, ${memSize >>> 20} MiB${process.env.HUGEPAGES === '1' ? ' (private, THP)' : ''}`);
+  console.log(
+    `host: ${mode}${emulated ? ' (no hardware virtualisation: guest kernel code is emulated; success = "Run /init" + clean reset)' : ' (success = BOOT-OK from /init)'}`,
+  );
+  console.log(
+    `kernel ${kernelPath}, initrd ${existsSync(initrdPath) ? initrdPath : '(none)'}, ${memSize >>> 20} MiB${process.env.HUGEPAGES === '1' ? ' (private, THP)' : ''}`,
+  );
   console.log(`cmdline: ${cmdline}`);
   console.log('VMM: bootLinux() (worker runtime, 16550A with IRQ 4, i8042, CMOS, emulation fallbacks)');
 
@@ -69,7 +73,14 @@ async function main(): Promise<number> {
 
   // Console: lines prefixed with host seconds since start; markers recorded.
   let line = '';
-  const marks: { runInit?: number; runInitGuest?: number; runInitCpu?: number; bootOk?: string; bootOkAt?: number; panic?: string } = {};
+  const marks: {
+    runInit?: number;
+    runInitGuest?: number;
+    runInitCpu?: number;
+    bootOk?: string;
+    bootOkAt?: number;
+    panic?: string;
+  } = {};
   const onLine = (l: string) => {
     const t = secs();
     if (!quiet) process.stdout.write(`[${t.toFixed(2).padStart(7)}] ${l}\n`);
@@ -140,14 +151,36 @@ async function main(): Promise<number> {
   console.log('--- e2e:linux summary ---');
   console.log(`host mode: ${mode}`);
   const cpu = cpuSecs();
-  console.log(`end: ${end} after ${total.toFixed(2)} s wall, CPU ${cpu.system.toFixed(2)} s system + ${cpu.user.toFixed(2)} s user (contention-free comparison: the C VMM used 82.85 s system CPU to the reset)`);
-  console.log(`Run /init: ${marks.runInit !== undefined ? `${marks.runInit.toFixed(2)} s wall, ${marks.runInitCpu!.toFixed(2)} s CPU (guest ${marks.runInitGuest?.toFixed(2) ?? '?'} s)` : 'not reached'}`);
-  console.log(`BOOT-OK: ${marks.bootOk !== undefined ? `uptime ${marks.bootOk} (wall ${marks.bootOkAt!.toFixed(2)} s)` : 'not printed'}`);
+  console.log(
+    `end: ${end} after ${total.toFixed(2)} s wall, CPU ${cpu.system.toFixed(2)} s system + ${cpu.user.toFixed(2)} s user (contention-free comparison: the C VMM used 82.85 s system CPU to the reset)`,
+  );
+  console.log(
+    `Run /init: ${marks.runInit !== undefined ? `${marks.runInit.toFixed(2)} s wall, ${marks.runInitCpu!.toFixed(2)} s CPU (guest ${marks.runInitGuest?.toFixed(2) ?? '?'} s)` : 'not reached'}`,
+  );
+  console.log(
+    `BOOT-OK: ${marks.bootOk !== undefined ? `uptime ${marks.bootOk} (wall ${marks.bootOkAt!.toFixed(2)} s)` : 'not printed'}`,
+  );
   if (marks.panic) console.log(`panic: ${marks.panic}`);
-  console.log(`exits to userspace: ${outcome.exits}${s ? ` (${Object.entries(s.counts).map(([k, n]) => `${k} ${n}`).join(', ')})` : ''}`);
+  console.log(
+    `exits to userspace: ${outcome.exits}${
+      s
+        ? ` (${Object.entries(s.counts)
+            .map(([k, n]) => `${k} ${n}`)
+            .join(', ')})`
+        : ''
+    }`,
+  );
   if (s) {
-    console.log(`  mean time between exits ${(s.latency.meanMs * 1000).toFixed(1)} µs (guest run + handling; max ${s.latency.maxMs.toFixed(1)} ms)`);
-    console.log(`  ports by exit count: ${Object.entries(s.ports).sort((a, b) => b[1] - a[1]).slice(0, 10).map(([p, n]) => `${p}×${n}`).join(' ')}`);
+    console.log(
+      `  mean time between exits ${(s.latency.meanMs * 1000).toFixed(1)} µs (guest run + handling; max ${s.latency.maxMs.toFixed(1)} ms)`,
+    );
+    console.log(
+      `  ports by exit count: ${Object.entries(s.ports)
+        .sort((a, b) => b[1] - a[1])
+        .slice(0, 10)
+        .map(([p, n]) => `${p}×${n}`)
+        .join(' ')}`,
+    );
   }
   console.log(`open-bus accesses (no device model): ${outcome.openBus}`);
   const emu = outcome.emulation;
@@ -159,7 +192,9 @@ async function main(): Promise<number> {
     console.log(
       ok
         ? `PASS (${mode}): kernel reached init in ${marks.runInit!.toFixed(2)} s and the VM reset cleanly` +
-            (marks.bootOk ? '; /init printed BOOT-OK too' : '; BOOT-OK is not expected here (guest user space cannot make syscalls on this host)')
+            (marks.bootOk
+              ? '; /init printed BOOT-OK too'
+              : '; BOOT-OK is not expected here (guest user space cannot make syscalls on this host)')
         : `FAIL (${mode})`,
     );
   } else {

@@ -20,7 +20,9 @@ function main(argv: string[]): void {
   if (cmd === 'payload' && input && out) {
     const bz = parseBzImage(readFileSync(input));
     writeFileSync(out, bzImagePayload(bz));
-    console.log(`bzImage: protocol 0x${bz.protocol.toString(16)}, setup_sects ${bz.setupSects}, payload ${bz.payloadFormat} ${bz.payloadLength} B at +0x${bz.payloadOffset.toString(16)}`);
+    console.log(
+      `bzImage: protocol 0x${bz.protocol.toString(16)}, setup_sects ${bz.setupSects}, payload ${bz.payloadFormat} ${bz.payloadLength} B at +0x${bz.payloadOffset.toString(16)}`,
+    );
   } else if (cmd === 'initramfs' && input && out) {
     const cpio = cpioNewc([
       { type: 'dir', path: 'bin' },

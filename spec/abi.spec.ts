@@ -32,7 +32,8 @@ describe('ABI tables (TypeScript vs. the addon compiled from <linux/kvm.h>)', ()
   });
 
   it('has every constant', () => {
-    for (const [name, value] of Object.entries({ ...kvm, ...sys })) expect([name, abi.constants[name]]).toEqual([name, value]);
+    for (const [name, value] of Object.entries({ ...kvm, ...sys }))
+      expect([name, abi.constants[name]]).toEqual([name, value]);
   });
 
   it('has every struct size and field offset', () => {

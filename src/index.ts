@@ -40,7 +40,13 @@ export { IoEventAddress, NoDatamatch, Datamatch } from './wrappers/io-event';
 export type { IoEventDatamatch } from './wrappers/io-event';
 export { GuestMemfd } from './wrappers/guest-memfd';
 export { MsrFilterDefaultAction, MsrFilterRangeFlags } from './wrappers/vm-args';
-export type { CreateDeviceInput, IrqRoutingEntry, IrqchipInput, MsrFilterRange, UserMemoryRegion2 } from './wrappers/vm-args';
+export type {
+  CreateDeviceInput,
+  IrqRoutingEntry,
+  IrqchipInput,
+  MsrFilterRange,
+  UserMemoryRegion2,
+} from './wrappers/vm-args';
 /** `KVM_MEM_GUEST_MEMFD`: the slot's private memory comes from a guest_memfd (`VmFd#setUserMemoryRegion2`). */
 export const KVM_MEM_GUEST_MEMFD = constants.KVM_MEM_GUEST_MEMFD;
 export { SyncReg, Xsave, KvmNestedStateBuffer } from './wrappers/vcpu-fd';
@@ -49,7 +55,16 @@ export type { CoalescedAddress } from './wrappers/vm-fd';
 
 // CPUID/MSR collections and arm64 (experimental) ABI helpers.
 export { CapArch } from './wrappers/cap';
-export { CpuId, Msrs, MsrList, RegList, FamCollection, KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRIES, KVM_MAX_REG_LIST_ENTRIES } from './wrappers/fam';
+export {
+  CpuId,
+  Msrs,
+  MsrList,
+  RegList,
+  FamCollection,
+  KVM_MAX_CPUID_ENTRIES,
+  KVM_MAX_MSR_ENTRIES,
+  KVM_MAX_REG_LIST_ENTRIES,
+} from './wrappers/fam';
 export type { CpuIdEntryInput, MsrEntryInput } from './wrappers/fam';
 export * as arm64 from './abi/arm64';
 export { regSize } from './abi/arm64';

@@ -6,15 +6,10 @@
  * The default export is the worker pipeline (case 2): it runs inside the vCPU's thread and sends
  * the measured time to the main thread with `ctx.emit('elapsed', ns)`.
  */
-import { tap, type Observable, type OperatorFunction } from "rxjs";
-import {
-  failOnUnhandled,
-  onIoIn,
-  onIoOut,
-  untilHalt,
-} from "../../src/operators/index";
-import type { VcpuExit } from "../../src/wrappers/vcpu-exit";
-import type { VcpuContext } from "../../src/workers/vcpu-worker";
+import { tap, type Observable, type OperatorFunction } from 'rxjs';
+import { failOnUnhandled, onIoIn, onIoOut, untilHalt } from '../../src/operators/index';
+import type { VcpuExit } from '../../src/wrappers/vcpu-exit';
+import type { VcpuContext } from '../../src/workers/vcpu-worker';
 
 /** What the handlers record. */
 export interface IoState {
@@ -33,7 +28,7 @@ export function ioHandlers(s: IoState): OperatorFunction<VcpuExit, VcpuExit> {
   return (exits$) =>
     exits$.pipe(
       onIoOut(0x10, (e) => {
-        s.sum += e.data[0]!;
+        s.sum += e.data[0];
       }),
       onIoIn(0x11, () => s.counter++ & 0xff),
       onIoIn(0x12, () => {
@@ -53,19 +48,15 @@ export function ioHandlers(s: IoState): OperatorFunction<VcpuExit, VcpuExit> {
  * main thread can read as soon as `run.done` resolves (an `events$` message may still be in
  * flight then).
  */
-export default function ioPipeline(
-  exits$: Observable<VcpuExit>,
-  ctx: VcpuContext,
-): Observable<unknown> {
+export default function ioPipeline(exits$: Observable<VcpuExit>, ctx: VcpuContext): Observable<unknown> {
   const s = ioState();
-  const result = (ctx.options as { result?: SharedArrayBuffer } | undefined)
-    ?.result;
+  const result = (ctx.options as { result?: SharedArrayBuffer } | undefined)?.result;
   return exits$.pipe(
     ioHandlers(s),
     tap((e) => {
-      if (e.kind !== "Hlt") return;
+      if (e.kind !== 'Hlt') return;
       if (result) new Float64Array(result)[0] = Number(s.t1 - s.t0);
-      ctx.emit("elapsed", Number(s.t1 - s.t0));
+      ctx.emit('elapsed', Number(s.t1 - s.t0));
     }),
     untilHalt(),
     failOnUnhandled(),

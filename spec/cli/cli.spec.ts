@@ -84,12 +84,17 @@ describe('kvm-rx boot: bad kernel and initrd files', () => {
     writeFileSync(corrupt, Buffer.from('this is not a kernel, just text'));
     const r = cli(['boot', '--kernel', corrupt]);
     expect(r.status).toBe(1);
-    expect(r.stderr).toMatch(/^kvm-rx boot: bad kernel image: neither an ELF vmlinux .* nor a bzImage .*; starts with 74 68 69 73\n$/);
+    expect(r.stderr).toMatch(
+      /^kvm-rx boot: bad kernel image: neither an ELF vmlinux .* nor a bzImage .*; starts with 74 68 69 73\n$/,
+    );
     expectOneLine(r.stderr);
   });
 
   it('a truncated ELF kernel and an empty initrd: exit 1, one line each', () => {
-    const elf = buildElf({ entry: 0x200000n, segments: [{ paddr: 0x200000, data: new Uint8Array(64), memsz: 0x1000 }] });
+    const elf = buildElf({
+      entry: 0x200000n,
+      segments: [{ paddr: 0x200000, data: new Uint8Array(64), memsz: 0x1000 }],
+    });
     const truncated = join(dir, 'truncated');
     writeFileSync(truncated, elf.subarray(0, 100));
     const a = cli(['boot', '--kernel', truncated]);
@@ -120,11 +125,38 @@ describeKvm('kvm-rx on the real kernel', () => {
     // 0x200000: lea msg(%rip),%rsi; mov $0x3f8,%dx; mov $28,%ecx; rep outsb; mov $0xfe,%al;
     //           out %al,$0x64; 1: hlt; jmp 1b; msg: "hello from the tiny kernel\r\n"
     const code = [
-      0x48, 0x8d, 0x35, 0x12, 0x00, 0x00, 0x00, 0x66, 0xba, 0xf8, 0x03, 0xb9, 0x1c, 0x00, 0x00, 0x00, 0xf3, 0x6e,
-      0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd, ...Buffer.from('hello from the tiny kernel\r\n', 'latin1'),
+      0x48,
+      0x8d,
+      0x35,
+      0x12,
+      0x00,
+      0x00,
+      0x00,
+      0x66,
+      0xba,
+      0xf8,
+      0x03,
+      0xb9,
+      0x1c,
+      0x00,
+      0x00,
+      0x00,
+      0xf3,
+      0x6e,
+      0xb0,
+      0xfe,
+      0xe6,
+      0x64,
+      0xf4,
+      0xeb,
+      0xfd,
+      ...Buffer.from('hello from the tiny kernel\r\n', 'latin1'),
     ];
     const kernel = join(dir, 'tiny.elf');
-    writeFileSync(kernel, buildElf({ entry: 0x200000n, segments: [{ paddr: 0x200000, data: Uint8Array.from(code), memsz: 0x1000 }] }));
+    writeFileSync(
+      kernel,
+      buildElf({ entry: 0x200000n, segments: [{ paddr: 0x200000, data: Uint8Array.from(code), memsz: 0x1000 }] }),
+    );
     const r = cli(['boot', '--kernel', kernel, '--mem', '32', '--trace', '--timeout', '60']);
     expect(r.status).toBe(0);
     expect(r.stdout).toBe('hello from the tiny kernel\r\n');
@@ -137,7 +169,10 @@ describeKvm('kvm-rx on the real kernel', () => {
 
   it('boot --timeout: a kernel that spins is stopped, exit 124', () => {
     const kernel = join(dir, 'spin.elf');
-    writeFileSync(kernel, buildElf({ entry: 0x200000n, segments: [{ paddr: 0x200000, data: Uint8Array.of(0xeb, 0xfe), memsz: 0x1000 }] })); // jmp .
+    writeFileSync(
+      kernel,
+      buildElf({ entry: 0x200000n, segments: [{ paddr: 0x200000, data: Uint8Array.of(0xeb, 0xfe), memsz: 0x1000 }] }),
+    ); // jmp .
     const r = cli(['boot', '--kernel', kernel, '--mem', '32', '--timeout', '1']);
     expect(r.status).toBe(124);
     expect(r.stderr).toMatch(/VM stopped \(timeout\)/);

@@ -49,12 +49,25 @@ describe.each(contractBackends())('backend contract: %s', (_name, make) => {
     const a = mem(0x4000);
     const b = mem(0x4000);
     vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x10000n, memory: a });
-    expectKvmError(() => vm.setUserMemoryRegion({ slot: 1, guestPhysAddr: 0x12000n, memory: b }), 'EEXIST', 'KVM_SET_USER_MEMORY_REGION');
+    expectKvmError(
+      () => vm.setUserMemoryRegion({ slot: 1, guestPhysAddr: 0x12000n, memory: b }),
+      'EEXIST',
+      'KVM_SET_USER_MEMORY_REGION',
+    );
     expectKvmError(() => vm.setUserMemoryRegion({ slot: 1, guestPhysAddr: 0x20800n, memory: b }), 'EINVAL');
-    expectKvmError(() => vm.setUserMemoryRegion({ slot: 1, guestPhysAddr: 0x20000n, memory: b, flags: 0x80 }), 'EINVAL');
-    expectKvmError(() => vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x10000n, memory: a, memorySize: 0x2000 }), 'EINVAL');
+    expectKvmError(
+      () => vm.setUserMemoryRegion({ slot: 1, guestPhysAddr: 0x20000n, memory: b, flags: 0x80 }),
+      'EINVAL',
+    );
+    expectKvmError(
+      () => vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x10000n, memory: a, memorySize: 0x2000 }),
+      'EINVAL',
+    );
     expectKvmError(() => vm.setUserMemoryRegion({ slot: 5, guestPhysAddr: 0n, memorySize: 0 }), 'EINVAL');
-    expectKvmError(() => vm.setUserMemoryRegion({ slot: kvm.getNrMemslots(), guestPhysAddr: 0x40000n, memory: b }), 'EINVAL');
+    expectKvmError(
+      () => vm.setUserMemoryRegion({ slot: kvm.getNrMemslots(), guestPhysAddr: 0x40000n, memory: b }),
+      'EINVAL',
+    );
     vm.setUserMemoryRegion({ slot: 1, guestPhysAddr: 0x20000n, memory: b });
     // toggling only LOG_DIRTY_PAGES on an existing slot is allowed
     vm.setUserMemoryRegion({ slot: 1, guestPhysAddr: 0x20000n, memory: b, flags: 1 });

@@ -30,12 +30,12 @@ describe.each(contractBackends())('cpuid/msr contract: %s', (_name, make) => {
       expect(cpuid).toBeInstanceOf(CpuId);
       expect(cpuid.length).toBeGreaterThan(0);
       expect(cpuid.length).toBeLessThanOrEqual(256);
-      expect(cpuid.entries[0]!.function).toBe(0);
+      expect(cpuid.entries[0].function).toBe(0);
       // leaf 0 eax is the highest basic leaf; every basic leaf listed is within it
-      const maxBasic = cpuid.entries[0]!.eax;
+      const maxBasic = cpuid.entries[0].eax;
       for (const e of cpuid.entries) if (e.function < 0x4000_0000) expect(e.function).toBeLessThanOrEqual(maxBasic);
       // entries are complete plain objects
-      expect(Object.keys(cpuid.entries[0]!).sort()).toEqual(['eax', 'ebx', 'ecx', 'edx', 'flags', 'function', 'index']);
+      expect(Object.keys(cpuid.entries[0]).sort()).toEqual(['eax', 'ebx', 'ecx', 'edx', 'flags', 'function', 'index']);
     });
 
     it('getEmulatedCpuid(256) returns at least one leaf', () => {
@@ -125,7 +125,7 @@ describe.each(contractBackends())('cpuid/msr contract: %s', (_name, make) => {
       const msrs = new Msrs([{ index: 0x10a }, { index: 0x345 }]);
       expect(kvm.getMsrs(msrs)).toBe(2);
       expect(msrs.entries.map((e) => e.index)).toEqual([0x10a, 0x345]);
-      expect(typeof msrs.entries[0]!.data).toBe('bigint');
+      expect(typeof msrs.entries[0].data).toBe('bigint');
       const again = new Msrs([{ index: 0x10a }, { index: 0x345 }]);
       kvm.getMsrs(again);
       expect(again.entries).toEqual(msrs.entries);
@@ -136,10 +136,20 @@ describe.each(contractBackends())('cpuid/msr contract: %s', (_name, make) => {
 
     it('vCPU setMsrs/getMsrs process every entry and round-trip the data', () => {
       const vcpu = kvm.createVm().createVcpu(0);
-      expect(vcpu.setMsrs(new Msrs([{ index: 0x174, data: 0n }, { index: 0x175, data: 1n }]))).toBe(2);
+      expect(
+        vcpu.setMsrs(
+          new Msrs([
+            { index: 0x174, data: 0n },
+            { index: 0x175, data: 1n },
+          ]),
+        ),
+      ).toBe(2);
       const read = new Msrs([{ index: 0x174 }, { index: 0x175 }]);
       expect(vcpu.getMsrs(read)).toBe(2);
-      expect(read.entries).toEqual([{ index: 0x174, data: 0n }, { index: 0x175, data: 1n }]);
+      expect(read.entries).toEqual([
+        { index: 0x174, data: 0n },
+        { index: 0x175, data: 1n },
+      ]);
       expect(vcpu.setMsrs([{ index: 0x175, data: 0x1234n }])).toBe(1);
     });
 
@@ -148,13 +158,24 @@ describe.each(contractBackends())('cpuid/msr contract: %s', (_name, make) => {
       vcpu.setMsrs([{ index: 0x175, data: 7n }]);
       const read = new Msrs([{ index: 0x174 }, { index: 0x1234_5678 }, { index: 0x175, data: 99n }]);
       expect(vcpu.getMsrs(read)).toBe(1);
-      expect(read.entries[2]!.data).toBe(99n); // not reached: left as given
-      expect(vcpu.setMsrs([{ index: 0x175, data: 8n }, { index: 0x1234_5678, data: 1n }, { index: 0x174, data: 5n }])).toBe(1);
+      expect(read.entries[2].data).toBe(99n); // not reached: left as given
+      expect(
+        vcpu.setMsrs([
+          { index: 0x175, data: 8n },
+          { index: 0x1234_5678, data: 1n },
+          { index: 0x174, data: 5n },
+        ]),
+      ).toBe(1);
       const check = new Msrs([{ index: 0x175 }, { index: 0x174 }]);
       vcpu.getMsrs(check);
       expect(check.entries.map((e) => e.data)).toEqual([8n, 0n]);
       // EFER with reserved bits set is refused
-      expect(vcpu.setMsrs([{ index: 0x175, data: 9n }, { index: 0xc000_0080, data: 0xfffn }])).toBe(1);
+      expect(
+        vcpu.setMsrs([
+          { index: 0x175, data: 9n },
+          { index: 0xc000_0080, data: 0xfffn },
+        ]),
+      ).toBe(1);
     });
 
     it('256 entries (allowed by Msrs, as by kvm-bindings) is E2BIG from the kernel (MAX_IO_MSRS); 255 works', () => {

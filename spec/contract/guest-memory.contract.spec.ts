@@ -35,8 +35,16 @@ describe.each(contractBackends())('GuestMemory contract: %s', (_name, make) => {
   it('rejects bad sizes and out-of-bounds access with ERR_ codes', () => {
     expectCode(() => GuestMemory.anonymous(100, { backend }), 'RangeError', 'ERR_OUT_OF_RANGE');
     expectCode(() => GuestMemory.anonymous(0, { backend }), 'RangeError', 'ERR_OUT_OF_RANGE');
-    expectCode(() => GuestMemory.anonymous('4096' as unknown as number, { backend }), 'TypeError', 'ERR_INVALID_ARG_TYPE');
-    expectCode(() => GuestMemory.anonymous(4096, { backend, hugePages: 'yes' as never }), 'TypeError', 'ERR_INVALID_ARG_VALUE');
+    expectCode(
+      () => GuestMemory.anonymous('4096' as unknown as number, { backend }),
+      'TypeError',
+      'ERR_INVALID_ARG_TYPE',
+    );
+    expectCode(
+      () => GuestMemory.anonymous(4096, { backend, hugePages: 'yes' as never }),
+      'TypeError',
+      'ERR_INVALID_ARG_VALUE',
+    );
     const m = GuestMemory.anonymous(0x1000, { backend });
     expectCode(() => m.read(0xfff, 2), 'RangeError', 'ERR_OUT_OF_RANGE');
     expectCode(() => m.write(0x1000, [1]), 'RangeError', 'ERR_OUT_OF_RANGE');
@@ -75,7 +83,14 @@ describe.each(contractBackends())('GuestMemory contract: %s', (_name, make) => {
     expectCode(() => vm.guestMemory.write(0xfffen, Uint8Array.of(9, 9, 9)), 'RangeError', 'ERR_OUT_OF_RANGE');
     expect(m.read(0, 1)[0]).toBe(0); // nothing written by the refused write
     expectCode(
-      () => vm.setUserMemoryRegion({ slot: 2, guestPhysAddr: 0x20000n, memory: m, memoryOffset: 0x3000, memorySize: 0x2000 }),
+      () =>
+        vm.setUserMemoryRegion({
+          slot: 2,
+          guestPhysAddr: 0x20000n,
+          memory: m,
+          memoryOffset: 0x3000,
+          memorySize: 0x2000,
+        }),
       'RangeError',
       'ERR_OUT_OF_RANGE',
     );
@@ -88,7 +103,7 @@ describe.each(contractBackends())('GuestMemory contract: %s', (_name, make) => {
 
 describe('GuestMemoryMap', () => {
   it('refuses overlapping regions', () => {
-    const backend = contractBackends()[0]![1]();
+    const backend = contractBackends()[0][1]();
     const m = GuestMemory.anonymous(0x2000, { backend });
     const map = new GuestMemoryMap([{ guestPhysAddr: 0x1000n, memory: m }]);
     expectCode(() => map.add({ guestPhysAddr: 0x2000n, memory: m }), 'RangeError', 'ERR_OUT_OF_RANGE');

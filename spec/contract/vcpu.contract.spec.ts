@@ -44,7 +44,11 @@ describe.each(contractBackends())('vCPU contract: %s', (_name, make) => {
     vcpu.setFpu(fpu);
     const back = vcpu.getFpu();
     expect({ fcw: back.fcw, fsw: back.fsw, fpr0: back.fpr[0], xmm0: back.xmm[0], lastIp: back.lastIp }).toEqual({
-      fcw: 0x27f, fsw: 0x100, fpr0: 0xcd, xmm0: 0xab, lastIp: 0x1234n,
+      fcw: 0x27f,
+      fsw: 0x100,
+      fpr0: 0xcd,
+      xmm0: 0xab,
+      lastIp: 0x1234n,
     });
     // This host reports MXCSR 0 through KVM_GET_FPU whatever was set (SSE is not in the guest's XCR0).
     vcpu.setFpu({ ...back, mxcsr: 0x1f80 });
@@ -85,7 +89,7 @@ describe.each(contractBackends())('vCPU contract: %s', (_name, make) => {
   it('XSAVE and XSAVE2: reset x87 state, and the area round-trips', () => {
     const x = vcpu.getXsave();
     expect(x.region.length).toBe(1024);
-    expect(x.region[0]! & 0xffff).toBe(0x37f); // fcw
+    expect(x.region[0] & 0xffff).toBe(0x37f); // fcw
     expect(x.region[6]).toBe(0x1f80); // mxcsr (init value)
     vcpu.setXsave(x);
     expect(vcpu.getXsave().region).toEqual(x.region);
@@ -106,8 +110,16 @@ describe.each(contractBackends())('vCPU contract: %s', (_name, make) => {
     expect(x.xcrs[0]).toEqual({ xcr: 0, value: 1n });
     vcpu.setXcrs(x);
     expect(vcpu.getXcrs()).toEqual(x);
-    expectKvmError(() => vcpu.setXcrs({ nrXcrs: 1, flags: 0, xcrs: [{ xcr: 0, value: 0n }] }), 'EINVAL', 'KVM_SET_XCRS');
-    expectKvmError(() => vcpu.setXcrs({ nrXcrs: 1, flags: 0, xcrs: [{ xcr: 0, value: 7n }] }), 'EINVAL', 'KVM_SET_XCRS');
+    expectKvmError(
+      () => vcpu.setXcrs({ nrXcrs: 1, flags: 0, xcrs: [{ xcr: 0, value: 0n }] }),
+      'EINVAL',
+      'KVM_SET_XCRS',
+    );
+    expectKvmError(
+      () => vcpu.setXcrs({ nrXcrs: 1, flags: 0, xcrs: [{ xcr: 0, value: 7n }] }),
+      'EINVAL',
+      'KVM_SET_XCRS',
+    );
     expectKvmError(() => vcpu.setXcrs({ nrXcrs: 17, flags: 0, xcrs: [] }), 'EINVAL', 'KVM_SET_XCRS');
   });
 
@@ -130,7 +142,11 @@ describe.each(contractBackends())('vCPU contract: %s', (_name, make) => {
     vcpu.nmi();
     expect(vcpu.getVcpuEvents().nmi.pending).toBe(1);
     expectKvmError(() => vcpu.setVcpuEvents({ ...e, flags: 0x8000_0000 }), 'EINVAL', 'KVM_SET_VCPU_EVENTS');
-    expectKvmError(() => vcpu.setVcpuEvents({ ...e, exception: { injected: 1, nr: 40, hasErrorCode: 0, pending: 0, errorCode: 0 } }), 'EINVAL', 'KVM_SET_VCPU_EVENTS');
+    expectKvmError(
+      () => vcpu.setVcpuEvents({ ...e, exception: { injected: 1, nr: 40, hasErrorCode: 0, pending: 0, errorCode: 0 } }),
+      'EINVAL',
+      'KVM_SET_VCPU_EVENTS',
+    );
   });
 
   it('TSC: the same or a higher rate is accepted, a lower one is EINVAL', () => {
@@ -219,11 +235,16 @@ describe.each(contractBackends())('vCPU contract: %s', (_name, make) => {
     vm.unregisterCoalescedMmio({ kind: 'pio', addr: 0x2cn }, 1);
     vm.unregisterCoalescedMmio({ kind: 'pio', addr: 0x2cn }, 1);
     vm.unregisterCoalescedMmio({ kind: 'mmio', addr: 0x1000n }, 8);
-    expectCode(() => vm.registerCoalescedMmio({ kind: 'port' as never, addr: 1n }, 1), 'TypeError', 'ERR_INVALID_ARG_VALUE');
+    expectCode(
+      () => vm.registerCoalescedMmio({ kind: 'port' as never, addr: 1n }, 1),
+      'TypeError',
+      'ERR_INVALID_ARG_VALUE',
+    );
     expectCode(() => vm.registerCoalescedMmio({ kind: 'pio', addr: -1n }, 1), 'RangeError', 'ERR_OUT_OF_RANGE');
     const mappings = backend.kind === 'mock' ? (backend as unknown as { mappings: unknown[] }).mappings.length : 0;
     vcpu.close();
-    if (backend.kind === 'mock') expect((backend as unknown as { mappings: unknown[] }).mappings.length).toBe(mappings - 2);
+    if (backend.kind === 'mock')
+      expect((backend as unknown as { mappings: unknown[] }).mappings.length).toBe(mappings - 2);
     expectCode(() => vcpu.coalescedMmioRead(), 'KvmClosedError', 'ERR_KVM_CLOSED');
     expectCode(() => vcpu.syncRegs(), 'KvmClosedError', 'ERR_KVM_CLOSED');
     expectCode(() => vcpu.getFpu(), 'KvmClosedError', 'ERR_KVM_CLOSED');

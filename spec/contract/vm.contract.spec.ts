@@ -68,7 +68,11 @@ describe.each(contractBackends())('VmFd contract: %s', (_name, make) => {
       expectKvmError(() => vm.setIrqchip({ chipId: 0, chip: { pic: {} } }), 'ENXIO', 'KVM_SET_IRQCHIP');
       vm.createIrqChip();
       expectKvmError(() => vm.getIrqchip(3), 'EINVAL', 'KVM_GET_IRQCHIP');
-      expectKvmError(() => vm.setIrqchip({ chipId: 3, chip: { dummy: new Uint8Array(512) } }), 'EINVAL', 'KVM_SET_IRQCHIP');
+      expectKvmError(
+        () => vm.setIrqchip({ chipId: 3, chip: { dummy: new Uint8Array(512) } }),
+        'EINVAL',
+        'KVM_SET_IRQCHIP',
+      );
     });
 
     it('round-trips the PIC master (irq_base 10) and the IOAPIC', () => {
@@ -81,9 +85,9 @@ describe.each(contractBackends())('VmFd contract: %s', (_name, make) => {
       const io = vm.getIrqchip(K.KVM_IRQCHIP_IOAPIC);
       expect(io.chip.ioapic.baseAddress).toBe(0xfec0_0000n);
       expect(io.chip.ioapic.redirtbl).toHaveLength(24);
-      io.chip.ioapic.redirtbl[3]!.bits = 0x31n; // vector 0x31, unmasked
+      io.chip.ioapic.redirtbl[3].bits = 0x31n; // vector 0x31, unmasked
       vm.setIrqchip(io);
-      expect(vm.getIrqchip(K.KVM_IRQCHIP_IOAPIC).chip.ioapic.redirtbl[3]!.fields.vector).toBe(0x31);
+      expect(vm.getIrqchip(K.KVM_IRQCHIP_IOAPIC).chip.ioapic.redirtbl[3].fields.vector).toBe(0x31);
     });
 
     it('creates the PIT once (ENOENT without irqchip, EEXIST twice) and round-trips its state', () => {
@@ -94,7 +98,7 @@ describe.each(contractBackends())('VmFd contract: %s', (_name, make) => {
       expectKvmError(() => vm.createPit2(), 'EEXIST', 'KVM_CREATE_PIT2');
       const state = vm.getPit2();
       expect(state.channels).toHaveLength(3);
-      expect(state.channels[0]!.count).toBe(65536);
+      expect(state.channels[0].count).toBe(65536);
       vm.setPit2(state);
       const back = vm.getPit2();
       const strip = (s: typeof state) => s.channels.map(({ countLoadTime: _t, ...c }) => c);
@@ -119,21 +123,51 @@ describe.each(contractBackends())('VmFd contract: %s', (_name, make) => {
       const rw = MsrFilterRangeFlags.READ | MsrFilterRangeFlags.WRITE;
       vm.setMsrFilter(MsrFilterDefaultAction.DENY, [{ flags: rw, base: 0x10, msrCount: 1, bitmap: Uint8Array.of(1) }]);
       // kernel checks: range flags 0 or unknown, filter flags unknown, bitmap too large
-      expectKvmError(() => vm.setMsrFilter(MsrFilterDefaultAction.ALLOW, [{ flags: 0, base: 0x10, msrCount: 1, bitmap: Uint8Array.of(1) }]), 'EINVAL');
-      expectKvmError(() => vm.setMsrFilter(MsrFilterDefaultAction.ALLOW, [{ flags: 4, base: 0x10, msrCount: 1, bitmap: Uint8Array.of(1) }]), 'EINVAL');
+      expectKvmError(
+        () =>
+          vm.setMsrFilter(MsrFilterDefaultAction.ALLOW, [
+            { flags: 0, base: 0x10, msrCount: 1, bitmap: Uint8Array.of(1) },
+          ]),
+        'EINVAL',
+      );
+      expectKvmError(
+        () =>
+          vm.setMsrFilter(MsrFilterDefaultAction.ALLOW, [
+            { flags: 4, base: 0x10, msrCount: 1, bitmap: Uint8Array.of(1) },
+          ]),
+        'EINVAL',
+      );
       expectKvmError(() => vm.setMsrFilter(2 as MsrFilterDefaultAction, []), 'EINVAL', 'KVM_X86_SET_MSR_FILTER');
       const big = 0x601 * 8;
-      expectKvmError(() => vm.setMsrFilter(MsrFilterDefaultAction.ALLOW, [{ flags: rw, base: 0, msrCount: big, bitmap: new Uint8Array(big / 8) }]), 'EINVAL');
+      expectKvmError(
+        () =>
+          vm.setMsrFilter(MsrFilterDefaultAction.ALLOW, [
+            { flags: rw, base: 0, msrCount: big, bitmap: new Uint8Array(big / 8) },
+          ]),
+        'EINVAL',
+      );
       // unchecked: a NULL bitmap pointer is EFAULT from the kernel
-      expectKvmError(() => vm.setMsrFilterUnchecked({ flags: 0, ranges: [{ flags: 1, nmsrs: 1, base: 0x10, bitmap: 0n }] }), 'EFAULT', 'KVM_X86_SET_MSR_FILTER');
+      expectKvmError(
+        () => vm.setMsrFilterUnchecked({ flags: 0, ranges: [{ flags: 1, nmsrs: 1, base: 0x10, bitmap: 0n }] }),
+        'EFAULT',
+        'KVM_X86_SET_MSR_FILTER',
+      );
       vm.setMsrFilterUnchecked({ flags: 0, ranges: [] });
     });
 
     it('checks the MSR filter locally (kvm-ioctls): 17 ranges or a short bitmap is EINVAL before any ioctl', () => {
       const before = (backend as { calls?: unknown[] }).calls?.length;
       const r = { flags: 1, base: 0, msrCount: 8, bitmap: Uint8Array.of(0xff) };
-      expectKvmError(() => vm.setMsrFilter(MsrFilterDefaultAction.ALLOW, Array(17).fill(r)), 'EINVAL', 'KVM_X86_SET_MSR_FILTER');
-      expectKvmError(() => vm.setMsrFilter(MsrFilterDefaultAction.ALLOW, [{ ...r, msrCount: 9 }]), 'EINVAL', 'KVM_X86_SET_MSR_FILTER');
+      expectKvmError(
+        () => vm.setMsrFilter(MsrFilterDefaultAction.ALLOW, Array(17).fill(r)),
+        'EINVAL',
+        'KVM_X86_SET_MSR_FILTER',
+      );
+      expectKvmError(
+        () => vm.setMsrFilter(MsrFilterDefaultAction.ALLOW, [{ ...r, msrCount: 9 }]),
+        'EINVAL',
+        'KVM_X86_SET_MSR_FILTER',
+      );
       if (before !== undefined) expect((backend as unknown as { calls: unknown[] }).calls.length).toBe(before);
     });
   });
@@ -166,16 +200,30 @@ describe.each(contractBackends())('VmFd contract: %s', (_name, make) => {
         { gsi: 0, type: K.KVM_IRQ_ROUTING_IRQCHIP, u: { irqchip: { irqchip: K.KVM_IRQCHIP_PIC_MASTER, pin: 0 } } },
         { gsi: 5, type: K.KVM_IRQ_ROUTING_MSI, u: { msi: { addressLo: 0xfee0_0000, data: 0x31 } } },
       ]);
-      const chip = (irqchip: number, pin: number, gsi = 0) => ({ gsi, type: K.KVM_IRQ_ROUTING_IRQCHIP, u: { irqchip: { irqchip, pin } } });
+      const chip = (irqchip: number, pin: number, gsi = 0) => ({
+        gsi,
+        type: K.KVM_IRQ_ROUTING_IRQCHIP,
+        u: { irqchip: { irqchip, pin } },
+      });
       expectKvmError(() => vm.setGsiRouting([chip(0, 8)]), 'EINVAL', 'KVM_SET_GSI_ROUTING');
       expectKvmError(() => vm.setGsiRouting([chip(2, 24)]), 'EINVAL');
       expectKvmError(() => vm.setGsiRouting([chip(3, 0)]), 'EINVAL');
       expectKvmError(() => vm.setGsiRouting([chip(2, 1, 4096)]), 'EINVAL');
       expectKvmError(() => vm.setGsiRouting([chip(2, 2, 1), chip(2, 3, 1)]), 'EINVAL');
-      expectKvmError(() => vm.setGsiRouting([{ gsi: 1, type: 2 }, { gsi: 1, type: 2 }]), 'EINVAL');
+      expectKvmError(
+        () =>
+          vm.setGsiRouting([
+            { gsi: 1, type: 2 },
+            { gsi: 1, type: 2 },
+          ]),
+        'EINVAL',
+      );
       expectKvmError(() => vm.setGsiRouting([{ gsi: 1, type: 9 }]), 'EINVAL');
       expectKvmError(() => vm.setGsiRouting([{ ...chip(2, 2), flags: 1 }]), 'EINVAL');
-      expectKvmError(() => vm.setGsiRouting(Array.from({ length: 4097 }, (_, i) => ({ gsi: i % 4096, type: 2 }))), 'EINVAL');
+      expectKvmError(
+        () => vm.setGsiRouting(Array.from({ length: 4097 }, (_, i) => ({ gsi: i % 4096, type: 2 }))),
+        'EINVAL',
+      );
     });
 
     it('follows the irqfd sequence (EBUSY for a reused eventfd, deassign of a missing one is OK)', () => {
@@ -224,8 +272,15 @@ describe.each(contractBackends())('VmFd contract: %s', (_name, make) => {
     it('rejects an ioeventfd of length 3 (EINVAL) and a bad fd (EBADF) in the kernel', () => {
       const e = evt();
       const raw = (o: object) => () => backend.ioctl(vm.asRawFd(), ioctls.KVM_IOEVENTFD, structBytes(kvm_ioeventfd, o));
-      expectKvmError(raw({ fd: e.asRawFd(), addr: 0xd0n, len: 3, flags: K.KVM_IOEVENTFD_FLAG_PIO }), 'EINVAL', 'KVM_IOEVENTFD');
-      expectKvmError(raw({ fd: e.asRawFd(), addr: 0xd0n, len: 0, flags: K.KVM_IOEVENTFD_FLAG_PIO | K.KVM_IOEVENTFD_FLAG_DATAMATCH }), 'EINVAL');
+      expectKvmError(
+        raw({ fd: e.asRawFd(), addr: 0xd0n, len: 3, flags: K.KVM_IOEVENTFD_FLAG_PIO }),
+        'EINVAL',
+        'KVM_IOEVENTFD',
+      );
+      expectKvmError(
+        raw({ fd: e.asRawFd(), addr: 0xd0n, len: 0, flags: K.KVM_IOEVENTFD_FLAG_PIO | K.KVM_IOEVENTFD_FLAG_DATAMATCH }),
+        'EINVAL',
+      );
       expectKvmError(raw({ fd: e.asRawFd(), addr: 0xd0n, len: 1, flags: 0x20 }), 'EINVAL');
       expectKvmError(raw({ fd: kvm.asRawFd(), addr: 0xd0n, len: 1, flags: 2 }), 'EINVAL');
       const closed = evt();
@@ -240,7 +295,11 @@ describe.each(contractBackends())('VmFd contract: %s', (_name, make) => {
       const probe = { type: K.KVM_DEV_TYPE_VFIO, flags: K.KVM_CREATE_DEVICE_TEST, fd: 77 };
       expect(vm.createDevice(probe)).toBeUndefined();
       expect(probe.fd).toBe(77); // the kernel leaves fd as it was
-      expectKvmError(() => vm.createDevice({ type: K.KVM_DEV_TYPE_ARM_VGIC_V3, flags: K.KVM_CREATE_DEVICE_TEST }), 'ENODEV', 'KVM_CREATE_DEVICE');
+      expectKvmError(
+        () => vm.createDevice({ type: K.KVM_DEV_TYPE_ARM_VGIC_V3, flags: K.KVM_CREATE_DEVICE_TEST }),
+        'ENODEV',
+        'KVM_CREATE_DEVICE',
+      );
       expectKvmError(() => vm.createDevice({ type: 9999 }), 'ENODEV');
     });
 
@@ -260,7 +319,11 @@ describe.each(contractBackends())('VmFd contract: %s', (_name, make) => {
       const e = evt();
       expectKvmError(() => dev.setDeviceAttr({ group: 1, attr: 1, value: Int32Array.of(e.asRawFd()) }), 'EINVAL');
       expectKvmError(() => dev.setDeviceAttr({ group: 1, attr: 2, value: Int32Array.of(e.asRawFd()) }), 'ENOENT');
-      expectKvmError(() => dev.getDeviceAttr({ group: 1, attr: 1, value: new Int32Array(1) }), 'EPERM', 'KVM_GET_DEVICE_ATTR');
+      expectKvmError(
+        () => dev.getDeviceAttr({ group: 1, attr: 1, value: new Int32Array(1) }),
+        'EPERM',
+        'KVM_GET_DEVICE_ATTR',
+      );
       vm.close();
       expect(dev.closed).toBe(true);
       expectCode(() => dev.hasDeviceAttr({ group: 1, attr: 1 }), 'KvmClosedError', 'ERR_KVM_CLOSED');
@@ -273,13 +336,61 @@ describe.each(contractBackends())('VmFd contract: %s', (_name, make) => {
       expectKvmError(() => vm.createGuestMemfd({ size: 0x10000n, flags: 4n }), 'EINVAL');
       const gmem = vm.createGuestMemfd({ size: 0x10000n });
       const m = mem(0x4000);
-      expectKvmError(() => vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0n, memorySize: 0 }), 'EINVAL', 'KVM_SET_USER_MEMORY_REGION2');
+      expectKvmError(
+        () => vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0n, memorySize: 0 }),
+        'EINVAL',
+        'KVM_SET_USER_MEMORY_REGION2',
+      );
       vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0x10000n, memory: m });
-      vm.setUserMemoryRegion2({ slot: 1, flags: K.KVM_MEM_GUEST_MEMFD, guestPhysAddr: 0x20000n, memory: mem(0x4000), guestMemfd: gmem });
-      expectKvmError(() => vm.setUserMemoryRegion2({ slot: 2, flags: K.KVM_MEM_GUEST_MEMFD, guestPhysAddr: 0x40000n, memory: mem(0x4000), guestMemfd: gmem, guestMemfdOffset: 0x10000n }), 'EINVAL');
-      expectKvmError(() => vm.setUserMemoryRegion2({ slot: 3, flags: K.KVM_MEM_GUEST_MEMFD, guestPhysAddr: 0x60000n, memory: mem(0x4000), guestMemfd: gmem }), 'EINVAL');
-      vm.setUserMemoryRegion2({ slot: 3, flags: K.KVM_MEM_GUEST_MEMFD, guestPhysAddr: 0x60000n, memory: mem(0x4000), guestMemfd: gmem, guestMemfdOffset: 0x4000n });
-      expectKvmError(() => vm.setUserMemoryRegion({ slot: 4, flags: K.KVM_MEM_GUEST_MEMFD, guestPhysAddr: 0x80000n, memory: mem(0x4000) }), 'EINVAL', 'KVM_SET_USER_MEMORY_REGION');
+      vm.setUserMemoryRegion2({
+        slot: 1,
+        flags: K.KVM_MEM_GUEST_MEMFD,
+        guestPhysAddr: 0x20000n,
+        memory: mem(0x4000),
+        guestMemfd: gmem,
+      });
+      expectKvmError(
+        () =>
+          vm.setUserMemoryRegion2({
+            slot: 2,
+            flags: K.KVM_MEM_GUEST_MEMFD,
+            guestPhysAddr: 0x40000n,
+            memory: mem(0x4000),
+            guestMemfd: gmem,
+            guestMemfdOffset: 0x10000n,
+          }),
+        'EINVAL',
+      );
+      expectKvmError(
+        () =>
+          vm.setUserMemoryRegion2({
+            slot: 3,
+            flags: K.KVM_MEM_GUEST_MEMFD,
+            guestPhysAddr: 0x60000n,
+            memory: mem(0x4000),
+            guestMemfd: gmem,
+          }),
+        'EINVAL',
+      );
+      vm.setUserMemoryRegion2({
+        slot: 3,
+        flags: K.KVM_MEM_GUEST_MEMFD,
+        guestPhysAddr: 0x60000n,
+        memory: mem(0x4000),
+        guestMemfd: gmem,
+        guestMemfdOffset: 0x4000n,
+      });
+      expectKvmError(
+        () =>
+          vm.setUserMemoryRegion({
+            slot: 4,
+            flags: K.KVM_MEM_GUEST_MEMFD,
+            guestPhysAddr: 0x80000n,
+            memory: mem(0x4000),
+          }),
+        'EINVAL',
+        'KVM_SET_USER_MEMORY_REGION',
+      );
       vm.setUserMemoryRegion2({ slot: 1, flags: K.KVM_MEM_GUEST_MEMFD, guestPhysAddr: 0x20000n, memorySize: 0 });
       expect(vm.guestMemory.find(0x20000n)).toBeUndefined();
       expect(vm.guestMemory.find(0x60000n)).toBeDefined();
@@ -289,12 +400,25 @@ describe.each(contractBackends())('VmFd contract: %s', (_name, make) => {
 
     it('has no memory attributes on a default VM (ENOTTY) and no SEV (ENOTTY)', () => {
       expect(vm.checkExtensionRaw(K.KVM_CAP_MEMORY_ATTRIBUTES)).toBe(0);
-      expectKvmError(() => vm.setMemoryAttributes({ address: 0n, size: 0x1000n, attributes: BigInt(K.KVM_MEMORY_ATTRIBUTE_PRIVATE) }), 'ENOTTY', 'KVM_SET_MEMORY_ATTRIBUTES');
+      expectKvmError(
+        () =>
+          vm.setMemoryAttributes({ address: 0n, size: 0x1000n, attributes: BigInt(K.KVM_MEMORY_ATTRIBUTE_PRIVATE) }),
+        'ENOTTY',
+        'KVM_SET_MEMORY_ATTRIBUTES',
+      );
       expectKvmError(() => vm.encryptOpSev({ id: 0 }), 'ENOTTY', 'KVM_MEMORY_ENCRYPT_OP');
       expectKvmError(() => vm.encryptOp(new Uint8Array(24)), 'ENOTTY', 'KVM_MEMORY_ENCRYPT_OP');
       const m = mem(0x1000);
-      expectKvmError(() => vm.registerEncMemoryRegion({ addr: m.hostAddress, size: 0x1000n }), 'ENOTTY', 'KVM_MEMORY_ENCRYPT_REG_REGION');
-      expectKvmError(() => vm.unregisterEncMemoryRegion({ addr: m.hostAddress, size: 0x1000n }), 'ENOTTY', 'KVM_MEMORY_ENCRYPT_UNREG_REGION');
+      expectKvmError(
+        () => vm.registerEncMemoryRegion({ addr: m.hostAddress, size: 0x1000n }),
+        'ENOTTY',
+        'KVM_MEMORY_ENCRYPT_REG_REGION',
+      );
+      expectKvmError(
+        () => vm.unregisterEncMemoryRegion({ addr: m.hostAddress, size: 0x1000n }),
+        'ENOTTY',
+        'KVM_MEMORY_ENCRYPT_UNREG_REGION',
+      );
     });
   });
 

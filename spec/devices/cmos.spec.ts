@@ -29,8 +29,8 @@ describe('cmos', () => {
     const values: Record<string, VcpuExit> = { x: hlt() };
     const keys = 'abcdefghijkl';
     regs.forEach((reg, i) => {
-      values[keys[i]!.toUpperCase()] = sel(reg);
-      values[keys[i]!] = reads[i];
+      values[keys[i].toUpperCase()] = sel(reg);
+      values[keys[i]] = reads[i];
     });
     testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('  -AaBbCcDdEeFfGgHhIiJjKkLl-x-|', values);
@@ -40,15 +40,30 @@ describe('cmos', () => {
       expectObservable(e1.pipe(rtc)).toBe(expected, values);
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
     });
-    expect(reads.map((e) => e.data[0])).toEqual([0x58, 0x59, 0x23, 0x05, 0x29, 0x02, 0x24, 0x20, 0x26, 0x02, 0x00, 0x80]);
+    expect(reads.map((e) => e.data[0])).toEqual([
+      0x58, 0x59, 0x23, 0x05, 0x29, 0x02, 0x24, 0x20, 0x26, 0x02, 0x00, 0x80,
+    ]);
   });
 
   it('should switch to binary with status B bit 2 and to 12-hour mode with bit 1 clear', () => {
     const rtc = cmos({ clock: () => LEAP_EVE });
     const s = {
-      a: sel(0x0b), b: wr(0x06), c: sel(0x00), d: rd(), e: sel(0x04), f: rd(), // binary, 24h
-      g: sel(0x0b), h: wr(0x04), i: sel(0x04), j: rd(), // binary, 12h
-      k: sel(0x0b), l: wr(0x00), m: sel(0x04), n: rd(), o: sel(0x0b), p: rd(), // BCD, 12h
+      a: sel(0x0b),
+      b: wr(0x06),
+      c: sel(0x00),
+      d: rd(),
+      e: sel(0x04),
+      f: rd(), // binary, 24h
+      g: sel(0x0b),
+      h: wr(0x04),
+      i: sel(0x04),
+      j: rd(), // binary, 12h
+      k: sel(0x0b),
+      l: wr(0x00),
+      m: sel(0x04),
+      n: rd(),
+      o: sel(0x0b),
+      p: rd(), // BCD, 12h
     };
     testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('  -abcdef-ghij-klmnop-|', s);
@@ -66,7 +81,17 @@ describe('cmos', () => {
 
   it('should mask the NMI bit out of the index, read 0xff at the index port and keep RAM bytes', () => {
     const rtc = cmos();
-    const s = { a: sel(0x80 | 0x40), b: wr(0xab), c: ioIn(0x70), d: sel(0x40), e: rd(), f: sel(0x7f), g: wr(0x11), h: sel(0xff), i: rd() };
+    const s = {
+      a: sel(0x80 | 0x40),
+      b: wr(0xab),
+      c: ioIn(0x70),
+      d: sel(0x40),
+      e: rd(),
+      f: sel(0x7f),
+      g: wr(0x11),
+      h: sel(0xff),
+      i: rd(),
+    };
     testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('  -abc-de-fghi-|', s);
       const e1subs = '  ^------------!';
@@ -85,8 +110,28 @@ describe('cmos', () => {
 
   it.each<[string, number | bigint, Record<number, number>]>([
     ['512 KiB', 512 * 1024, { 0x15: 0x00, 0x16: 0x02, 0x17: 0, 0x18: 0, 0x34: 0, 0x35: 0, 0x5b: 0 }],
-    ['32 MiB', 32 * MIB, { 0x15: 0x80, 0x16: 0x02, 0x17: 0x00, 0x18: 0x7c, 0x30: 0x00, 0x31: 0x7c, 0x34: 0x00, 0x35: 0x01, 0x5b: 0, 0x5c: 0, 0x5d: 0 }],
-    ['6 GiB (3 GiB above 4 GiB)', 6n * 1024n * BigInt(MIB), { 0x17: 0xff, 0x18: 0xff, 0x30: 0xff, 0x31: 0xff, 0x34: 0x00, 0x35: 0xbf, 0x5b: 0x00, 0x5c: 0xc0, 0x5d: 0x00 }],
+    [
+      '32 MiB',
+      32 * MIB,
+      {
+        0x15: 0x80,
+        0x16: 0x02,
+        0x17: 0x00,
+        0x18: 0x7c,
+        0x30: 0x00,
+        0x31: 0x7c,
+        0x34: 0x00,
+        0x35: 0x01,
+        0x5b: 0,
+        0x5c: 0,
+        0x5d: 0,
+      },
+    ],
+    [
+      '6 GiB (3 GiB above 4 GiB)',
+      6n * 1024n * BigInt(MIB),
+      { 0x17: 0xff, 0x18: 0xff, 0x30: 0xff, 0x31: 0xff, 0x34: 0x00, 0x35: 0xbf, 0x5b: 0x00, 0x5c: 0xc0, 0x5d: 0x00 },
+    ],
   ])('should report %s in the memory size registers', (_name, memorySize, expected) => {
     const dev = new Cmos({ memorySize });
     const got: Record<number, number> = {};

@@ -27,7 +27,10 @@ describe('debugPorts', () => {
       i: ioOut(0xe9, [0x21]),
       x: hlt(),
     };
-    const dbg = debugPorts({ onPostCode: (c) => codes.push(c), onDebugOutput: (b) => printed.push(Buffer.from(b).toString('latin1')) });
+    const dbg = debugPorts({
+      onPostCode: (c) => codes.push(c),
+      onDebugOutput: (b) => printed.push(Buffer.from(b).toString('latin1')),
+    });
     testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('  -a-b-c-d-e-f-g-i-x-|', s);
       const e1subs = '  ^------------------!';

@@ -17,7 +17,12 @@ const PORTS_OF_INTEREST = [0x3f8, 0x3ff, 0x60, 0x64, 0x70, 0x71, 0xcf8, 0xcfc, 0
 
 /** A port near the devices (most of the time) or anywhere. */
 const port = fc.oneof(
-  { weight: 4, arbitrary: fc.constantFrom(...PORTS_OF_INTEREST).chain((p) => fc.integer({ min: Math.max(0, p - 4), max: Math.min(0xffff, p + 4) })) },
+  {
+    weight: 4,
+    arbitrary: fc
+      .constantFrom(...PORTS_OF_INTEREST)
+      .chain((p) => fc.integer({ min: Math.max(0, p - 4), max: Math.min(0xffff, p + 4) })),
+  },
   { weight: 1, arbitrary: fc.integer({ min: 0, max: 0xffff }) },
 );
 
@@ -28,16 +33,27 @@ type Op =
 
 const size = fc.constantFrom<1 | 2 | 4>(1, 2, 4);
 const op: fc.Arbitrary<Op> = fc.oneof(
-  { weight: 5, arbitrary: fc.record({ kind: fc.constant('in' as const), port, size, count: fc.integer({ min: 1, max: 3 }) }) },
+  {
+    weight: 5,
+    arbitrary: fc.record({ kind: fc.constant('in' as const), port, size, count: fc.integer({ min: 1, max: 3 }) }),
+  },
   {
     weight: 5,
     arbitrary: fc
       .record({ port, size, count: fc.integer({ min: 1, max: 3 }) })
       .chain(({ port: p, size: sz, count }) =>
-        fc.array(fc.integer({ min: 0, max: 255 }), { minLength: sz * count, maxLength: sz * count }).map((bytes): Op => ({ kind: 'out', port: p, size: sz, bytes })),
+        fc
+          .array(fc.integer({ min: 0, max: 255 }), { minLength: sz * count, maxLength: sz * count })
+          .map((bytes): Op => ({ kind: 'out', port: p, size: sz, bytes })),
       ),
   },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('rx' as const), bytes: fc.array(fc.integer({ min: 0, max: 255 }), { maxLength: 80 }) }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant('rx' as const),
+      bytes: fc.array(fc.integer({ min: 0, max: 255 }), { maxLength: 80 }),
+    }),
+  },
 );
 
 const FIXED_CLOCK = new Date('2031-07-04T12:34:56Z');
@@ -75,7 +91,8 @@ function run(ops: Op[], junk: number, stopOnReset: boolean): Run {
         pc.device.com1!.input(o.bytes);
         continue;
       }
-      const exit = o.kind === 'in' ? ioIn(o.port, o.size, o.count, junk) : ioOut(o.port, o.bytes, o.bytes.length / o.size);
+      const exit =
+        o.kind === 'in' ? ioIn(o.port, o.size, o.count, junk) : ioOut(o.port, o.bytes, o.bytes.length / o.size);
       exits.push(exit);
       yield exit;
     }
@@ -103,7 +120,7 @@ describe('legacyPc fuzz', () => {
         const ranges = a.pc.device.ports;
         a.exits.forEach((e, i) => {
           if (e.kind !== 'IoIn') return;
-          const o = e as VcpuExit & { kind: 'IoIn' };
+          const o = e;
           expect(o.data.length).toBe(o.size * o.count);
           const handled = inRanges(ranges, o.port);
           const other = b.exits[i] as VcpuExit & { kind: 'IoIn' };
@@ -114,7 +131,7 @@ describe('legacyPc fuzz', () => {
         expect(a.passed).toEqual(foreign);
         if (stopOnReset && a.pc.device.i8042!.resetRequested) {
           // the stage completed at the reset: the exits after it were never pulled
-          const last = a.exits[a.exits.length - 1]!;
+          const last = a.exits[a.exits.length - 1];
           expect(last.kind === 'IoOut' && inRanges([[0x60, 0x64]], last.port)).toBe(true);
         }
         // The IRQ line only reports changes.
@@ -124,7 +141,7 @@ describe('legacyPc fuzz', () => {
     );
   });
 
-  it('should keep every device\'s ioRead within the access size for any port in its ranges', () => {
+  it("should keep every device's ioRead within the access size for any port in its ranges", () => {
     const pc = newPc(false, []);
     const d = pc.device;
     const devices: PortDevice[] = [d.com1!, d.i8042!, d.cmos!, d.pci!, d.debug!, d];
@@ -135,7 +152,7 @@ describe('legacyPc fuzz', () => {
         fc.array(fc.tuple(fc.nat(), size, fc.integer({ min: 0, max: 0xffff_ffff })), { maxLength: 20 }),
         (dev, sz, writes) => {
           const ports = dev.ports.flatMap(([from, to]) => Array.from({ length: to - from + 1 }, (_, i) => from + i));
-          for (const [pick, wsz, value] of writes) dev.ioWrite(ports[pick % ports.length]!, wsz, value % 2 ** (8 * wsz));
+          for (const [pick, wsz, value] of writes) dev.ioWrite(ports[pick % ports.length], wsz, value % 2 ** (8 * wsz));
           for (const p of ports) {
             const v = dev.ioRead(p, sz);
             expect(Number.isInteger(v)).toBe(true);
@@ -153,7 +170,9 @@ describe('legacyPc fuzz', () => {
     const odd = ioIn(0x3f8, 1, 3);
     Object.defineProperty(odd, 'size', { value: 3 }); // a 3-byte access
     let error: unknown;
-    of(odd as VcpuExit, ioOut(0x3f8, [1, 2, 3], 1)).pipe(pc).subscribe({ error: (e: unknown) => (error = e) });
+    of(odd as VcpuExit, ioOut(0x3f8, [1, 2, 3], 1))
+      .pipe(pc)
+      .subscribe({ error: (e: unknown) => (error = e) });
     expect(error).toBeUndefined();
     expect(Array.from(odd.data)).toEqual([0xff, 0xff, 0xff]);
   });

@@ -110,7 +110,11 @@ describe('i8042', () => {
     const vcpu = kvm.createVm().createVcpu(0);
     backend.vcpu(0).script([mockIoOut(0x64, Uint8Array.of(0xfe)), mockHlt()]);
     const kbc = i8042();
-    await expect(runInThread(vcpu, (exits$) => exits$.pipe(kbc))).resolves.toEqual({ reason: 'completed', exits: 1, lastExit: 'IoOut' });
+    await expect(runInThread(vcpu, (exits$) => exits$.pipe(kbc))).resolves.toEqual({
+      reason: 'completed',
+      exits: 1,
+      lastExit: 'IoOut',
+    });
     expect(kbc.device.resetRequested).toBe(true);
     kvm.close();
   });

@@ -30,7 +30,11 @@ describe('legacyPc', () => {
       r: ioOut(0x64, [0xfe]), // reset
       x: hlt(),
     };
-    const pc = legacyPc({ com1: { irq: (l) => irq.next(l) }, i8042: { onReset: () => resets.push(testScheduler.now()) }, cmos: { memorySize: 64 * 1024 * 1024 } });
+    const pc = legacyPc({
+      com1: { irq: (l) => irq.next(l) },
+      i8042: { onReset: () => resets.push(testScheduler.now()) },
+      cmos: { memorySize: 64 * 1024 * 1024 },
+    });
     testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('  -a-b-c-d-e-f-g-i-m-p-r-x-|', s);
       const e1subs = '  ^--------------------!    ';

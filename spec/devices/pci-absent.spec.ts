@@ -43,8 +43,16 @@ describe('pciAbsent', () => {
     expect(bytesOf(s.k.data)).toEqual([0xff]);
   });
 
-  it('should fail Linux\'s pci_check_type2 test: byte accesses to 0xCF8-0xCFB are not CONFIG_ADDRESS', () => {
-    const s = { a: ioOut(0xcfb, [0]), b: ioOut(0xcf8, [0]), c: ioOut(0xcfa, [0]), d: ioIn(0xcf8), e: ioIn(0xcfa), f: ioIn(0xcf8, 2), g: ioIn(0xcf8, 4) };
+  it("should fail Linux's pci_check_type2 test: byte accesses to 0xCF8-0xCFB are not CONFIG_ADDRESS", () => {
+    const s = {
+      a: ioOut(0xcfb, [0]),
+      b: ioOut(0xcf8, [0]),
+      c: ioOut(0xcfa, [0]),
+      d: ioIn(0xcf8),
+      e: ioIn(0xcfa),
+      f: ioIn(0xcf8, 2),
+      g: ioIn(0xcf8, 4),
+    };
     const pci = pciAbsent();
     testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('  -abcdefg-|', s);

@@ -40,7 +40,7 @@ describe('uart16550', () => {
     expect(bytesOf(b.data)).toEqual([0xcc]);
   });
 
-  it('should pass Linux 8250 autoconfig\'s IER existence test (port 0x80 writes pass through)', () => {
+  it("should pass Linux 8250 autoconfig's IER existence test (port 0x80 writes pass through)", () => {
     const com = uart16550();
     const save = r(IER);
     const zero = w(IER, 0);
@@ -80,7 +80,7 @@ describe('uart16550', () => {
     expect(mcr.data[0]).toBe(0);
     expect(lcr.data[0]).toBe(0);
     // DCD|CTS (0x90), and DSR went 1 -> 0 (DDSR) on entering loopback: the delta bits are 3:0.
-    expect(msr.data[0]! & 0xf0).toBe(0x90);
+    expect(msr.data[0] & 0xf0).toBe(0x90);
     expect(msr.data[0]).toBe(0x92);
     // Back to the line: DCD|DSR|CTS, with the DSR delta (deltas cleared by the previous read).
     expect(msr2.data[0]).toBe(0xb2);
@@ -89,11 +89,27 @@ describe('uart16550', () => {
   it('should be detected as a 16550A: IIR bits 7:6 set once the FIFO is enabled, no EFR, no 64-byte FIFO, no UUE', () => {
     const com = uart16550();
     const s = {
-      a: w(LCR, 0xbf), b: w(FCR, 0), c: w(LCR, 0), d: w(FCR, 0x01), e: r(IIR), // type probe
-      f: w(LCR, 0x80), g: r(IIR), h: w(LCR, 0xbf), i: r(IIR), // EFR probes read IIR, not 0
-      j: w(LCR, 0), k: w(FCR, 0x21), l: r(IIR), m: w(FCR, 0x01), // TI16750 probe
-      n: w(LCR, 0x80), o: w(FCR, 0x21), p: r(IIR), q: w(FCR, 0x01), t: w(LCR, 0),
-      u: r(IER), v: w(IER, 0x40), x: r(IER), // Xscale UUE probe
+      a: w(LCR, 0xbf),
+      b: w(FCR, 0),
+      c: w(LCR, 0),
+      d: w(FCR, 0x01),
+      e: r(IIR), // type probe
+      f: w(LCR, 0x80),
+      g: r(IIR),
+      h: w(LCR, 0xbf),
+      i: r(IIR), // EFR probes read IIR, not 0
+      j: w(LCR, 0),
+      k: w(FCR, 0x21),
+      l: r(IIR),
+      m: w(FCR, 0x01), // TI16750 probe
+      n: w(LCR, 0x80),
+      o: w(FCR, 0x21),
+      p: r(IIR),
+      q: w(FCR, 0x01),
+      t: w(LCR, 0),
+      u: r(IER),
+      v: w(IER, 0x40),
+      x: r(IER), // Xscale UUE probe
     };
     testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('  -abcde-fghi-jklm-nopqt-uvx-|', s);
@@ -104,14 +120,24 @@ describe('uart16550', () => {
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
     });
     expect(s.e.data[0]).toBe(0xc1);
-    expect(s.e.data[0]! >> 6).toBe(3); // autoconfig_16550a
+    expect(s.e.data[0] >> 6).toBe(3); // autoconfig_16550a
     expect([s.g.data[0], s.i.data[0]]).toEqual([0xc1, 0xc1]);
-    expect([s.l.data[0]! & 0xe0, s.p.data[0]! & 0xe0]).toEqual([0xc0, 0xc0]); // no 64-byte FIFO bit
+    expect([s.l.data[0] & 0xe0, s.p.data[0] & 0xe0]).toEqual([0xc0, 0xc0]); // no 64-byte FIFO bit
     expect([s.u.data[0], s.x.data[0]]).toEqual([0x00, 0x00]); // IER bits 7:4 read 0
   });
 
   it('should keep the scratch register and report IIR bits 7:6 clear with the FIFO off', () => {
-    const s = { a: w(SCR, 0xa5), b: r(SCR), c: w(SCR, 0x5a), d: r(SCR), e: r(IIR), f: w(FCR, 0x07), g: r(IIR), h: w(FCR, 0), i: r(IIR) };
+    const s = {
+      a: w(SCR, 0xa5),
+      b: r(SCR),
+      c: w(SCR, 0x5a),
+      d: r(SCR),
+      e: r(IIR),
+      f: w(FCR, 0x07),
+      g: r(IIR),
+      h: w(FCR, 0),
+      i: r(IIR),
+    };
     testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('  -abcdefghi-|', s);
       const e1subs = '  ^----------!';
@@ -143,7 +169,16 @@ describe('uart16550', () => {
 
   it('should transmit THR bytes to output$ and onTx, pulsing the IRQ for each THR-empty interrupt', () => {
     const s = {
-      a: w(LCR, 0x03), b: w(FCR, 0x07), c: w(IER, 0x02), d: r(IIR), e: r(LSR), f: w(THR, 0x48), g: r(IIR), h: w(THR, 0x69), i: w(THR, 0x21), j: w(IER, 0),
+      a: w(LCR, 0x03),
+      b: w(FCR, 0x07),
+      c: w(IER, 0x02),
+      d: r(IIR),
+      e: r(LSR),
+      f: w(THR, 0x48),
+      g: r(IIR),
+      h: w(THR, 0x69),
+      i: w(THR, 0x21),
+      j: w(IER, 0),
     };
     const irq = new Subject<boolean>();
     const tx: number[][] = [];
@@ -181,7 +216,20 @@ describe('uart16550', () => {
   });
 
   it('should fill the RX FIFO from input$, with a timeout interrupt below the trigger level and a data interrupt at it', () => {
-    const s = { a: w(FCR, 0x41), b: w(IER, 0x01), c: r(IIR), d: r(LSR), e: r(IIR), f: r(RBR), g: r(RBR), h: r(RBR), i: r(RBR), j: r(LSR), k: r(IIR), l: r(RBR) };
+    const s = {
+      a: w(FCR, 0x41),
+      b: w(IER, 0x01),
+      c: r(IIR),
+      d: r(LSR),
+      e: r(IIR),
+      f: r(RBR),
+      g: r(RBR),
+      h: r(RBR),
+      i: r(RBR),
+      j: r(LSR),
+      k: r(IIR),
+      l: r(RBR),
+    };
     const irq = new Subject<boolean>();
     testScheduler.run(({ hot, cold, expectObservable, expectSubscriptions }) => {
       const input = cold('     ---x--y------------', { x: 'abc', y: 'd' });
@@ -253,8 +301,21 @@ describe('uart16550', () => {
 
   it('should loop TX back to RX in loopback mode, with MSR following MCR and modem status interrupts', () => {
     const s = {
-      a: w(IER, 0x09), b: w(MCR, 0x10), c: r(IIR), d: r(MSR), e: r(IIR), f: w(THR, 0x42), g: r(LSR), h: r(IIR), i: r(RBR),
-      j: w(MCR, 0x1f), k: r(MSR), l: w(MCR, 0x1b), m: r(MSR), n: w(MCR, 0), o: r(MSR),
+      a: w(IER, 0x09),
+      b: w(MCR, 0x10),
+      c: r(IIR),
+      d: r(MSR),
+      e: r(IIR),
+      f: w(THR, 0x42),
+      g: r(LSR),
+      h: r(IIR),
+      i: r(RBR),
+      j: w(MCR, 0x1f),
+      k: r(MSR),
+      l: w(MCR, 0x1b),
+      m: r(MSR),
+      n: w(MCR, 0),
+      o: r(MSR),
     };
     const com = uart16550();
     testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
@@ -278,7 +339,17 @@ describe('uart16550', () => {
   });
 
   it('should give the divisor latch at offsets 0/1 while LCR.DLAB is set, leaving THR and IER alone', () => {
-    const s = { a: w(IER, 0x05), b: w(LCR, 0x83), c: w(0, 0x01), d: w(1, 0x00), e: r(0), f: r(1), g: w(LCR, 0x03), h: r(IER), i: r(LCR) };
+    const s = {
+      a: w(IER, 0x05),
+      b: w(LCR, 0x83),
+      c: w(0, 0x01),
+      d: w(1, 0x00),
+      e: r(0),
+      f: r(1),
+      g: w(LCR, 0x03),
+      h: r(IER),
+      i: r(LCR),
+    };
     const com = uart16550();
     testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('  -abcdefghi-|', s);

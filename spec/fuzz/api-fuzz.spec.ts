@@ -28,15 +28,34 @@ interface Summary {
 }
 
 function fuzz(backend: 'native' | 'mock', calls: number, seed: number, limitMs: number): Summary {
-  const r = spawnSync(process.execPath, ['-r', 'ts-node/register/transpile-only', SCRIPT, '--calls', String(calls), '--seed', String(seed), '--backend', backend], {
-    cwd: ROOT,
-    encoding: 'utf8',
-    timeout: limitMs,
-    maxBuffer: 64 << 20,
-  });
+  const r = spawnSync(
+    process.execPath,
+    [
+      '-r',
+      'ts-node/register/transpile-only',
+      SCRIPT,
+      '--calls',
+      String(calls),
+      '--seed',
+      String(seed),
+      '--backend',
+      backend,
+    ],
+    {
+      cwd: ROOT,
+      encoding: 'utf8',
+      timeout: limitMs,
+      maxBuffer: 64 << 20,
+    },
+  );
   const where = `(reproduce: node -r ts-node/register/transpile-only spec/fuzz/api-fuzz.ts --calls ${calls} --seed ${seed} --backend ${backend} --trace /tmp/trace.txt)`;
   // A crash (SIGSEGV, SIGABRT, …) or a hang (killed by the timeout) is a signal; an uncaught error is a non-zero status.
-  expect({ signal: r.signal, status: r.status, stderr: r.stderr.slice(-2000), where }).toEqual({ signal: null, status: 0, stderr: expect.any(String), where });
+  expect({ signal: r.signal, status: r.status, stderr: r.stderr.slice(-2000), where }).toEqual({
+    signal: null,
+    status: 0,
+    stderr: expect.any(String),
+    where,
+  });
   const line = r.stdout.split('\n').find((l) => l.startsWith('FUZZ_RESULT '));
   expect(line).toBeDefined();
   return JSON.parse(line!.slice('FUZZ_RESULT '.length)) as Summary;
@@ -51,7 +70,11 @@ describeKvm('fuzzed public API, native backend, in a child process', () => {
     () => {
       const s = fuzz('native', calls, seed, timeout(60_000, 900_000));
       expect(s.calls).toBe(calls);
-      expect({ unexpected: s.unexpected, samples: s.unexpectedSamples, seed }).toEqual({ unexpected: 0, samples: {}, seed });
+      expect({ unexpected: s.unexpected, samples: s.unexpectedSamples, seed }).toEqual({
+        unexpected: 0,
+        samples: {},
+        seed,
+      });
       // every member of every class was in the table (the classes' prototypes, not a hand-written list)
       expect(s.members).toBeGreaterThan(500);
       // most calls are refused, but a fair share must get through the checks to the kernel
@@ -70,7 +93,11 @@ describe('fuzzed public API, mock backend, in a child process', () => {
     () => {
       const s = fuzz('mock', calls, seed, timeout(60_000, 600_000));
       expect(s.calls).toBe(calls);
-      expect({ unexpected: s.unexpected, samples: s.unexpectedSamples, seed }).toEqual({ unexpected: 0, samples: {}, seed });
+      expect({ unexpected: s.unexpected, samples: s.unexpectedSamples, seed }).toEqual({
+        unexpected: 0,
+        samples: {},
+        seed,
+      });
     },
     timeout(60_000, 600_000),
   );

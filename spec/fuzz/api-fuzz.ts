@@ -50,7 +50,7 @@ import type { IoctlBackend } from '../../src/backend/types';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1]! : def;
+  return i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1] : def;
 }
 const CALLS = Number(arg('calls', '2000'));
 const SEED = Number(arg('seed', String(Date.now() % 1_000_000)));
@@ -67,18 +67,49 @@ type Ctor = new (...a: unknown[]) => unknown;
 
 /** Members that adopt raw fds/addresses or are internal hooks: the unsafe seam, not fuzzed. */
 const UNSAFE_MEMBERS = new Set([
-  'ioctl', 'onClosed', 'adopt', 'borrow', 'setOwner', 'attachRun', 'whenEnded', 'kick', 'retain', 'pin',
-  'createVmfdFromRawfd', 'createVcpuFromRawfd', 'borrowVcpu',
+  'ioctl',
+  'onClosed',
+  'adopt',
+  'borrow',
+  'setOwner',
+  'attachRun',
+  'whenEnded',
+  'kick',
+  'retain',
+  'pin',
+  'createVmfdFromRawfd',
+  'createVcpuFromRawfd',
+  'borrowVcpu',
 ]);
-const UNSAFE_STATICS = new Set(['Kvm.fromRawFd', 'VmFd.borrow', 'VcpuFd.borrowed', 'GuestMemory.borrow', 'KvmRunWrapper.mmapFromFd']);
+const UNSAFE_STATICS = new Set([
+  'Kvm.fromRawFd',
+  'VmFd.borrow',
+  'VcpuFd.borrowed',
+  'GuestMemory.borrow',
+  'KvmRunWrapper.mmapFromFd',
+]);
 /** Classes whose constructor takes raw fds/addresses (or is internal). */
-const RAW_CTORS = new Set(['NativeBackend', 'VmFd', 'VcpuFd', 'DeviceFd', 'GuestMemfd', 'GuestMemory', 'KvmRunWrapper', 'IoEventAddress', 'VcpuRun', 'FamCollection']);
+const RAW_CTORS = new Set([
+  'NativeBackend',
+  'VmFd',
+  'VcpuFd',
+  'DeviceFd',
+  'GuestMemfd',
+  'GuestMemory',
+  'KvmRunWrapper',
+  'IoEventAddress',
+  'VcpuRun',
+  'FamCollection',
+]);
 
-const isClass = (v: unknown): v is Ctor => typeof v === 'function' && /^class[\s{]/.test(Function.prototype.toString.call(v));
+const isClass = (v: unknown): v is Ctor =>
+  typeof v === 'function' && /^class[\s{]/.test(Function.prototype.toString.call(v));
 
 const exportsOf = lib as unknown as Record<string, unknown>;
 const classes = Object.entries(exportsOf).filter(([, v]) => isClass(v)) as Array<[string, Ctor]>;
-const freeFunctions = Object.entries(exportsOf).filter(([, v]) => typeof v === 'function' && !isClass(v)) as Array<[string, AnyFn]>;
+const freeFunctions = Object.entries(exportsOf).filter(([, v]) => typeof v === 'function' && !isClass(v)) as Array<
+  [string, AnyFn]
+>;
 
 // ---------------------------------------------------------------- the hostile values
 
@@ -125,9 +156,69 @@ interface Pool {
   owned: Array<{ close(): void | Promise<void> }>;
 }
 
-const numbers = [0, 1, -1, 2, 3, 4, 7, 8, 15, 16, 255, 256, 0x3f8, 0x1000, 0xffff, 0x10000, 2 ** 31 - 1, 2 ** 31, -(2 ** 31), 2 ** 32 - 1, 2 ** 32, 2 ** 53, -(2 ** 53), Number.MAX_SAFE_INTEGER, Number.MAX_VALUE, 1.5, -0, NaN, Infinity, -Infinity, 0.1];
-const bigints = [0n, 1n, -1n, 0x1000n, 0xfffffn, 2n ** 32n, 2n ** 63n - 1n, 2n ** 63n, -(2n ** 63n), 2n ** 64n - 1n, 2n ** 64n, 2n ** 100n];
-const strings = ['', 'a', '0', '0x10', 'EINVAL', 'pio', 'mmio', '/dev/kvm', '/dev/null', '/nonexistent', 'x'.repeat(5000), '\u0000', 'constructor', '__proto__'];
+const numbers = [
+  0,
+  1,
+  -1,
+  2,
+  3,
+  4,
+  7,
+  8,
+  15,
+  16,
+  255,
+  256,
+  0x3f8,
+  0x1000,
+  0xffff,
+  0x10000,
+  2 ** 31 - 1,
+  2 ** 31,
+  -(2 ** 31),
+  2 ** 32 - 1,
+  2 ** 32,
+  2 ** 53,
+  -(2 ** 53),
+  Number.MAX_SAFE_INTEGER,
+  Number.MAX_VALUE,
+  1.5,
+  -0,
+  NaN,
+  Infinity,
+  -Infinity,
+  0.1,
+];
+const bigints = [
+  0n,
+  1n,
+  -1n,
+  0x1000n,
+  0xfffffn,
+  2n ** 32n,
+  2n ** 63n - 1n,
+  2n ** 63n,
+  -(2n ** 63n),
+  2n ** 64n - 1n,
+  2n ** 64n,
+  2n ** 100n,
+];
+const strings = [
+  '',
+  'a',
+  '0',
+  '0x10',
+  'EINVAL',
+  'pio',
+  'mmio',
+  '/dev/kvm',
+  '/dev/null',
+  '/nonexistent',
+  'x'.repeat(5000),
+  '\u0000',
+  'constructor',
+  '__proto__',
+];
 
 function valueArb(pool: Pool, closedish: object[]): fc.Arbitrary<unknown> {
   const objs = pool.targets.map(([, o]) => o);
@@ -137,7 +228,22 @@ function valueArb(pool: Pool, closedish: object[]): fc.Arbitrary<unknown> {
     { weight: 2, arbitrary: fc.double() },
     { weight: 5, arbitrary: fc.constantFrom(...bigints) },
     { weight: 2, arbitrary: fc.bigInt({ min: -(2n ** 65n), max: 2n ** 65n }) },
-    { weight: 3, arbitrary: fc.constantFrom<unknown>(undefined, null, true, false, Symbol('s'), () => 1, [], {}, [1, 2, 3], new Date(0), /x/) },
+    {
+      weight: 3,
+      arbitrary: fc.constantFrom<unknown>(
+        undefined,
+        null,
+        true,
+        false,
+        Symbol('s'),
+        () => 1,
+        [],
+        {},
+        [1, 2, 3],
+        new Date(0),
+        /x/,
+      ),
+    },
     { weight: 2, arbitrary: fc.constantFrom(...strings) },
     {
       weight: 4,
@@ -164,8 +270,10 @@ function mutate(value: unknown, path: number[], junk: unknown): unknown {
   if (value === null || typeof value !== 'object' || ArrayBuffer.isView(value)) return resolve(junk);
   const keys = Object.keys(value);
   if (keys.length === 0 || path.length === 0) return resolve(junk);
-  const k = keys[path[0]! % keys.length]!;
-  const copy: Record<string, unknown> = Array.isArray(value) ? ([...value] as unknown as Record<string, unknown>) : { ...(value as Record<string, unknown>) };
+  const k = keys[path[0] % keys.length];
+  const copy: Record<string, unknown> = Array.isArray(value)
+    ? ([...value] as unknown as Record<string, unknown>)
+    : { ...(value as Record<string, unknown>) };
   copy[k] = path.length === 1 ? junk : mutate(copy[k], path.slice(1), junk);
   return copy;
 }
@@ -252,21 +360,45 @@ function buildPool(backend: IoctlBackend): Pool {
     k4.close();
     if (cg) add('closedGuestMemfd', cg, false);
   }
-  add('cpuId', tryMake(() => kvm.getSupportedCpuid(L.KVM_MAX_CPUID_ENTRIES)));
-  add('msrs', tryMake(() => new L.Msrs([{ index: 0x10 }])));
-  add('msrList', tryMake(() => kvm.getMsrIndexList()));
-  add('regList', tryMake(() => new L.RegList(4)));
-  add('xsave', tryMake(() => vcpu.getXsave()));
-  add('nested', tryMake(() => new L.KvmNestedStateBuffer()));
+  add(
+    'cpuId',
+    tryMake(() => kvm.getSupportedCpuid(L.KVM_MAX_CPUID_ENTRIES)),
+  );
+  add(
+    'msrs',
+    tryMake(() => new L.Msrs([{ index: 0x10 }])),
+  );
+  add(
+    'msrList',
+    tryMake(() => kvm.getMsrIndexList()),
+  );
+  add(
+    'regList',
+    tryMake(() => new L.RegList(4)),
+  );
+  add(
+    'xsave',
+    tryMake(() => vcpu.getXsave()),
+  );
+  add(
+    'nested',
+    tryMake(() => new L.KvmNestedStateBuffer()),
+  );
   add('ioAddress', L.IoEventAddress.pio(0x10));
-  add('exitStats', tryMake(() => new L.ExitStats()));
+  add(
+    'exitStats',
+    tryMake(() => new L.ExitStats()),
+  );
   for (const [name, C] of classes) {
     // The device models and anything else whose constructor needs no arguments.
-    if (/^(Uart16550|I8042|Cmos|PciAbsent|DebugPorts)$/.test(name)) add(name, tryMake(() => new C() as object));
+    if (/^(Uart16550|I8042|Cmos|PciAbsent|DebugPorts)$/.test(name))
+      add(
+        name,
+        tryMake(() => new C() as object),
+      );
   }
   add('runtime', own(new L.VcpuRuntime({ maxVcpus: 1 })));
   for (const o of closed) targets.push([`closed:${o.constructor.name}`, o]);
-  void closed;
   return { backend, targets, open, owned: owned.reverse() };
 }
 
@@ -291,7 +423,11 @@ interface Member {
 function membersOf(obj: object): Member[] {
   const out: Member[] = [];
   const seen = new Set<string | symbol>(['constructor']);
-  for (let p = Object.getPrototypeOf(obj) as object | null; p !== null && p !== Object.prototype; p = Object.getPrototypeOf(p) as object | null) {
+  for (
+    let p = Object.getPrototypeOf(obj) as object | null;
+    p !== null && p !== Object.prototype;
+    p = Object.getPrototypeOf(p) as object | null
+  ) {
     for (const name of Reflect.ownKeys(p)) {
       if (seen.has(name) || UNSAFE_MEMBERS.has(String(name))) continue;
       seen.add(name);
@@ -312,7 +448,8 @@ function callArb(pool: Pool): fc.Arbitrary<Call> {
   const args = fc.array(v, { maxLength: 4 });
 
   const memberCalls: Array<{ label: string; obj: object; m: Member }> = [];
-  for (const [name, obj] of pool.targets) for (const m of membersOf(obj)) memberCalls.push({ label: `${name}.${String(m.name)}`, obj, m });
+  for (const [name, obj] of pool.targets)
+    for (const m of membersOf(obj)) memberCalls.push({ label: `${name}.${String(m.name)}`, obj, m });
 
   const twinValue = (obj: object, m: Member): unknown => {
     // The value a matching getter returns on an open object of the class (setRegs ← getRegs, …).
@@ -332,9 +469,15 @@ function callArb(pool: Pool): fc.Arbitrary<Call> {
   };
 
   const member: fc.Arbitrary<Call> = fc
-    .tuple(fc.integer({ min: 0, max: memberCalls.length - 1 }), args, fc.boolean(), fc.array(fc.nat(), { minLength: 1, maxLength: 3 }), v)
+    .tuple(
+      fc.integer({ min: 0, max: memberCalls.length - 1 }),
+      args,
+      fc.boolean(),
+      fc.array(fc.nat(), { minLength: 1, maxLength: 3 }),
+      v,
+    )
     .map(([i, a, useTwin, path, junk]) => {
-      const { label, obj, m } = memberCalls[i]!;
+      const { label, obj, m } = memberCalls[i];
       const o = obj as Record<string | symbol, unknown>;
       if (m.kind === 'get') return { label: `${label} (get)`, invoke: () => o[m.name] };
       if (m.kind === 'set') return { label: `${label} (set)`, invoke: () => (o[m.name] = resolve(a[0])) };
@@ -358,25 +501,54 @@ function callArb(pool: Pool): fc.Arbitrary<Call> {
     }
   }
   for (const [name, f] of freeFunctions) statics.push({ label: name, fn: f, self: undefined });
-  const withBackend = (a: unknown[]): unknown[] => a.map((x) => (x !== null && typeof x === 'object' && !ArrayBuffer.isView(x) && Math.random() < 0.5 ? { ...(x as object), backend: pool.backend } : x));
-  const staticCall: fc.Arbitrary<Call> = fc.tuple(fc.integer({ min: 0, max: statics.length - 1 }), args).map(([i, a]) => {
-    const s = statics[i]!;
-    return { label: s.label, invoke: () => s.fn.apply(s.self, s.label.startsWith('GuestMemory.') || s.label.startsWith('Kvm.') ? withBackend(a.map(resolve)) : a.map(resolve)), returnsOwned: true };
-  });
+  const withBackend = (a: unknown[]): unknown[] =>
+    a.map((x) =>
+      x !== null && typeof x === 'object' && !ArrayBuffer.isView(x) && Math.random() < 0.5
+        ? { ...x, backend: pool.backend }
+        : x,
+    );
+  const staticCall: fc.Arbitrary<Call> = fc
+    .tuple(fc.integer({ min: 0, max: statics.length - 1 }), args)
+    .map(([i, a]) => {
+      const s = statics[i];
+      return {
+        label: s.label,
+        invoke: () =>
+          s.fn.apply(
+            s.self,
+            s.label.startsWith('GuestMemory.') || s.label.startsWith('Kvm.')
+              ? withBackend(a.map(resolve))
+              : a.map(resolve),
+          ),
+        returnsOwned: true,
+      };
+    });
 
   const ctors = classes.filter(([n]) => !RAW_CTORS.has(n));
-  const ctorCall: fc.Arbitrary<Call> = fc.tuple(fc.integer({ min: 0, max: ctors.length - 1 }), args, fc.boolean()).map(([i, a, withB]) => {
-    const [name, C] = ctors[i]!;
-    const invoke = () => {
-      // `new Kvm(options, fd)` adopts a raw fd: only the one-argument form is fuzzed.
-      let callArgs = name === 'Kvm' ? a.slice(0, 1) : a;
-      if (withB && (name === 'Kvm' || name === 'EventFd')) callArgs = [{ ...(typeof a[0] === 'object' && a[0] !== null && a[0] !== HOSTILE_TOKEN ? a[0] : {}), backend: pool.backend }];
-      return new C(...callArgs.map(resolve));
-    };
-    return { label: `new ${name}`, invoke, returnsOwned: true };
-  });
+  const ctorCall: fc.Arbitrary<Call> = fc
+    .tuple(fc.integer({ min: 0, max: ctors.length - 1 }), args, fc.boolean())
+    .map(([i, a, withB]) => {
+      const [name, C] = ctors[i];
+      const invoke = () => {
+        // `new Kvm(options, fd)` adopts a raw fd: only the one-argument form is fuzzed.
+        let callArgs = name === 'Kvm' ? a.slice(0, 1) : a;
+        if (withB && (name === 'Kvm' || name === 'EventFd'))
+          callArgs = [
+            {
+              ...(typeof a[0] === 'object' && a[0] !== null && a[0] !== HOSTILE_TOKEN ? a[0] : {}),
+              backend: pool.backend,
+            },
+          ];
+        return new C(...callArgs.map(resolve));
+      };
+      return { label: `new ${name}`, invoke, returnsOwned: true };
+    });
 
-  return fc.oneof({ weight: 8, arbitrary: member }, { weight: 2, arbitrary: staticCall }, { weight: 1, arbitrary: ctorCall });
+  return fc.oneof(
+    { weight: 8, arbitrary: member },
+    { weight: 2, arbitrary: staticCall },
+    { weight: 1, arbitrary: ctorCall },
+  );
 }
 
 // ---------------------------------------------------------------- classification
@@ -399,17 +571,26 @@ interface Summary {
 function classify(e: unknown): { ok: boolean; key: string } {
   if (e instanceof HostileError) return { ok: true, key: 'hostile getter (propagated)' };
   const x = e as { name?: string; code?: unknown; message?: string; constructor?: { name?: string } };
-  if (e instanceof lib.KvmError) return { ok: true, key: `KvmError ${x.code}` };
+  if (e instanceof lib.KvmError) return { ok: true, key: `KvmError ${String(x.code)}` };
   const code = typeof x?.code === 'string' ? x.code : undefined;
-  if ((e instanceof TypeError || e instanceof RangeError) && code?.startsWith('ERR_')) return { ok: true, key: `${x.name} ${code}` };
-  if (e instanceof Error && code?.startsWith('ERR_KVM_')) return { ok: true, key: `${x.constructor?.name ?? x.name} ${code}` };
+  if ((e instanceof TypeError || e instanceof RangeError) && code?.startsWith('ERR_'))
+    return { ok: true, key: `${x.name} ${code}` };
+  if (e instanceof Error && code?.startsWith('ERR_KVM_'))
+    return { ok: true, key: `${x.constructor?.name ?? x.name} ${code}` };
   if (e instanceof lib.AbortError) return { ok: true, key: 'AbortError' };
   // The engine's own TypeError for an argument no built-in can convert either (`new Error(Symbol())`,
   // `Array.from(detachedTypedArray)`): same behaviour as the built-ins, counted apart.
-  if (e instanceof TypeError && code === undefined && /^Cannot convert a Symbol value to a string$|on a detached ArrayBuffer$/.test(String(x.message))) {
+  if (
+    e instanceof TypeError &&
+    code === undefined &&
+    /^Cannot convert a Symbol value to a string$|on a detached ArrayBuffer$/.test(String(x.message))
+  ) {
     return { ok: true, key: 'engine TypeError: unconvertible argument (Symbol, detached buffer)' };
   }
-  return { ok: false, key: `${x?.constructor?.name ?? typeof e}${code ? ` ${code}` : ''}: ${String(x?.message ?? e).slice(0, 160)}` };
+  return {
+    ok: false,
+    key: `${x?.constructor?.name ?? typeof e}${code ? ` ${code}` : ''}: ${String(x?.message ?? e).slice(0, 160)}`,
+  };
 }
 
 const fdCount = (): number => readdirSync('/proc/self/fd').length;
@@ -465,11 +646,22 @@ function startWatchdog(backend: IoctlBackend): { sab: Int32Array; tids: BigInt64
 
 async function main(): Promise<void> {
   const t0 = Date.now();
-  const backend: IoctlBackend = BACKEND === 'mock' ? new MockBackend() : lib.NativeBackend ? new lib.NativeBackend() : (undefined as never);
+  const backend: IoctlBackend =
+    BACKEND === 'mock' ? new MockBackend() : lib.NativeBackend ? new lib.NativeBackend() : (undefined as never);
   const dog = BACKEND === 'native' ? startWatchdog(backend) : undefined;
   const summary: Summary = {
-    seed: SEED, backend: BACKEND, calls: 0, returned: 0, expected: {}, unexpected: 0, unexpectedSamples: {}, pending: 0, kicks: 0,
-    fds: { before: 0, after: 0 }, ms: 0, members: 0,
+    seed: SEED,
+    backend: BACKEND,
+    calls: 0,
+    returned: 0,
+    expected: {},
+    unexpected: 0,
+    unexpectedSamples: {},
+    pending: 0,
+    kicks: 0,
+    fds: { before: 0, after: 0 },
+    ms: 0,
+    members: 0,
   };
   // Warm-up pool, for the fd baseline.
   await closePool(buildPool(backend));
@@ -487,7 +679,8 @@ async function main(): Promise<void> {
       summary.unexpected++;
       const k = `${label} → ${c.key}`;
       if (summary.unexpectedSamples[k] === undefined) {
-        summary.unexpectedSamples[k] = (outcome.error as Error)?.stack?.split('\n').slice(0, 4).join(' | ') ?? String(outcome.error);
+        summary.unexpectedSamples[k] =
+          (outcome.error as Error)?.stack?.split('\n').slice(0, 4).join(' | ') ?? String(outcome.error);
         if (VERBOSE) process.stderr.write(`UNEXPECTED ${k}\n${(outcome.error as Error)?.stack}\n`);
       }
     }
@@ -499,7 +692,10 @@ async function main(): Promise<void> {
   while (done < CALLS) {
     const n = Math.min(REBUILD, CALLS - done);
     const pool = buildPool(backend);
-    summary.members = Math.max(summary.members, pool.targets.reduce((s, [, o]) => s + membersOf(o).length, 0));
+    summary.members = Math.max(
+      summary.members,
+      pool.targets.reduce((s, [, o]) => s + membersOf(o).length, 0),
+    );
     const calls = fc.sample(callArb(pool), { seed: SEED + batch, numRuns: n });
     const spawned: Array<{ close(): unknown }> = [];
     const pending: Array<Promise<unknown>> = [];
@@ -517,7 +713,8 @@ async function main(): Promise<void> {
             r.then(
               (v) => {
                 record(call.label, { returned: true });
-                if (v && typeof (v as { close?: unknown }).close === 'function') spawned.push(v as { close(): unknown });
+                if (v && typeof (v as { close?: unknown }).close === 'function')
+                  spawned.push(v as { close(): unknown });
               },
               (e: unknown) => record(call.label, { error: e }),
             ),
@@ -525,8 +722,10 @@ async function main(): Promise<void> {
         } else {
           record(call.label, { returned: true });
           // `Kvm.openWithCloexec[At]` return a raw fd the caller owns (as in kvm-ioctls).
-          if (call.label.startsWith('Kvm.openWithCloexec') && typeof r === 'number') tryMake(() => backend.close(r as number));
-          if (call.returnsOwned && r && typeof r === 'object' && typeof (r as { close?: unknown }).close === 'function') spawned.push(r as { close(): unknown });
+          if (call.label.startsWith('Kvm.openWithCloexec') && typeof r === 'number')
+            tryMake(() => backend.close(r as number));
+          if (call.returnsOwned && r && typeof r === 'object' && typeof (r as { close?: unknown }).close === 'function')
+            spawned.push(r as { close(): unknown });
           // A VcpuRun from runtime.start(): stop it (it owns a worker thread).
           if (r instanceof lib.VcpuRun) pending.push(r.stop());
         }
@@ -543,7 +742,10 @@ async function main(): Promise<void> {
       summary.calls++;
     }
     // Promises (readAsync, runtime.close, VcpuRun.stop, …): give them a moment, then move on.
-    const settled = await Promise.race([Promise.allSettled(pending).then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 500))]);
+    const settled = await Promise.race([
+      Promise.allSettled(pending).then(() => true),
+      new Promise<boolean>((r) => setTimeout(() => r(false), 500)),
+    ]);
     if (!settled) summary.pending++;
     for (const s of spawned.reverse()) tryMake(() => s.close());
     await closePool(pool);

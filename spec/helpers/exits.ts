@@ -82,7 +82,14 @@ function normalise(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(normalise);
   if (value !== null && typeof value === 'object' && 'frame' in value && 'notification' in value) {
     const m = value as { frame: number; notification: { kind: string; value?: unknown; error?: unknown } };
-    return { frame: m.frame, notification: { ...m.notification, value: normalise(m.notification.value), error: normalise(m.notification.error) } };
+    return {
+      frame: m.frame,
+      notification: {
+        ...m.notification,
+        value: normalise(m.notification.value),
+        error: normalise(m.notification.error),
+      },
+    };
   }
   return value;
 }

@@ -33,7 +33,6 @@ export function contractBackends(): Array<[string, () => IoctlBackend]> {
   const list: Array<[string, () => IoctlBackend]> = [['mock', () => new MockBackend()]];
   if (kvmAvailable.ok) list.push(['native', () => nativeBackend()]);
   else {
-    // eslint-disable-next-line no-console
     console.warn(`contract suite: native backend skipped (${kvmAvailable.reason})`);
   }
   return list;
@@ -55,7 +54,11 @@ export function expectKvmError(fn: () => unknown, code: string, request?: string
 }
 
 /** Expects `fn` to throw an error with this `code` (ERR_*) and class name. */
-export function expectCode(fn: () => unknown, name: 'TypeError' | 'RangeError' | 'KvmClosedError' | 'Error', code: string): void {
+export function expectCode(
+  fn: () => unknown,
+  name: 'TypeError' | 'RangeError' | 'KvmClosedError' | 'Error',
+  code: string,
+): void {
   let thrown: unknown;
   try {
     fn();

@@ -30,7 +30,11 @@ describeKvm('cpuid/msr on the real kernel', () => {
 
   it('KVM_SET_CPUID2 with more than 256 leaves is E2BIG from the kernel', () => {
     const vcpu = kvm.createVm().createVcpu(0);
-    expectKvmError(() => vcpu.backend.ioctl(vcpu.asRawFd(), ioctls.KVM_SET_CPUID2, famBuffer('CpuId', 257)), 'E2BIG', 'KVM_SET_CPUID2');
+    expectKvmError(
+      () => vcpu.backend.ioctl(vcpu.asRawFd(), ioctls.KVM_SET_CPUID2, famBuffer('CpuId', 257)),
+      'E2BIG',
+      'KVM_SET_CPUID2',
+    );
   });
 
   it('setCpuid2 after the first KVM_RUN: identical leaves are accepted, different ones are EINVAL', () => {
@@ -63,7 +67,11 @@ describeKvm('cpuid/msr on the real kernel', () => {
       const vm = kvm.createVm();
       expectKvmError(() => vm.getPreferredTarget(), 'ENOTTY');
       expectKvmError(() => vm.hasDeviceAttr({ group: 0, attr: 0 }), 'ENOTTY', 'KVM_HAS_DEVICE_ATTR');
-      expectKvmError(() => vm.setDeviceAttr({ group: 0, attr: 0, addr: new BigUint64Array(1) }), 'ENOTTY', 'KVM_SET_DEVICE_ATTR');
+      expectKvmError(
+        () => vm.setDeviceAttr({ group: 0, attr: 0, addr: new BigUint64Array(1) }),
+        'ENOTTY',
+        'KVM_SET_DEVICE_ATTR',
+      );
     });
 
     it('VcpuFd: init/finalize/one-reg are EINVAL (x86 answers unknown vCPU ioctls with EINVAL)', () => {
@@ -87,14 +95,21 @@ describeKvm('cpuid/msr on the real kernel', () => {
       }
       // measured on Linux 6.18: success with n = 0; older x86 kernels answer EINVAL
       if (err === undefined) expect(list.length).toBe(0);
-      else expect((err as { name: string; code: string }).name + ':' + (err as { code: string }).code).toBe('KvmError:EINVAL');
+      else
+        expect((err as { name: string; code: string }).name + ':' + (err as { code: string }).code).toBe(
+          'KvmError:EINVAL',
+        );
     });
 
     it('VcpuFd: vCPU device attributes are x86 ones (group 0 = TSC control exists, group 1 is ENXIO)', () => {
       const vcpu = kvm.createVm().createVcpu(0);
       vcpu.hasDeviceAttr({ group: 0, attr: 0 }); // KVM_VCPU_TSC_CTRL / KVM_VCPU_TSC_OFFSET
       expectKvmError(() => vcpu.hasDeviceAttr({ group: 1, attr: 0 }), 'ENXIO', 'KVM_HAS_DEVICE_ATTR');
-      expectKvmError(() => vcpu.setDeviceAttr({ group: 1, attr: 0, addr: new Int32Array(1) }), 'ENXIO', 'KVM_SET_DEVICE_ATTR');
+      expectKvmError(
+        () => vcpu.setDeviceAttr({ group: 1, attr: 0, addr: new Int32Array(1) }),
+        'ENXIO',
+        'KVM_SET_DEVICE_ATTR',
+      );
     });
   });
 });

@@ -68,10 +68,10 @@ describeKvm('vCPU kick (immediate_exit + real-time signal)', () => {
     });
     while (messages.length === 0) await new Promise((r) => setTimeout(r, 5));
     await new Promise((r) => setTimeout(r, 50)); // let the guest spin inside KVM_RUN
-    nativeBackend().kick(messages[0]!.thread as bigint, run.address);
+    nativeBackend().kick(messages[0].thread as bigint, run.address);
     await done;
     await worker.terminate();
-    const result = messages[1]!;
+    const result = messages[1];
     expect(result.errno).toBe(-errnoOf('EINTR'));
     expect(result.immediateExitSeen).toBe(1);
     expect(run.immediateExit).toBe(0); // the worker wrote it back to 0

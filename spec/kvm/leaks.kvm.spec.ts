@@ -64,41 +64,49 @@ const ours = (lines: string[]): string[] =>
 const MAPS_TOLERANCE = 48;
 
 describeKvm(`leaks: ${CYCLES} VMs with 2 vCPUs and a memory slot`, () => {
-  it('gives back every fd and every mapping', async () => {
-    const { nativeBackend } = await import('../../src/backend/native');
-    const backend = nativeBackend();
-    // Warm-up: loads the addon, compiles the code paths and lets V8 size its heap.
-    cycle(backend);
-    cycle(backend);
-    const fds0 = fdCount();
-    const maps0 = mapsLines();
-    let peak = maps0.length;
-    for (let i = 0; i < CYCLES; i++) {
+  it(
+    'gives back every fd and every mapping',
+    async () => {
+      const { nativeBackend } = await import('../../src/backend/native');
+      const backend = nativeBackend();
+      // Warm-up: loads the addon, compiles the code paths and lets V8 size its heap.
       cycle(backend);
-      if (i % 20 === 0) peak = Math.max(peak, mapsLines().length);
-    }
-    const fds1 = fdCount();
-    const maps1 = mapsLines();
-    // fds: the process's fd table is exact; no growth allowed.
-    expect(fds1).toBe(fds0);
-    // kvm_run and guest-memory mappings: exactly the ones there were before the loop.
-    expect(ours(maps1)).toEqual(ours(maps0));
-    expect(maps1.length - maps0.length).toBeLessThanOrEqual(MAPS_TOLERANCE);
-    // and the total never climbed with the cycles (a leak shows as a steady rise).
-    expect(peak - maps0.length).toBeLessThanOrEqual(MAPS_TOLERANCE);
-  }, timeout(30_000, 120_000));
+      cycle(backend);
+      const fds0 = fdCount();
+      const maps0 = mapsLines();
+      let peak = maps0.length;
+      for (let i = 0; i < CYCLES; i++) {
+        cycle(backend);
+        if (i % 20 === 0) peak = Math.max(peak, mapsLines().length);
+      }
+      const fds1 = fdCount();
+      const maps1 = mapsLines();
+      // fds: the process's fd table is exact; no growth allowed.
+      expect(fds1).toBe(fds0);
+      // kvm_run and guest-memory mappings: exactly the ones there were before the loop.
+      expect(ours(maps1)).toEqual(ours(maps0));
+      expect(maps1.length - maps0.length).toBeLessThanOrEqual(MAPS_TOLERANCE);
+      // and the total never climbed with the cycles (a leak shows as a steady rise).
+      expect(peak - maps0.length).toBeLessThanOrEqual(MAPS_TOLERANCE);
+    },
+    timeout(30_000, 120_000),
+  );
 });
 
 describe(`leaks: ${CYCLES} VMs with 2 vCPUs and a memory slot [mock]`, () => {
-  it('leaves no open fd and no mapping in the mock kernel', () => {
-    const backend = new MockBackend();
-    for (let i = 0; i < CYCLES; i++) {
-      // Each new vCPU takes the exits scripted for its id: one Hlt.
-      let id = 0;
-      cycle(backend, () => backend.vcpu(id++).script([hlt()]));
-      expect(backend.openFds).toEqual([]);
-      expect(backend.mappings).toEqual([]);
-    }
-    expect(backend.vms).toEqual([]);
-  }, timeout(30_000, 120_000));
+  it(
+    'leaves no open fd and no mapping in the mock kernel',
+    () => {
+      const backend = new MockBackend();
+      for (let i = 0; i < CYCLES; i++) {
+        // Each new vCPU takes the exits scripted for its id: one Hlt.
+        let id = 0;
+        cycle(backend, () => backend.vcpu(id++).script([hlt()]));
+        expect(backend.openFds).toEqual([]);
+        expect(backend.mappings).toEqual([]);
+      }
+      expect(backend.vms).toEqual([]);
+    },
+    timeout(30_000, 120_000),
+  );
 });

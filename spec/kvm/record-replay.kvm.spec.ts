@@ -23,7 +23,10 @@ describeKvm('record and replay', () => {
       vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: GUEST_ADDR, memory: mem });
       mem.bytes.set(SEED_GUEST);
       const vcpu = seedVcpu(vm);
-      const outcome = await runtime.start(vcpu, { pipeline: join(__dirname, '../fixtures/operator-pipeline.ts'), record: true }).done;
+      const outcome = await runtime.start(vcpu, {
+        pipeline: join(__dirname, '../fixtures/operator-pipeline.ts'),
+        record: true,
+      }).done;
       const recording = outcome.recording!;
       expect(recording.map((r) => r.kind)).toEqual(['IoOut', 'IoIn', 'MmioWrite', 'MmioRead', 'Hlt']);
       expect(recording[0]).toEqual({ kind: 'IoOut', port: 0x3f8, size: 1, count: 1, data: [0x35] });

@@ -38,7 +38,21 @@ function realMode(vm: VmFd, mem: GuestMemory, code: number[], id = 0): VcpuFd {
 function tripleFaulting(vm: VmFd, mem: GuestMemory): VcpuFd {
   const vcpu = realMode(vm, mem, UD2);
   const s = vcpu.getSregs();
-  const flat = (type: number, selector: number) => ({ ...s.cs, base: 0n, limit: 0xffff_ffff, selector, type, present: 1, dpl: 0, db: 1, s: 1, l: 0, g: 1, avl: 0, unusable: 0 });
+  const flat = (type: number, selector: number) => ({
+    ...s.cs,
+    base: 0n,
+    limit: 0xffff_ffff,
+    selector,
+    type,
+    present: 1,
+    dpl: 0,
+    db: 1,
+    s: 1,
+    l: 0,
+    g: 1,
+    avl: 0,
+    unusable: 0,
+  });
   s.cr0 |= 1n;
   s.cs = flat(11, 8);
   s.ds = s.es = s.fs = s.gs = s.ss = flat(3, 16);
@@ -88,7 +102,10 @@ describeKvm('reliability: guest faults and hostile guests', () => {
   it('a triple fault through the worker runtime ends the run: Shutdown is named, nothing is left running', async () => {
     const vcpu = tripleFaulting(vm, mem);
     const run = runtime.start(vcpu, { unhandled: 'error', pipeline: PIPELINE });
-    await expect(run.done).rejects.toMatchObject({ code: 'ERR_KVM_UNHANDLED_EXIT', message: expect.stringContaining('Shutdown') });
+    await expect(run.done).rejects.toMatchObject({
+      code: 'ERR_KVM_UNHANDLED_EXIT',
+      message: expect.stringContaining('Shutdown'),
+    });
     expect(vcpu.running).toBe(false);
     expect(runtime.active).toBe(0);
   });
@@ -147,8 +164,10 @@ describeKvm('reliability: guest faults and hostile guests', () => {
     const exits = run.exitCount;
     await run.stop();
     const p99 = h.percentile(99) / 1e6;
-    // eslint-disable-next-line no-console
-    console.log(`flood: ${exits} exits in ${count(1000, 5000)} ms on the worker, event loop p99 ${p99.toFixed(2)} ms, max ${(h.max / 1e6).toFixed(2)} ms, ${ticks} timer ticks`);
+
+    console.log(
+      `flood: ${exits} exits in ${count(1000, 5000)} ms on the worker, event loop p99 ${p99.toFixed(2)} ms, max ${(h.max / 1e6).toFixed(2)} ms, ${ticks} timer ticks`,
+    );
     expect(exits).toBeGreaterThan(10_000); // the guest really flooded
     expect(p99).toBeLessThanOrEqual(10);
   });
@@ -159,8 +178,16 @@ describeKvm('reliability: guest faults and hostile guests', () => {
     beforeEach(() => {
       vcpu = realMode(vm, mem, OUT_HLT);
     });
-    cases.push(['a handler that throws', () => runtime.start(vcpu, { pipeline: PIPELINE, pipelineOptions: { mode: 'throw' } }), /handler threw on IoOut|worker|exit/i]);
-    cases.push(['an async handler that rejects', () => runtime.start(vcpu, { pipeline: PIPELINE, pipelineOptions: { mode: 'reject' } }), /async handler rejected on IoOut/]);
+    cases.push([
+      'a handler that throws',
+      () => runtime.start(vcpu, { pipeline: PIPELINE, pipelineOptions: { mode: 'throw' } }),
+      /handler threw on IoOut|worker|exit/i,
+    ]);
+    cases.push([
+      'an async handler that rejects',
+      () => runtime.start(vcpu, { pipeline: PIPELINE, pipelineOptions: { mode: 'reject' } }),
+      /async handler rejected on IoOut/,
+    ]);
     cases.push(['a crashed worker thread', () => runtime.start(vcpu, { pipeline: CRASH }), /./]);
     it.each(cases)('%s', async (_name, start, message) => {
       const fds0 = fdCount();
@@ -180,7 +207,9 @@ describeKvm('reliability: guest faults and hostile guests', () => {
       try {
         vm2.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem2 });
         const v2 = realMode(vm2, mem2, OUT_HLT);
-        expect((await runtime.start(v2, { pipeline: PIPELINE, pipelineOptions: { mode: 'flood' } }).done).reason).toBe('completed');
+        expect((await runtime.start(v2, { pipeline: PIPELINE, pipelineOptions: { mode: 'flood' } }).done).reason).toBe(
+          'completed',
+        );
       } finally {
         vm2.close();
         mem2.close();
@@ -198,7 +227,10 @@ describeKvm('reliability: guest faults and hostile guests', () => {
     expectCode(() => kvmRun.bytes, 'KvmClosedError', 'ERR_KVM_CLOSED');
     // the mapping is still there while the run lasts (the kick writes immediate_exit through it)
     const { readFileSync } = await import('node:fs');
-    const mapped = (): boolean => readFileSync('/proc/self/maps', 'latin1').split('\n').some((l) => l.startsWith(address.toString(16) + '-'));
+    const mapped = (): boolean =>
+      readFileSync('/proc/self/maps', 'latin1')
+        .split('\n')
+        .some((l) => l.startsWith(address.toString(16) + '-'));
     expect(mapped()).toBe(true);
     expect(await run.stop()).toEqual({ reason: 'stopped', exits: 0 });
     expect(mapped()).toBe(false); // unmapped once the run ended
@@ -217,7 +249,9 @@ describeKvm('reliability: guest faults and hostile guests', () => {
     expect(await run.stop()).toEqual(outcome); // no stop flag written into run2's buffer
     run.kick();
     expect([run.running, run.exitCount]).toEqual([false, 2]);
-    const completed = await new Promise<boolean>((resolve) => run.monitor$.subscribe({ complete: () => resolve(true) }));
+    const completed = await new Promise<boolean>((resolve) =>
+      run.monitor$.subscribe({ complete: () => resolve(true) }),
+    );
     expect(completed).toBe(true);
     expect(await run.next()).toEqual({ value: undefined, done: true });
     await new Promise((r) => setTimeout(r, 30));

@@ -40,10 +40,23 @@ const MiB = 1 << 20;
 function leakLoop(mode: 'hlt' | 'kick', cycles: number): LeakResult {
   const r = spawnSync(
     process.execPath,
-    ['--expose-gc', '-r', 'ts-node/register/transpile-only', join(__dirname, '../fixtures/runtime-leak.ts'), '--cycles', String(cycles), '--mode', mode],
+    [
+      '--expose-gc',
+      '-r',
+      'ts-node/register/transpile-only',
+      join(__dirname, '../fixtures/runtime-leak.ts'),
+      '--cycles',
+      String(cycles),
+      '--mode',
+      mode,
+    ],
     { cwd: join(__dirname, '../..'), encoding: 'utf8', timeout: timeout(90_000, 600_000) },
   );
-  expect({ signal: r.signal, status: r.status, stderr: r.stderr.slice(-2000) }).toEqual({ signal: null, status: 0, stderr: expect.any(String) });
+  expect({ signal: r.signal, status: r.status, stderr: r.stderr.slice(-2000) }).toEqual({
+    signal: null,
+    status: 0,
+    stderr: expect.any(String),
+  });
   const line = r.stdout.split('\n').find((l) => l.startsWith('LEAK_RESULT '));
   expect(line).toBeDefined();
   return JSON.parse(line!.slice('LEAK_RESULT '.length)) as LeakResult;
@@ -56,9 +69,9 @@ describeKvm('worker runtime leaks (child process)', () => {
       `${cycles} cycles of VM + memory + 2 vCPUs ${mode === 'hlt' ? 'run to Hlt' : 'kicked out of jmp $ by stop() and abort'} through the runtime: fds, mappings and RSS stay flat`,
       () => {
         const res = leakLoop(mode, cycles);
-        const first = res.points[0]!;
-        const last = res.points[res.points.length - 1]!;
-        // eslint-disable-next-line no-console
+        const first = res.points[0];
+        const last = res.points[res.points.length - 1];
+
         console.log(
           `${mode}: ${cycles} cycles in ${res.ms} ms; fds ${res.base.fds}→${last.fds}; maps ${res.base.maps}→${first.maps}→${last.maps}; ` +
             `RSS ${(first.rss / MiB).toFixed(1)}→${(last.rss / MiB).toFixed(1)} MiB; arrayBuffers ${(first.ab / MiB).toFixed(2)}→${(last.ab / MiB).toFixed(2)} MiB`,

@@ -26,7 +26,6 @@ function counterGuest(count: number): Uint8Array {
   return Uint8Array.of(0xb9, count & 0xff, count >> 8, 0x88, 0xd8, 0xe6, 0x10, 0xe2, 0xfa, 0xf4);
 }
 
-
 // 1000 x (out %bl,$0x10) then `in $0x11,%al` (the count so far, answered by the pipeline), hlt
 const COUNT_GUEST = [0xb9, 0xe8, 0x03, 0x88, 0xd8, 0xe6, 0x10, 0xe2, 0xfa, 0xe4, 0x11, 0xf4];
 
@@ -74,7 +73,7 @@ describeKvm('VcpuRuntime under load', () => {
           const run = runtime.start(vcpu, { posted: [{ port: 0x10 }] });
           const seen: number[] = [];
           run.exits$.subscribe((e) => {
-            if (e.kind === 'IoOut') seen.push(e.data[0]!);
+            if (e.kind === 'IoOut') seen.push(e.data[0]);
             if (e.kind === 'Hlt') void run.stop();
           });
           runs.push({ run, seen, id: v * 2 + c + 1 });
@@ -130,7 +129,9 @@ describeKvm('VcpuRuntime under load', () => {
   });
 
   it('hands the writes KVM coalesced into its ring to the worker pipeline, in order, with coalescedRing', async () => {
-    const r = await countRun(0x33n, { coalescedRing: true }, (vm) => vm.registerCoalescedMmio({ kind: 'pio', addr: 0x10n }, 1));
+    const r = await countRun(0x33n, { coalescedRing: true }, (vm) =>
+      vm.registerCoalescedMmio({ kind: 'pio', addr: 0x10n }, 1),
+    );
     expect(r.outcome.reason).toBe('completed');
     expect(r.outcome.exits).toBeLessThan(1002); // most OUTs never left the kernel
     expect(r.counted).toEqual({ channel: 'count', data: { count: 1000, values: [0x33] } });
@@ -139,11 +140,15 @@ describeKvm('VcpuRuntime under load', () => {
 
   it('exits promptly when the process exits with a vCPU inside KVM_RUN', () => {
     const started = Date.now();
-    const r = spawnSync(process.execPath, ['-r', 'ts-node/register/transpile-only', join(__dirname, '../fixtures/exit-with-running-vcpu.ts')], {
-      cwd: join(__dirname, '../..'),
-      timeout: 20_000,
-      encoding: 'utf8',
-    });
+    const r = spawnSync(
+      process.execPath,
+      ['-r', 'ts-node/register/transpile-only', join(__dirname, '../fixtures/exit-with-running-vcpu.ts')],
+      {
+        cwd: join(__dirname, '../..'),
+        timeout: 20_000,
+        encoding: 'utf8',
+      },
+    );
     expect(r.signal).toBeNull(); // not killed by the timeout
     expect(r.stdout).toContain('exiting');
     expect(r.status).toBe(0);

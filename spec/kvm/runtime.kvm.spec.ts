@@ -56,8 +56,8 @@ describeKvm('VcpuRuntime', () => {
     expect(outcome).toEqual({ reason: 'completed', exits: 5, lastExit: 'Hlt' });
     const ev = await events;
     expect(ev[0]).toEqual({ channel: 'serial', data: '5' });
-    expect(ev[1]!.channel).toBe('regs');
-    const regs = ev[1]!.data as { rax: bigint; rdx: bigint };
+    expect(ev[1].channel).toBe('regs');
+    const regs = ev[1].data as { rax: bigint; rdx: bigint };
     expect(regs.rax & 0xffn).toBe(0x42n);
     expect(regs.rdx & 0xffn).toBe(0x77n);
     // the vCPU is back in this thread's hands
@@ -149,7 +149,7 @@ describeKvm('VcpuRuntime', () => {
     expect((await run2.done).reason).toBe('stopped');
   });
 
-  it('routes vCPU calls from the main thread to the running vCPU\'s worker (run.call)', async () => {
+  it("routes vCPU calls from the main thread to the running vCPU's worker (run.call)", async () => {
     const vcpu = realModeGuest(vm, mem, Uint8Array.of(0xeb, 0xfe)); // jmp $: never exits by itself
     const run = runtime.start(vcpu);
     while (!run.running) await new Promise((r) => setTimeout(r, 5));
@@ -205,6 +205,9 @@ describeKvm('VcpuRuntime', () => {
   it('names an exit nobody handles, with its port and RIP', async () => {
     const vcpu = realModeGuest(vm, mem, Uint8Array.of(0xe4, 0x61, 0xf4)); // in $0x61, %al; hlt
     const run = runtime.start(vcpu, { unhandled: 'error' });
-    await expect(run.done).rejects.toMatchObject({ code: 'ERR_KVM_UNHANDLED_EXIT', message: expect.stringMatching(/IoIn exit: port 0x61, size 1, rip 0x/) });
+    await expect(run.done).rejects.toMatchObject({
+      code: 'ERR_KVM_UNHANDLED_EXIT',
+      message: expect.stringMatching(/IoIn exit: port 0x61, size 1, rip 0x/),
+    });
   });
 });

@@ -117,7 +117,8 @@ describeKvm('16550A UART model', () => {
           next: (e) => {
             kinds.push(e.kind);
             // After "Hi", let the guest poll DR a few times, then put 'Z' on the line.
-            if (tx.join('') === 'Hi' && e.kind === 'IoIn' && e.port === 0x3fd && ++drPolls === 3) com1.device.input('Z');
+            if (tx.join('') === 'Hi' && e.kind === 'IoIn' && e.port === 0x3fd && ++drPolls === 3)
+              com1.device.input('Z');
             sub.next(e);
           },
           error: (err: unknown) => sub.error(err),

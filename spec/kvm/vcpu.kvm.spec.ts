@@ -45,9 +45,13 @@ describeKvm('VcpuFd x86 (guests)', () => {
 
   it('single-steps: Debug exits at 0x1003, 0x1005, 0x1007 with exception 1, then IoOut', () => {
     guest([
-      0xba, 0xf8, 0x03, // mov $0x3f8, %dx
-      0x00, 0xd8, //       add %bl, %al
-      0x04, 0x30, //       add $'0', %al
+      0xba,
+      0xf8,
+      0x03, // mov $0x3f8, %dx
+      0x00,
+      0xd8, //       add %bl, %al
+      0x04,
+      0x30, //       add $'0', %al
       0xee, //             out %al, (%dx)
       0xf4, //             hlt
     ]);
@@ -71,13 +75,34 @@ describeKvm('VcpuFd x86 (guests)', () => {
   it('exits to userspace on rdmsr/wrmsr of an unknown MSR; the rdmsr answer reaches EDX:EAX', () => {
     guest(
       [
-        0x66, 0xb9, 0x00, 0x4f, 0x4f, 0x47, // mov $0x474f4f00, %ecx
-        0x0f, 0x32, //                         rdmsr
-        0x66, 0x89, 0xc6, //                   mov %eax, %esi
-        0x66, 0x89, 0xd7, //                   mov %edx, %edi
-        0x66, 0xb8, 0xef, 0xbe, 0xad, 0xde, // mov $0xdeadbeef, %eax
-        0x66, 0xba, 0xee, 0xff, 0xc0, 0xd0, // mov $0xd0c0ffee, %edx
-        0x0f, 0x30, //                         wrmsr
+        0x66,
+        0xb9,
+        0x00,
+        0x4f,
+        0x4f,
+        0x47, // mov $0x474f4f00, %ecx
+        0x0f,
+        0x32, //                         rdmsr
+        0x66,
+        0x89,
+        0xc6, //                   mov %eax, %esi
+        0x66,
+        0x89,
+        0xd7, //                   mov %edx, %edi
+        0x66,
+        0xb8,
+        0xef,
+        0xbe,
+        0xad,
+        0xde, // mov $0xdeadbeef, %eax
+        0x66,
+        0xba,
+        0xee,
+        0xff,
+        0xc0,
+        0xd0, // mov $0xd0c0ffee, %edx
+        0x0f,
+        0x30, //                         wrmsr
         0xf4, //                               hlt
       ],
       (v) => v.enableCap({ cap: K.KVM_CAP_X86_USER_SPACE_MSR, args: [BigInt(K.KVM_MSR_EXIT_REASON_UNKNOWN)] }),
@@ -87,20 +112,47 @@ describeKvm('VcpuFd x86 (guests)', () => {
     if (rd.kind !== 'X86Rdmsr') return;
     rd.data = 0x1122334455667788n;
     const wr = vcpu.run();
-    expect(wr).toMatchObject({ kind: 'X86Wrmsr', reason: K.KVM_MSR_EXIT_REASON_UNKNOWN, index: 0x474f4f00, data: 0xd0c0ffeedeadbeefn });
+    expect(wr).toMatchObject({
+      kind: 'X86Wrmsr',
+      reason: K.KVM_MSR_EXIT_REASON_UNKNOWN,
+      index: 0x474f4f00,
+      data: 0xd0c0ffeedeadbeefn,
+    });
     const regs = vcpu.getRegs();
-    expect({ esi: regs.rsi & 0xffff_ffffn, edi: regs.rdi & 0xffff_ffffn }).toEqual({ esi: 0x55667788n, edi: 0x11223344n });
+    expect({ esi: regs.rsi & 0xffff_ffffn, edi: regs.rdi & 0xffff_ffffn }).toEqual({
+      esi: 0x55667788n,
+      edi: 0x11223344n,
+    });
     expect(vcpu.run().kind).toBe('Hlt');
   });
 
   it('vmcall never exits on this PVM host (KVM_RUN spins until kicked), with or without KVM_CAP_EXIT_HYPERCALL', async () => {
     guest(
       [
-        0x66, 0xb8, 0x0c, 0x00, 0x00, 0x00, // mov $12, %eax   (KVM_HC_MAP_GPA_RANGE)
-        0x66, 0xbb, 0x00, 0x40, 0x23, 0x01, // mov $0x1234000, %ebx
-        0x66, 0xb9, 0x01, 0x00, 0x00, 0x00, // mov $1, %ecx
-        0x66, 0x31, 0xd2, //                   xor %edx, %edx
-        0x0f, 0x01, 0xc1, //                   vmcall           @ 0x1015
+        0x66,
+        0xb8,
+        0x0c,
+        0x00,
+        0x00,
+        0x00, // mov $12, %eax   (KVM_HC_MAP_GPA_RANGE)
+        0x66,
+        0xbb,
+        0x00,
+        0x40,
+        0x23,
+        0x01, // mov $0x1234000, %ebx
+        0x66,
+        0xb9,
+        0x01,
+        0x00,
+        0x00,
+        0x00, // mov $1, %ecx
+        0x66,
+        0x31,
+        0xd2, //                   xor %edx, %edx
+        0x0f,
+        0x01,
+        0xc1, //                   vmcall           @ 0x1015
         0xf4, //                               hlt
       ],
       (v) => v.enableCap({ cap: K.KVM_CAP_EXIT_HYPERCALL, args: [1n << 12n] }),
@@ -130,22 +182,26 @@ describeKvm('VcpuFd x86 (guests)', () => {
     while (messages.length === 0) await new Promise((r) => setTimeout(r, 5));
     await new Promise((r) => setTimeout(r, 200));
     expect(messages.length).toBe(1); // still inside KVM_RUN: no Hypercall exit came
-    nativeBackend().kick(messages[0]!.thread!, run.address);
+    nativeBackend().kick(messages[0].thread!, run.address);
     await done;
     await worker.terminate();
     run.immediateExit = 0;
-    expect(messages[1]!.errno).toBe(-errnoOf('EINTR'));
+    expect(messages[1].errno).toBe(-errnoOf('EINTR'));
     const regs = vcpu.getRegs();
     expect({ rip: regs.rip, rax: regs.rax }).toEqual({ rip: 0x1015n, rax: 12n }); // stuck on the vmcall
   });
 
   it('coalesces PIO: Hlt instead of IoOut, the ring holds the write; after unregister IoOut returns', () => {
     guest([
-      0xb0, 0x39, // mov $0x39, %al
-      0xe6, 0x2c, // out %al, $0x2c
+      0xb0,
+      0x39, // mov $0x39, %al
+      0xe6,
+      0x2c, // out %al, $0x2c
       0xf4, //       hlt
-      0xb0, 0x39, // mov $0x39, %al
-      0xe6, 0x2c, // out %al, $0x2c
+      0xb0,
+      0x39, // mov $0x39, %al
+      0xe6,
+      0x2c, // out %al, $0x2c
       0xf4, //       hlt
     ]);
     vm.registerCoalescedMmio({ kind: 'pio', addr: 0x2cn }, 1);
@@ -163,9 +219,19 @@ describeKvm('VcpuFd x86 (guests)', () => {
 
   it('coalesces MMIO: a 16-bit store lands in the ring; after unregister MmioWrite returns', () => {
     guest([
-      0xc7, 0x06, 0x24, 0x01, 0x39, 0x00, // movw $0x39, 0x124
+      0xc7,
+      0x06,
+      0x24,
+      0x01,
+      0x39,
+      0x00, // movw $0x39, 0x124
       0xf4, //                               hlt
-      0xc7, 0x06, 0x24, 0x01, 0x39, 0x00, // movw $0x39, 0x124
+      0xc7,
+      0x06,
+      0x24,
+      0x01,
+      0x39,
+      0x00, // movw $0x39, 0x124
       0xf4, //                               hlt
     ]);
     vm.registerCoalescedMmio({ kind: 'mmio', addr: 0x124n }, 2);
@@ -183,7 +249,8 @@ describeKvm('VcpuFd x86 (guests)', () => {
 
   it('runs with sync regs: rax from s.regs, `inc eax; hlt` → 0x8001 in s.regs and getRegs; bad bits are EINVAL', () => {
     guest([
-      0x66, 0x40, // inc %eax
+      0x66,
+      0x40, // inc %eax
       0xf4, //       hlt
     ]);
     vcpu.getKvmRun().kvmValidRegs = 8n;
@@ -220,8 +287,13 @@ describeKvm('VcpuFd x86 (guests)', () => {
 
   it('a triple fault (zero-limit IDT, then ud2) is a Shutdown exit', () => {
     guest([
-      0x0f, 0x01, 0x1e, 0x10, 0x10, // lidt (0x1010)   -> limit 0, base 0
-      0x0f, 0x0b, //                   ud2             -> #UD -> #GP -> #DF -> triple fault
+      0x0f,
+      0x01,
+      0x1e,
+      0x10,
+      0x10, // lidt (0x1010)   -> limit 0, base 0
+      0x0f,
+      0x0b, //                   ud2             -> #UD -> #GP -> #DF -> triple fault
       0xf4, //                         hlt
     ]);
     expect(vcpu.run()).toEqual({ kind: 'Shutdown' });

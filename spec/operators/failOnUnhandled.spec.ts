@@ -48,7 +48,12 @@ describe('failOnUnhandled', () => {
   ])('should describe %o', (exit, message) => {
     const err = new UnhandledExitError(exit);
     expect(err).toBeInstanceOf(Error);
-    expect([err.name, err.code, err.message, err.exit]).toEqual(['UnhandledExitError', 'ERR_KVM_UNHANDLED_EXIT', message, exit]);
+    expect([err.name, err.code, err.message, err.exit]).toEqual([
+      'UnhandledExitError',
+      'ERR_KVM_UNHANDLED_EXIT',
+      message,
+      exit,
+    ]);
   });
 
   it("should consume everything with policy 'ignore', reading all-ones (open bus)", () => {
@@ -114,6 +119,8 @@ describe('failOnUnhandled', () => {
   });
 
   it('should throw at once for an unknown policy', () => {
-    expect(() => failOnUnhandled({ policy: 'warn' as never })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }));
+    expect(() => failOnUnhandled({ policy: 'warn' as never })).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }),
+    );
   });
 });

@@ -35,7 +35,7 @@ describe('onIoIn', () => {
     ['a number, little-endian', 2, 1, 0x1234, [0x34, 0x12]],
     ['a number truncated to size * count', 1, 3, 0x11223344, [0x44, 0x33, 0x22]],
     ['a bigint', 4, 2, 0x0102030405060708n, [8, 7, 6, 5, 4, 3, 2, 1]],
-    ['a negative number, in two\'s complement', 2, 1, -2, [0xfe, 0xff]],
+    ["a negative number, in two's complement", 2, 1, -2, [0xfe, 0xff]],
     ['a Uint8Array, copied', 4, 1, Uint8Array.of(1, 2, 3, 4), [1, 2, 3, 4]],
     ['a shorter byte array, zero-filled', 4, 1, [9, 8], [9, 8, 0, 0]],
     ['a longer byte array, truncated', 1, 2, [5, 6, 7], [5, 6]],
@@ -78,7 +78,8 @@ describe('onIoIn', () => {
       expectObservable(e1.pipe(onIoIn(0x60, () => 'x' as never))).toBe(expected, undefined, {
         name: 'TypeError',
         code: 'ERR_INVALID_ARG_TYPE',
-        message: 'The "answer" argument must be a number, bigint, Uint8Array, array of bytes or undefined. Received type string (\'x\')',
+        message:
+          'The "answer" argument must be a number, bigint, Uint8Array, array of bytes or undefined. Received type string (\'x\')',
       });
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
       expectObservable(e2.pipe(onIoIn(0x60, () => [256]))).toBe(expected, undefined, {
@@ -193,7 +194,9 @@ describe('onIoIn', () => {
     attachHold(a, holds);
     let answer!: (v: number) => void;
     const late = new Promise<number>((resolve) => (answer = resolve));
-    const sub = of<VcpuExit>(a).pipe(onIoIn(0x3fd, () => late)).subscribe();
+    const sub = of<VcpuExit>(a)
+      .pipe(onIoIn(0x3fd, () => late))
+      .subscribe();
     sub.unsubscribe();
     await holds[0];
     answer(0x60);

@@ -62,10 +62,18 @@ describe('onIoOut', () => {
   });
 
   it('should throw at once for an invalid matcher or handler', () => {
-    expect(() => onIoOut(0x10000, () => undefined)).toThrow(expect.objectContaining({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' }));
-    expect(() => onIoOut([0x3ff, 0x3f8], () => undefined)).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
-    expect(() => onIoOut('com1' as never, () => undefined)).toThrow(expect.objectContaining({ name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' }));
-    expect(() => onIoOut([0x3f8, 'x'] as never, () => undefined)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+    expect(() => onIoOut(0x10000, () => undefined)).toThrow(
+      expect.objectContaining({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' }),
+    );
+    expect(() => onIoOut([0x3ff, 0x3f8], () => undefined)).toThrow(
+      expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }),
+    );
+    expect(() => onIoOut('com1' as never, () => undefined)).toThrow(
+      expect.objectContaining({ name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' }),
+    );
+    expect(() => onIoOut([0x3f8, 'x'] as never, () => undefined)).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }),
+    );
     expect(() => onIoOut(0x3f8, 42 as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
   });
 
@@ -194,7 +202,9 @@ describe('onIoOut', () => {
     attachHold(a, holds);
     const log: string[] = [];
     let finish!: () => void;
-    const sub = of<VcpuExit>(a).pipe(onIoOut(0x3f8, () => new Promise<void>((resolve) => (finish = resolve)))).subscribe({ complete: () => log.push('complete') });
+    const sub = of<VcpuExit>(a)
+      .pipe(onIoOut(0x3f8, () => new Promise<void>((resolve) => (finish = resolve))))
+      .subscribe({ complete: () => log.push('complete') });
     expect(holds).toHaveLength(1);
     expect(log).toEqual([]);
     finish();
@@ -220,7 +230,11 @@ describe('onIoOut', () => {
       const e1subs = '  ^!  ';
       const expected = '-#  ';
 
-      expectObservable(e1.pipe(onIoOut(0x3f8, () => throwError(() => new RangeError('bad'))))).toBe(expected, undefined, new RangeError('bad'));
+      expectObservable(e1.pipe(onIoOut(0x3f8, () => throwError(() => new RangeError('bad'))))).toBe(
+        expected,
+        undefined,
+        new RangeError('bad'),
+      );
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
     });
   });

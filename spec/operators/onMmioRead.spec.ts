@@ -60,10 +60,18 @@ describe('onMmioRead', () => {
   });
 
   it('should throw at once for an invalid range', () => {
-    expect(() => onMmioRead({ from: 0x1000n, size: 0 }, () => 0)).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
-    expect(() => onMmioRead({ from: -1n, size: 1 }, () => 0)).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
-    expect(() => onMmioRead({ from: 'x', size: 1 } as never, () => 0)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
-    expect(() => onMmioRead(0x1000n as never, () => 0)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+    expect(() => onMmioRead({ from: 0x1000n, size: 0 }, () => 0)).toThrow(
+      expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }),
+    );
+    expect(() => onMmioRead({ from: -1n, size: 1 }, () => 0)).toThrow(
+      expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }),
+    );
+    expect(() => onMmioRead({ from: 'x', size: 1 } as never, () => 0)).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }),
+    );
+    expect(() => onMmioRead(0x1000n as never, () => 0)).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }),
+    );
   });
 
   it('should write the answer of an Observable result at its frame, holding the vCPU until then', () => {
@@ -83,7 +91,10 @@ describe('onMmioRead', () => {
       expectSubscriptions(answer.subscriptions).toBe(answersubs);
       cold('--p-p').subscribe(() => probed.push(bytesOf(a.data)));
     });
-    expect(probed).toEqual([[0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc], [8, 7, 6, 5, 4, 3, 2, 1]]);
+    expect(probed).toEqual([
+      [0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc],
+      [8, 7, 6, 5, 4, 3, 2, 1],
+    ]);
     expect(holds).toHaveLength(1);
   });
 

@@ -22,7 +22,12 @@ describe('onMmioWrite', () => {
       const e1subs = '  ^--------!';
       const expected = '---b-r-h-|';
 
-      const result = e1.pipe(onMmioWrite({ from: 0xfee0_0000n, size: 0x1000n }, (exit, offset) => void seen.push([offset, Array.from(exit.data)])));
+      const result = e1.pipe(
+        onMmioWrite(
+          { from: 0xfee0_0000n, size: 0x1000n },
+          (exit, offset) => void seen.push([offset, Array.from(exit.data)]),
+        ),
+      );
       expectObservable(result).toBe(expected, { b, r, h });
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
     });

@@ -97,7 +97,11 @@ describe('traceExits', () => {
     expect(stats.counts.get('Hlt')).toBe(1);
     expect(typeof stats.now()).toBe('number');
     stats.reset();
-    expect(stats.snapshot()).toMatchObject({ total: 0, counts: {}, latency: { count: 0, minMs: 0, maxMs: 0, meanMs: 0 } });
+    expect(stats.snapshot()).toMatchObject({
+      total: 0,
+      counts: {},
+      latency: { count: 0, minMs: 0, maxMs: 0, meanMs: 0 },
+    });
   });
 
   it('should throw at once without an ExitStats', () => {

@@ -4,10 +4,25 @@
  * (IPA-sized VMs, init before register access, E2BIG with `n` written back, SVE finalize).
  */
 import {
-  ARM64_REG_PC, ARM64_REG_PSTATE, ARM64_REG_SP, arm64Ioctls, arm64SysReg, arm64XReg, KVM_ARM_TARGET_GENERIC_V8,
-  KVM_ARM_VCPU_PSCI_0_2, KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, KVM_ARM_VCPU_SVE, KVM_ARM_VCPU_TIMER_CTRL,
-  KVM_ARM_VCPU_TIMER_IRQ_VTIMER, KVM_ARM_VM_SMCCC_CTRL, KVM_ARM_VM_SMCCC_FILTER, KVM_REG_ARM_PSCI_VERSION, KVM_REG_SIZE_U32,
-  kvm_vcpu_init, regSize,
+  ARM64_REG_PC,
+  ARM64_REG_PSTATE,
+  ARM64_REG_SP,
+  arm64Ioctls,
+  arm64SysReg,
+  arm64XReg,
+  KVM_ARM_TARGET_GENERIC_V8,
+  KVM_ARM_VCPU_PSCI_0_2,
+  KVM_ARM_VCPU_PVTIME_CTRL,
+  KVM_ARM_VCPU_PVTIME_IPA,
+  KVM_ARM_VCPU_SVE,
+  KVM_ARM_VCPU_TIMER_CTRL,
+  KVM_ARM_VCPU_TIMER_IRQ_VTIMER,
+  KVM_ARM_VM_SMCCC_CTRL,
+  KVM_ARM_VM_SMCCC_FILTER,
+  KVM_REG_ARM_PSCI_VERSION,
+  KVM_REG_SIZE_U32,
+  kvm_vcpu_init,
+  regSize,
 } from '../../src/abi/arm64';
 import { ioctls, kvm as K } from '../../src/abi/kvm-constants';
 import { MockBackend } from '../../src/backend/mock/index';
@@ -100,7 +115,11 @@ describe('arm64 methods on the aarch64 mock', () => {
     expectKvmError(() => vcpu.vcpuFinalize(KVM_ARM_VCPU_SVE), 'ENOEXEC');
     expectKvmError(() => vcpu.vcpuInit({ target: 99, features: [] }), 'EINVAL');
     expectKvmError(() => vcpu.vcpuInit({ target: KVM_ARM_TARGET_GENERIC_V8, features: [1 << 20] }), 'EINVAL');
-    expectCode(() => vcpu.vcpuInit({ target: 5, features: [0, 0, 0, 0, 0, 0, 0, 0] }), 'TypeError', 'ERR_INVALID_ARG_VALUE');
+    expectCode(
+      () => vcpu.vcpuInit({ target: 5, features: [0, 0, 0, 0, 0, 0, 0, 0] }),
+      'TypeError',
+      'ERR_INVALID_ARG_VALUE',
+    );
     const init = vm.getPreferredTarget();
     init.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2;
     vcpu.vcpuInit(init);
@@ -167,11 +186,29 @@ describe('arm64 methods on the aarch64 mock', () => {
     vcpu.vcpuInit(vm.getPreferredTarget());
     vcpu.hasDeviceAttr({ group: KVM_ARM_VCPU_TIMER_CTRL, attr: KVM_ARM_VCPU_TIMER_IRQ_VTIMER });
     expectKvmError(() => vcpu.hasDeviceAttr({ group: 9, attr: 0 }), 'ENXIO', 'KVM_HAS_DEVICE_ATTR');
-    vcpu.setDeviceAttr({ group: KVM_ARM_VCPU_TIMER_CTRL, attr: KVM_ARM_VCPU_TIMER_IRQ_VTIMER, addr: new Int32Array([27]) });
-    expectKvmError(() => vcpu.setDeviceAttr({ group: KVM_ARM_VCPU_TIMER_CTRL, attr: 0, addr: new Int32Array([5]) }), 'EINVAL');
-    vcpu.setDeviceAttr({ group: KVM_ARM_VCPU_PVTIME_CTRL, attr: KVM_ARM_VCPU_PVTIME_IPA, addr: new BigUint64Array([0x9000_0000n]) });
-    expectKvmError(() => vcpu.setDeviceAttr({ group: KVM_ARM_VCPU_PVTIME_CTRL, attr: 0, addr: new BigUint64Array([0x9000_0000n]) }), 'EEXIST');
-    expectKvmError(() => vcpu.setDeviceAttr({ group: KVM_ARM_VCPU_TIMER_CTRL, attr: 1, addr: 0x1234n }), 'EFAULT', 'KVM_SET_DEVICE_ATTR');
+    vcpu.setDeviceAttr({
+      group: KVM_ARM_VCPU_TIMER_CTRL,
+      attr: KVM_ARM_VCPU_TIMER_IRQ_VTIMER,
+      addr: new Int32Array([27]),
+    });
+    expectKvmError(
+      () => vcpu.setDeviceAttr({ group: KVM_ARM_VCPU_TIMER_CTRL, attr: 0, addr: new Int32Array([5]) }),
+      'EINVAL',
+    );
+    vcpu.setDeviceAttr({
+      group: KVM_ARM_VCPU_PVTIME_CTRL,
+      attr: KVM_ARM_VCPU_PVTIME_IPA,
+      addr: new BigUint64Array([0x9000_0000n]),
+    });
+    expectKvmError(
+      () => vcpu.setDeviceAttr({ group: KVM_ARM_VCPU_PVTIME_CTRL, attr: 0, addr: new BigUint64Array([0x9000_0000n]) }),
+      'EEXIST',
+    );
+    expectKvmError(
+      () => vcpu.setDeviceAttr({ group: KVM_ARM_VCPU_TIMER_CTRL, attr: 1, addr: 0x1234n }),
+      'EFAULT',
+      'KVM_SET_DEVICE_ATTR',
+    );
     expectCode(() => vcpu.setDeviceAttr({ group: -1, attr: 0 }), 'RangeError', 'ERR_OUT_OF_RANGE');
   });
 

@@ -3,7 +3,17 @@
  * layouts), decoding, the maximum (kvm-bindings' FamStructWrapper refuses to grow past it), and
  * argument checks. No kernel involved.
  */
-import { famBuffer, famCount, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRIES, KVM_MAX_REG_LIST_ENTRIES, MsrList, Msrs, RegList } from '../../src/wrappers/fam';
+import {
+  famBuffer,
+  famCount,
+  CpuId,
+  KVM_MAX_CPUID_ENTRIES,
+  KVM_MAX_MSR_ENTRIES,
+  KVM_MAX_REG_LIST_ENTRIES,
+  MsrList,
+  Msrs,
+  RegList,
+} from '../../src/wrappers/fam';
 import { expectCode } from '../helpers/kvm';
 
 const view = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset, b.byteLength);
@@ -19,13 +29,23 @@ describe('CpuId', () => {
     const v = view(b);
     expect(v.getUint32(0, true)).toBe(2);
     expect(v.getUint32(4, true)).toBe(0);
-    expect([v.getUint32(8, true), v.getUint32(8 + 12, true), v.getUint32(8 + 16, true), v.getUint32(8 + 20, true), v.getUint32(8 + 24, true)]).toEqual([0, 0xd, 0x4b4d564b, 0x564b4d56, 0x4d]);
-    expect([v.getUint32(48, true), v.getUint32(52, true), v.getUint32(56, true), v.getUint32(60, true)]).toEqual([7, 1, 1, 0x20]);
+    expect([
+      v.getUint32(8, true),
+      v.getUint32(8 + 12, true),
+      v.getUint32(8 + 16, true),
+      v.getUint32(8 + 20, true),
+      v.getUint32(8 + 24, true),
+    ]).toEqual([0, 0xd, 0x4b4d564b, 0x564b4d56, 0x4d]);
+    expect([v.getUint32(48, true), v.getUint32(52, true), v.getUint32(56, true), v.getUint32(60, true)]).toEqual([
+      7, 1, 1, 0x20,
+    ]);
   });
 
   it('fills defaults and decodes back to equal plain objects', () => {
     const c = new CpuId([leaf0]);
-    expect(c.entries).toEqual([{ function: 0, index: 0, flags: 0, eax: 0xd, ebx: 0x4b4d564b, ecx: 0x564b4d56, edx: 0x4d }]);
+    expect(c.entries).toEqual([
+      { function: 0, index: 0, flags: 0, eax: 0xd, ebx: 0x4b4d564b, ecx: 0x564b4d56, edx: 0x4d },
+    ]);
     expect(CpuId.decode(c.encode()).entries).toEqual(c.entries);
     expect(CpuId.decode(c.encode(10)).length).toBe(10); // capacity: nent = 10, zero entries after the first
   });
@@ -68,16 +88,25 @@ describe('CpuId', () => {
 describe('Msrs', () => {
   it('encodes struct kvm_msrs: nmsrs, pad, then {index u32, reserved u32, data u64}', () => {
     const m = new Msrs([{ index: 0x174, data: 0x1122334455667788n }, { index: 0x175 }]);
-    expect(m.entries).toEqual([{ index: 0x174, data: 0x1122334455667788n }, { index: 0x175, data: 0n }]);
+    expect(m.entries).toEqual([
+      { index: 0x174, data: 0x1122334455667788n },
+      { index: 0x175, data: 0n },
+    ]);
     const b = m.encode();
     const v = view(b);
     expect(b.length).toBe(8 + 2 * 16);
-    expect([v.getUint32(0, true), v.getUint32(8, true), v.getUint32(12, true), v.getBigUint64(16, true), v.getUint32(24, true)]).toEqual([2, 0x174, 0, 0x1122334455667788n, 0x175]);
+    expect([
+      v.getUint32(0, true),
+      v.getUint32(8, true),
+      v.getUint32(12, true),
+      v.getBigUint64(16, true),
+      v.getUint32(24, true),
+    ]).toEqual([2, 0x174, 0, 0x1122334455667788n, 0x175]);
     expect(Msrs.decode(b).entries).toEqual(m.entries);
   });
 
   it('accepts safe-integer data and refuses out-of-range values', () => {
-    expect(new Msrs([{ index: 1, data: 5 }]).entries[0]!.data).toBe(5n);
+    expect(new Msrs([{ index: 1, data: 5 }]).entries[0].data).toBe(5n);
     expectCode(() => new Msrs([{ index: 1, data: -1n }]), 'RangeError', 'ERR_OUT_OF_RANGE');
     expectCode(() => new Msrs([{ index: 2 ** 32 }]), 'RangeError', 'ERR_OUT_OF_RANGE');
   });

@@ -26,20 +26,23 @@ describe('guest faults on the mock', () => {
     ['FailEntry', failEntry(0x21n)],
     ['Shutdown', shutdown()],
     ['InternalError', internalError(1, [1n, 2n])],
-  ])('a %s exit nobody handles ends the run with ERR_KVM_UNHANDLED_EXIT naming it, and the vCPU is free again', async (kind, exit) => {
-    const backend = new MockBackend();
-    backend.vcpu(0).script([exit]);
-    const kvm = new Kvm({ backend });
-    try {
-      const vcpu = kvm.createVm().createVcpu(0);
-      await expect(runInThread(vcpu, (exits$) => exits$.pipe(untilHalt()))).rejects.toMatchObject({
-        code: 'ERR_KVM_UNHANDLED_EXIT',
-        message: expect.stringContaining(kind),
-      });
-      expect(vcpu.running).toBe(false);
-      expect(vcpu.getRegs().rip).toBe(0xfff0n);
-    } finally {
-      kvm.close();
-    }
-  });
+  ])(
+    'a %s exit nobody handles ends the run with ERR_KVM_UNHANDLED_EXIT naming it, and the vCPU is free again',
+    async (kind, exit) => {
+      const backend = new MockBackend();
+      backend.vcpu(0).script([exit]);
+      const kvm = new Kvm({ backend });
+      try {
+        const vcpu = kvm.createVm().createVcpu(0);
+        await expect(runInThread(vcpu, (exits$) => exits$.pipe(untilHalt()))).rejects.toMatchObject({
+          code: 'ERR_KVM_UNHANDLED_EXIT',
+          message: expect.stringContaining(kind),
+        });
+        expect(vcpu.running).toBe(false);
+        expect(vcpu.getRegs().rip).toBe(0xfff0n);
+      } finally {
+        kvm.close();
+      }
+    },
+  );
 });

@@ -9,19 +9,24 @@ import * as L from '../../src/abi/layouts';
 import { loadAddon } from '../../src/backend/native';
 import { expectCode } from '../helpers/kvm';
 
-const encoders = [_IO, (t: number, n: number, s: number) => _IOW(t, n, s), (t: number, n: number, s: number) => _IOR(t, n, s), (t: number, n: number, s: number) => _IOWR(t, n, s)];
+const encoders = [
+  _IO,
+  (t: number, n: number, s: number) => _IOW(t, n, s),
+  (t: number, n: number, s: number) => _IOR(t, n, s),
+  (t: number, n: number, s: number) => _IOWR(t, n, s),
+];
 
 describe('_IOC encoder', () => {
-  const addon = loadAddon().abi().ioctls as Record<string, number>;
+  const addon = loadAddon().abi().ioctls;
 
   it('reproduces every request number of the addon table with _IO/_IOR/_IOW/_IOWR', () => {
     const names = Object.keys(addon);
     expect(names.length).toBeGreaterThan(100);
     for (const name of names) {
-      const value = addon[name]!;
+      const value = addon[name];
       const f = iocFields(value);
       expect([name, f.type]).toEqual([name, KVMIO]);
-      const encoded = f.dir === 0 ? _IO(f.type, f.nr) : encoders[f.dir]!(f.type, f.nr, f.size);
+      const encoded = f.dir === 0 ? _IO(f.type, f.nr) : encoders[f.dir](f.type, f.nr, f.size);
       expect([name, encoded]).toEqual([name, value]);
       expect([name, _IOC(f.dir, f.type, f.nr, f.size)]).toEqual([name, ioctls[name as keyof typeof ioctls]]);
     }

@@ -387,8 +387,9 @@ describe.each(contractBackends())('lifetimes and use-after-close: %s', (name, ma
       failures.push(...(await useAfterClose(g, twinGmem, ctx())));
     }
     expect(failures).toEqual([]);
-    // eslint-disable-next-line no-console
-    if (!twinDev || !twinGmem) console.warn(`${name}: ${!twinDev ? 'no VFIO device' : ''} ${!twinGmem ? 'no guest_memfd' : ''} on this backend`);
+
+    if (!twinDev || !twinGmem)
+      console.warn(`${name}: ${!twinDev ? 'no VFIO device' : ''} ${!twinGmem ? 'no guest_memfd' : ''} on this backend`);
   });
 
   it('a KvmRunWrapper closed on its own throws ERR_KVM_CLOSED too', async () => {

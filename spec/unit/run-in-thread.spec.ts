@@ -63,7 +63,14 @@ describe('vcpuExits (synchronous, mock backend)', () => {
   it('errors when the vCPU fails (the mock has no exit left: EINTR)', async () => {
     const { backend, vcpu, kvm } = setup();
     backend.vcpu(0).script([hlt()]);
-    await expect(lastValueFrom(vcpuExits(vcpu).pipe(map((e) => e.kind), toArray()))).rejects.toMatchObject({ code: 'EINTR', request: 'KVM_RUN' });
+    await expect(
+      lastValueFrom(
+        vcpuExits(vcpu).pipe(
+          map((e) => e.kind),
+          toArray(),
+        ),
+      ),
+    ).rejects.toMatchObject({ code: 'EINTR', request: 'KVM_RUN' });
     kvm.close();
   });
 });
@@ -72,7 +79,13 @@ describe('vcpuExits with operators that complete or error', () => {
   it('runs the vCPU no further once untilHalt() completed', async () => {
     const { backend, vcpu, kvm } = setup();
     backend.vcpu(0).script([ioOut(1, [1]), hlt(), hlt(), hlt()]);
-    const kinds = await lastValueFrom(vcpuExits(vcpu).pipe(untilHalt(), map((e) => e.kind), toArray()));
+    const kinds = await lastValueFrom(
+      vcpuExits(vcpu).pipe(
+        untilHalt(),
+        map((e) => e.kind),
+        toArray(),
+      ),
+    );
     expect(kinds).toEqual(['IoOut']);
     expect(backend.vcpu(0).runs).toBe(2);
     kvm.close();
@@ -81,7 +94,9 @@ describe('vcpuExits with operators that complete or error', () => {
   it('runs the vCPU no further once failOnUnhandled() errored', async () => {
     const { backend, vcpu, kvm } = setup();
     backend.vcpu(0).script([ioOut(0x80, [1]), hlt(), hlt()]);
-    await expect(firstValueFrom(vcpuExits(vcpu).pipe(failOnUnhandled()))).rejects.toMatchObject({ code: 'ERR_KVM_UNHANDLED_EXIT' });
+    await expect(firstValueFrom(vcpuExits(vcpu).pipe(failOnUnhandled()))).rejects.toMatchObject({
+      code: 'ERR_KVM_UNHANDLED_EXIT',
+    });
     expect(backend.vcpu(0).runs).toBe(1);
     kvm.close();
   });
@@ -91,7 +106,11 @@ describe('runInThread (mock backend)', () => {
   it('completes with the outcome when the pipeline completes', async () => {
     const { backend, vcpu, kvm } = setup();
     backend.vcpu(0).script([ioIn(0x60), hlt()]);
-    await expect(runInThread(vcpu, answering(0x11))).resolves.toEqual({ reason: 'completed', exits: 2, lastExit: 'Hlt' });
+    await expect(runInThread(vcpu, answering(0x11))).resolves.toEqual({
+      reason: 'completed',
+      exits: 2,
+      lastExit: 'Hlt',
+    });
     expect(vcpu.getRegs().rax & 0xffn).toBe(0x11n);
     kvm.close();
   });
@@ -100,7 +119,7 @@ describe('runInThread (mock backend)', () => {
     const { backend, vcpu, kvm } = setup();
     backend.vcpu(0).script([ioIn(0x60), hlt()]);
     await runInThread(vcpu, answering(0x22, 20));
-    expect(backend.vcpu(0).answers[0]!.answer).toEqual(Uint8Array.of(0x22));
+    expect(backend.vcpu(0).answers[0].answer).toEqual(Uint8Array.of(0x22));
     kvm.close();
   });
 
@@ -120,7 +139,7 @@ describe('runInThread (mock backend)', () => {
     const passAll = (exits$: Observable<VcpuExit>) =>
       new Observable<VcpuExit>((sub) => exits$.subscribe((e) => (e.kind === 'Hlt' ? sub.complete() : sub.next(e))));
     await runInThread(vcpu, passAll, { unhandled: 'ignore' });
-    expect(backend.vcpu(0).answers[0]!.answer).toEqual(Uint8Array.of(0xff));
+    expect(backend.vcpu(0).answers[0].answer).toEqual(Uint8Array.of(0xff));
     kvm.close();
   });
 });

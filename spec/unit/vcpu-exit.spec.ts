@@ -7,8 +7,21 @@ import { kvm as K } from '../../src/abi/kvm-constants';
 import { kvm_run } from '../../src/abi/layouts';
 import { MockBackend } from '../../src/backend/mock/index';
 import {
-  bareExit, debugExit, failEntry, hlt, hypercall, internalError, ioIn, ioOut, mmioRead, mmioWrite, rdmsr, runError,
-  shutdown, systemEvent, wrmsr,
+  bareExit,
+  debugExit,
+  failEntry,
+  hlt,
+  hypercall,
+  internalError,
+  ioIn,
+  ioOut,
+  mmioRead,
+  mmioWrite,
+  rdmsr,
+  runError,
+  shutdown,
+  systemEvent,
+  wrmsr,
 } from '../../src/backend/mock/exits';
 import type { ScriptedExit } from '../../src/backend/mock/state';
 import { Kvm } from '../../src/wrappers/kvm';
@@ -20,7 +33,13 @@ const O = (p: string) => offsetOf(kvm_run, p);
 /** An exit whose payload the builders do not cover: `fill` writes it after the reason. */
 function custom(reason: number, label: string, fill: (v: DataView) => void): ScriptedExit {
   const base = bareExit(reason, label);
-  return { label, write: (v, b) => { base.write(v, b); fill(v); } };
+  return {
+    label,
+    write: (v, b) => {
+      base.write(v, b);
+      fill(v);
+    },
+  };
 }
 
 describe('VcpuExit decoding (mock kvm_run)', () => {
@@ -40,7 +59,10 @@ describe('VcpuExit decoding (mock kvm_run)', () => {
     });
     backend.vcpu(0).script([
       custom(K.KVM_EXIT_UNKNOWN, 'Unknown', (v) => v.setBigUint64(O('hw.hardware_exit_reason'), 0x30n, true)),
-      custom(K.KVM_EXIT_EXCEPTION, 'Exception', (v) => { v.setUint32(O('ex.exception'), 13, true); v.setUint32(O('ex.error_code'), 0x18, true); }),
+      custom(K.KVM_EXIT_EXCEPTION, 'Exception', (v) => {
+        v.setUint32(O('ex.exception'), 13, true);
+        v.setUint32(O('ex.error_code'), 0x18, true);
+      }),
       ioIn(0x3f8, 1),
       ioOut(0x3f8, 'A'),
       hypercall(12n, [0x1234000n, 1n, 0n], 1),
@@ -53,7 +75,10 @@ describe('VcpuExit decoding (mock kvm_run)', () => {
       failEntry(0x80000021n, 1),
       bareExit(K.KVM_EXIT_INTR, 'Intr'),
       bareExit(K.KVM_EXIT_SET_TPR, 'SetTpr'),
-      custom(K.KVM_EXIT_TPR_ACCESS, 'TprAccess', (v) => { v.setBigUint64(O('tpr_access.rip'), 0x2000n, true); v.setUint32(O('tpr_access.is_write'), 1, true); }),
+      custom(K.KVM_EXIT_TPR_ACCESS, 'TprAccess', (v) => {
+        v.setBigUint64(O('tpr_access.rip'), 0x2000n, true);
+        v.setUint32(O('tpr_access.is_write'), 1, true);
+      }),
       bareExit(K.KVM_EXIT_S390_SIEIC, 'S390Sieic'),
       bareExit(K.KVM_EXIT_S390_RESET, 'S390Reset'),
       bareExit(K.KVM_EXIT_DCR, 'Dcr'),
@@ -87,12 +112,23 @@ describe('VcpuExit decoding (mock kvm_run)', () => {
       // Views alias kvm_run and are valid only until the next run(): keep copies of write data.
       seen.push(e.kind === 'IoOut' || e.kind === 'MmioWrite' ? { ...e, data: e.data.slice() } : e);
       switch (e.kind) {
-        case 'IoIn': e.data[0] = 0x42; break;
-        case 'MmioRead': e.data.set([0x11, 0x22, 0x33, 0x44]); break;
-        case 'Hypercall': e.ret = 0x77n; break;
-        case 'X86Rdmsr': e.data = 0x1122334455667788n; break;
-        case 'X86Wrmsr': e.error = 1; break;
-        default: break;
+        case 'IoIn':
+          e.data[0] = 0x42;
+          break;
+        case 'MmioRead':
+          e.data.set([0x11, 0x22, 0x33, 0x44]);
+          break;
+        case 'Hypercall':
+          e.ret = 0x77n;
+          break;
+        case 'X86Rdmsr':
+          e.data = 0x1122334455667788n;
+          break;
+        case 'X86Wrmsr':
+          e.error = 1;
+          break;
+        default:
+          break;
       }
     }
     expect(seen.map((e) => e.kind)).toEqual([...VCPU_EXIT_KINDS]);
@@ -102,7 +138,12 @@ describe('VcpuExit decoding (mock kvm_run)', () => {
     expect(byKind.IoOut).toMatchObject({ kind: 'IoOut', port: 0x3f8, size: 1, count: 1 });
     expect(Array.from((byKind.IoOut as { data: Uint8Array }).data)).toEqual([0x41]);
     expect(byKind.IoIn).toMatchObject({ kind: 'IoIn', port: 0x3f8, size: 1, count: 1 });
-    expect(byKind.Hypercall).toMatchObject({ kind: 'Hypercall', nr: 12n, args: [0x1234000n, 1n, 0n, 0n, 0n, 0n], longmode: 1 });
+    expect(byKind.Hypercall).toMatchObject({
+      kind: 'Hypercall',
+      nr: 12n,
+      args: [0x1234000n, 1n, 0n, 0n, 0n, 0n],
+      longmode: 1,
+    });
     expect(byKind.Debug).toEqual({ kind: 'Debug', exception: 1, pc: 0x1003n, dr6: 0xffff4ff0n, dr7: 0x400n });
     expect(byKind.MmioRead).toMatchObject({ kind: 'MmioRead', addr: 0xd000_0000n });
     expect(Array.from((byKind.MmioWrite as { data: Uint8Array }).data)).toEqual([1, 2]);
@@ -111,11 +152,16 @@ describe('VcpuExit decoding (mock kvm_run)', () => {
     expect(byKind.InternalError).toEqual({ kind: 'InternalError', suberror: 1, data: [0n, 0x1000n] });
     expect(byKind.SystemEvent).toEqual({ kind: 'SystemEvent', type: K.KVM_SYSTEM_EVENT_RESET, data: [7n] });
     expect(byKind.IoapicEoi).toEqual({ kind: 'IoapicEoi', vector: 0x31 });
-    expect(byKind.X86Rdmsr).toMatchObject({ kind: 'X86Rdmsr', reason: K.KVM_MSR_EXIT_REASON_UNKNOWN, index: 0x474f4f00 });
+    expect(byKind.X86Rdmsr).toMatchObject({
+      kind: 'X86Rdmsr',
+      reason: K.KVM_MSR_EXIT_REASON_UNKNOWN,
+      index: 0x474f4f00,
+    });
     expect(byKind.X86Wrmsr).toMatchObject({ kind: 'X86Wrmsr', index: 0x474f4f00, data: 0xd0c0ffee_deadbeefn });
     expect(byKind.MemoryFault).toEqual({ kind: 'MemoryFault', flags: 8n, gpa: 0x5000n, size: 0x1000n });
     expect(byKind.Unsupported).toEqual({ kind: 'Unsupported', reason: K.KVM_EXIT_NOTIFY });
-    for (const k of ['Hlt', 'IrqWindowOpen', 'Shutdown', 'Intr', 'SetTpr', 'S390Sieic', 'Hyperv', 'Epr']) expect(byKind[k]).toEqual({ kind: k });
+    for (const k of ['Hlt', 'IrqWindowOpen', 'Shutdown', 'Intr', 'SetTpr', 'S390Sieic', 'Hyperv', 'Epr'])
+      expect(byKind[k]).toEqual({ kind: k });
 
     // The EFAULT path: KVM_RUN failed, exit_reason 39 → MemoryFault instead of a throw.
     expect(vcpu.run().kind).toBe('MemoryFault');
@@ -135,7 +181,14 @@ describe('VcpuExit decoding (mock kvm_run)', () => {
   });
 
   it('an IO exit with an unknown direction is EINVAL, as kvm-ioctls', () => {
-    backend.vcpu(0).script([custom(K.KVM_EXIT_IO, 'IoBad', (v) => { v.setUint8(O('io.direction'), 2); v.setUint8(O('io.size'), 1); v.setUint32(O('io.count'), 1, true); v.setBigUint64(O('io.data_offset'), 4096n, true); })]);
+    backend.vcpu(0).script([
+      custom(K.KVM_EXIT_IO, 'IoBad', (v) => {
+        v.setUint8(O('io.direction'), 2);
+        v.setUint8(O('io.size'), 1);
+        v.setUint32(O('io.count'), 1, true);
+        v.setBigUint64(O('io.data_offset'), 4096n, true);
+      }),
+    ]);
     const vm = kvm.createVm();
     const vcpu = vm.createVcpu(0);
     expectKvmError(() => vcpu.run(), 'EINVAL', 'KVM_RUN');

@@ -46,20 +46,36 @@ describe('VmFd argument checks (mock)', () => {
     noIoctl(() => vm.setClock({ clock: -1n }), 'RangeError', 'ERR_OUT_OF_RANGE');
     noIoctl(() => vm.setMsrFilter(any(-1), []), 'RangeError', 'ERR_OUT_OF_RANGE');
     noIoctl(() => vm.setMsrFilter(MsrFilterDefaultAction.ALLOW, any({})), 'TypeError', 'ERR_INVALID_ARG_TYPE');
-    noIoctl(() => vm.setMsrFilter(MsrFilterDefaultAction.ALLOW, [{ flags: 1, base: 0, msrCount: 8, bitmap: any([1]) }]), 'TypeError', 'ERR_INVALID_ARG_TYPE');
-    noIoctl(() => vm.setMsrFilterUnchecked(any({ flags: 0, ranges: new Array(17).fill({}) })), 'TypeError', 'ERR_INVALID_ARG_VALUE');
+    noIoctl(
+      () => vm.setMsrFilter(MsrFilterDefaultAction.ALLOW, [{ flags: 1, base: 0, msrCount: 8, bitmap: any([1]) }]),
+      'TypeError',
+      'ERR_INVALID_ARG_TYPE',
+    );
+    noIoctl(
+      () => vm.setMsrFilterUnchecked(any({ flags: 0, ranges: new Array(17).fill({}) })),
+      'TypeError',
+      'ERR_INVALID_ARG_VALUE',
+    );
   });
 
   it('interrupts and events', () => {
     noIoctl(() => vm.signalMsi({ data: 1.5 }), 'RangeError', 'ERR_OUT_OF_RANGE');
     noIoctl(() => vm.setGsiRouting(any({})), 'TypeError', 'ERR_INVALID_ARG_TYPE');
     noIoctl(() => vm.setGsiRouting([{ gsi: -1, type: 1 }]), 'RangeError', 'ERR_OUT_OF_RANGE');
-    noIoctl(() => vm.setGsiRouting([{ gsi: 1, type: 9, u: { irqchip: {}, msi: {} } }]), 'TypeError', 'ERR_INVALID_ARG_VALUE');
+    noIoctl(
+      () => vm.setGsiRouting([{ gsi: 1, type: 9, u: { irqchip: {}, msi: {} } }]),
+      'TypeError',
+      'ERR_INVALID_ARG_VALUE',
+    );
     noIoctl(() => vm.registerIrqfd(any(e.asRawFd()), 4), 'TypeError', 'ERR_INVALID_ARG_TYPE');
     noIoctl(() => vm.registerIrqfd(e, -1), 'RangeError', 'ERR_OUT_OF_RANGE');
     noIoctl(() => vm.registerIrqfdWithResample(e, any(null), 4), 'TypeError', 'ERR_INVALID_ARG_TYPE');
     noIoctl(() => vm.setIrqLine(4, any(1)), 'TypeError', 'ERR_INVALID_ARG_TYPE');
-    noIoctl(() => vm.registerIoevent(e, any({ kind: 'pio', addr: 1n }), NoDatamatch), 'TypeError', 'ERR_INVALID_ARG_VALUE');
+    noIoctl(
+      () => vm.registerIoevent(e, any({ kind: 'pio', addr: 1n }), NoDatamatch),
+      'TypeError',
+      'ERR_INVALID_ARG_VALUE',
+    );
     const dm = (d: unknown) => () => vm.registerIoevent(e, IoEventAddress.pio(0xc0), d as IoEventDatamatch);
     noIoctl(dm({ value: 1, length: 3 }), 'TypeError', 'ERR_INVALID_ARG_VALUE');
     noIoctl(dm({ value: 1, length: 0 }), 'RangeError', 'ERR_OUT_OF_RANGE');
@@ -81,8 +97,16 @@ describe('VmFd argument checks (mock)', () => {
     noIoctl(() => vm.createDevice(any(null)), 'TypeError', 'ERR_INVALID_ARG_TYPE');
     noIoctl(() => vm.createDevice({ type: -1 }), 'RangeError', 'ERR_OUT_OF_RANGE');
     noIoctl(() => vm.createGuestMemfd({ size: -1 }), 'RangeError', 'ERR_OUT_OF_RANGE');
-    noIoctl(() => vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0n, memorySize: 0, guestMemfd: any(3) }), 'TypeError', 'ERR_INVALID_ARG_TYPE');
-    noIoctl(() => vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0n, memorySize: 0x1000 }), 'RangeError', 'ERR_OUT_OF_RANGE');
+    noIoctl(
+      () => vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0n, memorySize: 0, guestMemfd: any(3) }),
+      'TypeError',
+      'ERR_INVALID_ARG_TYPE',
+    );
+    noIoctl(
+      () => vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0n, memorySize: 0x1000 }),
+      'RangeError',
+      'ERR_OUT_OF_RANGE',
+    );
     noIoctl(() => vm.setMemoryAttributes({ size: -1n }), 'RangeError', 'ERR_OUT_OF_RANGE');
     noIoctl(() => vm.encryptOp(any([1, 2])), 'TypeError', 'ERR_INVALID_ARG_TYPE');
     noIoctl(() => vm.encryptOpSev({ id: -1 }), 'RangeError', 'ERR_OUT_OF_RANGE');
@@ -109,11 +133,21 @@ describe('VmFd argument checks (mock)', () => {
     const dev = vm.createDevice({ type: 4 })!;
     vm.close();
     for (const fn of [
-      () => vm.setTssAddress(0), () => vm.createIrqChip(), () => vm.getIrqchip(0), () => vm.getPit2(),
-      () => vm.getClock(), () => vm.setMsrFilter(0, []), () => vm.signalMsi({}), () => vm.setGsiRouting([]),
-      () => vm.registerIrqfd(e, 1), () => vm.registerIoevent(e, IoEventAddress.pio(1), NoDatamatch),
-      () => vm.setIrqLine(1, true), () => vm.createDevice({ type: 4 }), () => vm.createGuestMemfd({ size: 4096 }),
-      () => vm.setMemoryAttributes({}), () => dev.hasDeviceAttr({ group: 1, attr: 1 }),
+      () => vm.setTssAddress(0),
+      () => vm.createIrqChip(),
+      () => vm.getIrqchip(0),
+      () => vm.getPit2(),
+      () => vm.getClock(),
+      () => vm.setMsrFilter(0, []),
+      () => vm.signalMsi({}),
+      () => vm.setGsiRouting([]),
+      () => vm.registerIrqfd(e, 1),
+      () => vm.registerIoevent(e, IoEventAddress.pio(1), NoDatamatch),
+      () => vm.setIrqLine(1, true),
+      () => vm.createDevice({ type: 4 }),
+      () => vm.createGuestMemfd({ size: 4096 }),
+      () => vm.setMemoryAttributes({}),
+      () => dev.hasDeviceAttr({ group: 1, attr: 1 }),
     ]) {
       expectCode(fn, 'KvmClosedError', 'ERR_KVM_CLOSED');
     }

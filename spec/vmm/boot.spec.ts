@@ -7,8 +7,19 @@ import { existsSync } from 'node:fs';
 import { MockBackend } from '../../src/backend/mock/index';
 import { Kvm } from '../../src/wrappers/kvm';
 import {
-  BOOT_LAYOUT, E820_RAM, E820_RESERVED, GDT_ENTRIES, buildZeroPage, createLinuxMachine, e820Map,
-  identityPageTables, longModeSregs, placeInitrd, readE820, segmentFromGdt, type LinuxMachine,
+  BOOT_LAYOUT,
+  E820_RAM,
+  E820_RESERVED,
+  GDT_ENTRIES,
+  buildZeroPage,
+  createLinuxMachine,
+  e820Map,
+  identityPageTables,
+  longModeSregs,
+  placeInitrd,
+  readE820,
+  segmentFromGdt,
+  type LinuxMachine,
 } from '../../src/vmm/boot';
 import { HDR } from '../../src/vmm/bzimage';
 import { BootImageError } from '../../src/vmm/errors';
@@ -43,14 +54,19 @@ describe('boot layout (pure)', () => {
   });
 
   it('zero page for a vmlinux: synthetic header, loader type, flags, cmdline, ramdisk, e820', () => {
-    const zp = buildZeroPage({ memSize: 64 * MiB, cmdlineAddr: 0x20000, cmdlineSize: 13, initrd: { addr: 0x3e00000, size: 12345 } });
+    const zp = buildZeroPage({
+      memSize: 64 * MiB,
+      cmdlineAddr: 0x20000,
+      cmdlineSize: 13,
+      initrd: { addr: 0x3e00000, size: 12345 },
+    });
     const v = new DataView(zp.buffer);
     expect(zp.length).toBe(4096);
     expect(v.getUint16(HDR.bootFlag, true)).toBe(0xaa55);
     expect(v.getUint32(HDR.header, true)).toBe(0x53726448);
     expect(v.getUint16(HDR.version, true)).toBe(0x20f);
     expect(zp[HDR.typeOfLoader]).toBe(0xff);
-    expect(zp[HDR.loadflags]! & 0x81).toBe(0x81); // LOADED_HIGH | CAN_USE_HEAP
+    expect(zp[HDR.loadflags] & 0x81).toBe(0x81); // LOADED_HIGH | CAN_USE_HEAP
     expect(v.getUint16(HDR.heapEndPtr, true)).toBe(0xfe00);
     expect(v.getUint32(HDR.cmdLinePtr, true)).toBe(0x20000);
     expect(v.getUint32(HDR.cmdlineSize, true)).toBe(13);
@@ -86,7 +102,13 @@ describe('boot layout (pure)', () => {
     const pt = identityPageTables();
     expect(new DataView(pt.pml4.buffer).getBigUint64(0, true)).toBe(0xa003n);
     const pdpt = new DataView(pt.pdpt.buffer);
-    expect([0, 1, 2, 3, 4].map((i) => pdpt.getBigUint64(8 * i, true))).toEqual([0xb003n, 0xc003n, 0xd003n, 0xe003n, 0n]);
+    expect([0, 1, 2, 3, 4].map((i) => pdpt.getBigUint64(8 * i, true))).toEqual([
+      0xb003n,
+      0xc003n,
+      0xd003n,
+      0xe003n,
+      0n,
+    ]);
     const pd = new DataView(pt.pd.buffer);
     expect(pd.getBigUint64(0, true)).toBe(0x83n);
     expect(pd.getBigUint64(8, true)).toBe(0x200083n);
@@ -94,11 +116,22 @@ describe('boot layout (pure)', () => {
   });
 
   it('segments decoded from the GDT, and long-mode sregs', () => {
-    expect(segmentFromGdt(GDT_ENTRIES[2]!, 0x10)).toEqual({
-      base: 0n, limit: 0xffffffff, selector: 0x10, type: 0xb, present: 1, dpl: 0, db: 0, s: 1, l: 1, g: 1, avl: 0, unusable: 0,
+    expect(segmentFromGdt(GDT_ENTRIES[2], 0x10)).toEqual({
+      base: 0n,
+      limit: 0xffffffff,
+      selector: 0x10,
+      type: 0xb,
+      present: 1,
+      dpl: 0,
+      db: 0,
+      s: 1,
+      l: 1,
+      g: 1,
+      avl: 0,
+      unusable: 0,
     });
-    expect(segmentFromGdt(GDT_ENTRIES[3]!, 0x18)).toMatchObject({ type: 3, db: 1, l: 0, s: 1 });
-    expect(segmentFromGdt(GDT_ENTRIES[4]!, 0x20)).toMatchObject({ type: 0xb, s: 0, present: 1 });
+    expect(segmentFromGdt(GDT_ENTRIES[3], 0x18)).toMatchObject({ type: 3, db: 1, l: 0, s: 1 });
+    expect(segmentFromGdt(GDT_ENTRIES[4], 0x20)).toMatchObject({ type: 0xb, s: 0, present: 1 });
   });
 });
 
@@ -115,7 +148,10 @@ describe('createLinuxMachine on the mock', () => {
   });
 
   const kernel = () =>
-    buildElf({ entry: 0xffffffff81000000n, segments: [{ paddr: 0x1000000, vaddr: 0xffffffff81000000n, data: Uint8Array.of(0xf4, 1, 2, 3), memsz: 0x3000 }] });
+    buildElf({
+      entry: 0xffffffff81000000n,
+      segments: [{ paddr: 0x1000000, vaddr: 0xffffffff81000000n, data: Uint8Array.of(0xf4, 1, 2, 3), memsz: 0x3000 }],
+    });
 
   it('lays out kernel, zero page, cmdline, initrd, GDT and page tables in guest memory', () => {
     const initrd = new Uint8Array(10_000).fill(7);
@@ -146,13 +182,24 @@ describe('createLinuxMachine on the mock', () => {
   it('vCPU 0 enters in long mode: sregs, RIP = entry, RSI = zero page, CPUID set, LAPIC virtual wire', () => {
     m = createLinuxMachine(kvm, { kernel: kernel(), cmdline: '', memSize: 32 * MiB });
     const s = m.vcpu.getSregs();
-    expect({ cr0: s.cr0 & 0x8000_0033n, cr3: s.cr3, cr4: s.cr4, efer: s.efer & 0x500n }).toEqual({ cr0: 0x8000_0033n, cr3: 0x9000n, cr4: 0x20n, efer: 0x500n });
+    expect({ cr0: s.cr0 & 0x8000_0033n, cr3: s.cr3, cr4: s.cr4, efer: s.efer & 0x500n }).toEqual({
+      cr0: 0x8000_0033n,
+      cr3: 0x9000n,
+      cr4: 0x20n,
+      efer: 0x500n,
+    });
     expect(s.cs).toMatchObject({ selector: 0x10, l: 1, db: 0, type: 0xb, present: 1, s: 1 });
-    for (const seg of [s.ds, s.es, s.fs, s.gs, s.ss]) expect(seg).toMatchObject({ selector: 0x18, type: 3, present: 1 });
+    for (const seg of [s.ds, s.es, s.fs, s.gs, s.ss])
+      expect(seg).toMatchObject({ selector: 0x18, type: 3, present: 1 });
     expect(s.tr).toMatchObject({ selector: 0x20, type: 0xb, s: 0 });
     expect(s.gdt).toEqual({ base: 0x500n, limit: 39 });
     const r = m.vcpu.getRegs();
-    expect({ rip: r.rip, rsi: r.rsi, rsp: r.rsp, rflags: r.rflags }).toEqual({ rip: 0x1000000n, rsi: 0x7000n, rsp: 0x8ff0n, rflags: 2n });
+    expect({ rip: r.rip, rsi: r.rsi, rsp: r.rsp, rflags: r.rflags }).toEqual({
+      rip: 0x1000000n,
+      rsi: 0x7000n,
+      rsp: 0x8ff0n,
+      rflags: 2n,
+    });
     const cpuid = m.vcpu.getCpuid2(256);
     expect(cpuid.length).toBe(kvm.getSupportedCpuid(256).length);
     expect(cpuid.entries.find((e) => e.function === 1)!.ebx >>> 24).toBe(0);
@@ -175,13 +222,26 @@ describe('createLinuxMachine on the mock', () => {
     const k2 = new Kvm({ backend });
     const bad = bootError(() => createLinuxMachine(k2, { kernel: Uint8Array.of(1, 2, 3, 4) }));
     expect(bad.code).toBe('ERR_KVM_BAD_KERNEL');
-    const tooBig = bootError(() => createLinuxMachine(k2, { kernel: kernel(), initrd: new Uint8Array(40 * MiB), memSize: 32 * MiB }));
+    const tooBig = bootError(() =>
+      createLinuxMachine(k2, { kernel: kernel(), initrd: new Uint8Array(40 * MiB), memSize: 32 * MiB }),
+    );
     expect(tooBig.code).toBe('ERR_KVM_BAD_INITRD');
     expect(tooBig.message).toMatch(/^bad initrd image: /);
-    expect(bootError(() => createLinuxMachine(k2, { kernel: kernel(), initrd: new Uint8Array(0) })).detail).toBe('the initrd is empty');
-    const high = buildElf({ entry: 0x1000000n, segments: [{ paddr: 0x1000000, data: Uint8Array.of(0xf4), memsz: 40 * MiB }] });
-    expect(bootError(() => createLinuxMachine(k2, { kernel: high, memSize: 32 * MiB })).detail).toMatch(/beyond 32 MiB of guest RAM/);
-    expectCode(() => createLinuxMachine(k2, { kernel: kernel(), cmdline: 'x'.repeat(2048) }), 'RangeError', 'ERR_OUT_OF_RANGE');
+    expect(bootError(() => createLinuxMachine(k2, { kernel: kernel(), initrd: new Uint8Array(0) })).detail).toBe(
+      'the initrd is empty',
+    );
+    const high = buildElf({
+      entry: 0x1000000n,
+      segments: [{ paddr: 0x1000000, data: Uint8Array.of(0xf4), memsz: 40 * MiB }],
+    });
+    expect(bootError(() => createLinuxMachine(k2, { kernel: high, memSize: 32 * MiB })).detail).toMatch(
+      /beyond 32 MiB of guest RAM/,
+    );
+    expectCode(
+      () => createLinuxMachine(k2, { kernel: kernel(), cmdline: 'x'.repeat(2048) }),
+      'RangeError',
+      'ERR_OUT_OF_RANGE',
+    );
     expectCode(() => createLinuxMachine(k2, { kernel: 'vmlinux' as never }), 'TypeError', 'ERR_INVALID_ARG_VALUE');
     // every VM created on the way was closed again: only the /dev/kvm fd remains open
     expect(backend.openFds).toHaveLength(1);

@@ -21,7 +21,14 @@ function bootError(fn: () => unknown): BootImageError {
 
 describe('parseBzImage', () => {
   it('reads the setup header: protocol, setup_sects, payload, cmdline size, initrd max, 64-bit entry', () => {
-    const img = buildBzImage({ setupSects: 27, payload: LZ4_PAYLOAD, payloadOffset: 0x2cc, cmdlineSize: 2047, initrdAddrMax: 0x7fffffff, initSize: 0x2000000 });
+    const img = buildBzImage({
+      setupSects: 27,
+      payload: LZ4_PAYLOAD,
+      payloadOffset: 0x2cc,
+      cmdlineSize: 2047,
+      initrdAddrMax: 0x7fffffff,
+      initSize: 0x2000000,
+    });
     const bz = parseBzImage(img);
     expect(bz).toMatchObject({
       protocol: 0x20f,
@@ -52,13 +59,48 @@ describe('parseBzImage', () => {
   });
 
   it.each([
-    ['too short for a header', 'ERR_KVM_BAD_KERNEL', new Uint8Array(0x100), /file too short for a bzImage setup header \(256 bytes/],
-    ['bad boot flag', 'ERR_KVM_BAD_KERNEL', buildBzImage({ payload: LZ4_PAYLOAD, bootFlag: 0x1234 }), /boot_flag at 0x1fe is 0x1234, expected 0xaa55/],
-    ['bad HdrS magic', 'ERR_KVM_BAD_KERNEL', buildBzImage({ payload: LZ4_PAYLOAD, magic: 0x41414141 }), /header magic at 0x202 is 0x41414141, expected "HdrS"/],
-    ['protocol 2.05', 'ERR_KVM_UNSUPPORTED_KERNEL', buildBzImage({ payload: LZ4_PAYLOAD, protocol: 0x205 }), /boot protocol 2.05 is older than 2.06/],
-    ['truncated inside the header', 'ERR_KVM_BAD_KERNEL', buildBzImage({ payload: LZ4_PAYLOAD }).subarray(0, 0x240), /setup header truncated: the file has 576 bytes, protocol 2.15 needs/],
-    ['setup_sects past the end', 'ERR_KVM_BAD_KERNEL', buildBzImage({ payload: LZ4_PAYLOAD }).subarray(0, 0x400), /setup_sects 4 puts the protected-mode kernel at 0xa00, past the end of the file \(1024 bytes\)/],
-    ['truncated protected-mode part', 'ERR_KVM_BAD_KERNEL', buildBzImage({ payload: new Uint8Array(0x1000).fill(1) }).subarray(0, 0xb00), /syssize says \d+ bytes of protected-mode code but the file has 256: truncated\?/],
+    [
+      'too short for a header',
+      'ERR_KVM_BAD_KERNEL',
+      new Uint8Array(0x100),
+      /file too short for a bzImage setup header \(256 bytes/,
+    ],
+    [
+      'bad boot flag',
+      'ERR_KVM_BAD_KERNEL',
+      buildBzImage({ payload: LZ4_PAYLOAD, bootFlag: 0x1234 }),
+      /boot_flag at 0x1fe is 0x1234, expected 0xaa55/,
+    ],
+    [
+      'bad HdrS magic',
+      'ERR_KVM_BAD_KERNEL',
+      buildBzImage({ payload: LZ4_PAYLOAD, magic: 0x41414141 }),
+      /header magic at 0x202 is 0x41414141, expected "HdrS"/,
+    ],
+    [
+      'protocol 2.05',
+      'ERR_KVM_UNSUPPORTED_KERNEL',
+      buildBzImage({ payload: LZ4_PAYLOAD, protocol: 0x205 }),
+      /boot protocol 2.05 is older than 2.06/,
+    ],
+    [
+      'truncated inside the header',
+      'ERR_KVM_BAD_KERNEL',
+      buildBzImage({ payload: LZ4_PAYLOAD }).subarray(0, 0x240),
+      /setup header truncated: the file has 576 bytes, protocol 2.15 needs/,
+    ],
+    [
+      'setup_sects past the end',
+      'ERR_KVM_BAD_KERNEL',
+      buildBzImage({ payload: LZ4_PAYLOAD }).subarray(0, 0x400),
+      /setup_sects 4 puts the protected-mode kernel at 0xa00, past the end of the file \(1024 bytes\)/,
+    ],
+    [
+      'truncated protected-mode part',
+      'ERR_KVM_BAD_KERNEL',
+      buildBzImage({ payload: new Uint8Array(0x1000).fill(1) }).subarray(0, 0xb00),
+      /syssize says \d+ bytes of protected-mode code but the file has 256: truncated\?/,
+    ],
   ])('%s → %s', (_name, code, img, message) => {
     const e = bootError(() => parseBzImage(img));
     expect(e.code).toBe(code);
@@ -68,7 +110,9 @@ describe('parseBzImage', () => {
   it('refuses a payload outside the protected-mode part', () => {
     const img = buildBzImage({ payload: LZ4_PAYLOAD });
     new DataView(img.buffer).setUint32(0x24c, 0x10000, true); // payload_length
-    expect(bootError(() => parseBzImage(img)).detail).toMatch(/payload \(offset 0x100, length 65536\) is outside the protected-mode kernel/);
+    expect(bootError(() => parseBzImage(img)).detail).toMatch(
+      /payload \(offset 0x100, length 65536\) is outside the protected-mode kernel/,
+    );
   });
 
   it('identifies payload formats by magic', () => {
@@ -88,9 +132,19 @@ describe('parseBzImage', () => {
 
 describe('prepareKernel with a bzImage', () => {
   it('loads an uncompressed ELF payload as that ELF, keeping the setup header', () => {
-    const elf = buildElf({ entry: 0x1000000n, segments: [{ paddr: 0x1000000, data: Uint8Array.of(0xf4), memsz: 0x1000 }] });
+    const elf = buildElf({
+      entry: 0x1000000n,
+      segments: [{ paddr: 0x1000000, data: Uint8Array.of(0xf4), memsz: 0x1000 }],
+    });
     const k = prepareKernel(buildBzImage({ payload: elf, cmdlineSize: 255 }));
-    expect(k).toMatchObject({ kind: 'bzimage', entry: 0x1000000, low: 0x1000000, high: 0x1001000, cmdlineSize: 255, initrdAddrMax: 0x7fffffff });
+    expect(k).toMatchObject({
+      kind: 'bzimage',
+      entry: 0x1000000,
+      low: 0x1000000,
+      high: 0x1001000,
+      cmdlineSize: 255,
+      initrdAddrMax: 0x7fffffff,
+    });
     expect(k.elf?.segments).toHaveLength(1);
     expect(k.setupHeader?.[0x202 - 0x1f1]).toBe(0x48); // 'H' of HdrS
   });
@@ -112,25 +166,34 @@ describe('prepareKernel with a bzImage', () => {
     const writes: Array<[bigint, number]> = [];
     k.load({ write: (gpa, data) => void writes.push([gpa, data.length]) }, 0x1000000);
     expect(writes).toEqual([[0x100000n, img.length - 5 * 512]]);
-    expect(bootError(() => k.load({ write: () => undefined }, 0x400000)).detail).toMatch(/needs 0x800000 bytes \(init_size\) from 1 MiB, more than 4 MiB/);
+    expect(bootError(() => k.load({ write: () => undefined }, 0x400000)).detail).toMatch(
+      /needs 0x800000 bytes \(init_size\) from 1 MiB, more than 4 MiB/,
+    );
   });
 
   it('refuses a compressed kernel without the 64-bit entry (XLF_KERNEL_64)', () => {
-    const e = bootError(() => prepareKernel(buildBzImage({ payload: LZ4_PAYLOAD, xloadflags: 0 }), { allowDecompressor: true }));
+    const e = bootError(() =>
+      prepareKernel(buildBzImage({ payload: LZ4_PAYLOAD, xloadflags: 0 }), { allowDecompressor: true }),
+    );
     expect(e.detail).toMatch(/no 64-bit entry point/);
   });
 
   it('refuses files that are neither ELF nor bzImage, and empty files', () => {
-    expect(bootError(() => prepareKernel(Uint8Array.of(0x4d, 0x5a, 0, 0))).detail).toMatch(/neither an ELF vmlinux .* nor a bzImage .*; starts with 4d 5a 00 00/);
+    expect(bootError(() => prepareKernel(Uint8Array.of(0x4d, 0x5a, 0, 0))).detail).toMatch(
+      /neither an ELF vmlinux .* nor a bzImage .*; starts with 4d 5a 00 00/,
+    );
     expect(bootError(() => prepareKernel(new Uint8Array(0))).detail).toBe('the file is empty');
   });
 });
 
 const bzPath = join(__dirname, '../../.guest/bzImage');
-(existsSync(bzPath) ? describe : describe.skip)(`the fetched Debian bzImage${existsSync(bzPath) ? '' : ' [skipped: run npm run guest:fetch]'}`, () => {
-  it('is protocol 2.15 with an LZ4 payload and a 64-bit entry (as measured in the shared notes)', () => {
-    const bz = parseBzImage(readFileSync(bzPath));
-    expect(bz).toMatchObject({ protocol: 0x20f, setupSects: 39, payloadFormat: 'lz4', has64BitEntry: true });
-    expect(bootError(() => prepareKernel(readFileSync(bzPath))).code).toBe('ERR_KVM_UNSUPPORTED_KERNEL');
-  });
-});
+(existsSync(bzPath) ? describe : describe.skip)(
+  `the fetched Debian bzImage${existsSync(bzPath) ? '' : ' [skipped: run npm run guest:fetch]'}`,
+  () => {
+    it('is protocol 2.15 with an LZ4 payload and a 64-bit entry (as measured in the shared notes)', () => {
+      const bz = parseBzImage(readFileSync(bzPath));
+      expect(bz).toMatchObject({ protocol: 0x20f, setupSects: 39, payloadFormat: 'lz4', has64BitEntry: true });
+      expect(bootError(() => prepareKernel(readFileSync(bzPath))).code).toBe('ERR_KVM_UNSUPPORTED_KERNEL');
+    });
+  },
+);

@@ -13,7 +13,11 @@ import type { InternalErrorExit } from '../../src/wrappers/vcpu-exit';
 import type { VmFd } from '../../src/wrappers/vm-fd';
 import { createLinuxMachine, type LinuxMachine } from '../../src/vmm/boot';
 import {
-  EmulationFailureError, decideEmulationFallback, emulationFallbackStats, handleEmulationFailure, insnBytesFromExit,
+  EmulationFailureError,
+  decideEmulationFallback,
+  emulationFallbackStats,
+  handleEmulationFailure,
+  insnBytesFromExit,
 } from '../../src/vmm/emulation-fallback';
 import { describeKvm } from '../helpers/kvm';
 import { buildElf } from './images';
@@ -26,7 +30,11 @@ function emulationData(bytes: number[]): bigint[] {
   raw[0] = bytes.length;
   raw.set(bytes, 1);
   const v = new DataView(raw.buffer);
-  return [BigInt(K.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES), v.getBigUint64(0, true), v.getBigUint64(8, true)];
+  return [
+    BigInt(K.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES),
+    v.getBigUint64(0, true),
+    v.getBigUint64(8, true),
+  ];
 }
 
 describe('decideEmulationFallback', () => {
@@ -127,7 +135,7 @@ describe('handleEmulationFailure on the mock', () => {
     expect(vcpu.getRegs().rip).toBe(0x1000n);
   });
 
-  it('uses the exit\'s insn_bytes when RIP does not translate (paging on in the mock)', () => {
+  it("uses the exit's insn_bytes when RIP does not translate (paging on in the mock)", () => {
     const exit = failAt([0x90], emulationData([0xcc]));
     const s = vcpu.getSregs();
     vcpu.setSregs({ ...s, cr0: s.cr0 | 0x8000_0001n });
@@ -140,7 +148,9 @@ describe('handleEmulationFailure on the mock', () => {
     vcpu.setRegs({ rip: 0x1000n, rflags: 2n });
     backend.vcpu(0).script([internalError(K.KVM_INTERNAL_ERROR_DELIVERY_EV, [0x80000b0en])]);
     const e = vcpu.run() as InternalErrorExit;
-    expect(() => handleEmulationFailure(vcpu, e)).toThrow(/suberror 3\) at rip 0x1000, instruction bytes unreadable: not an emulation failure \(data \[0x80000b0e\]\)/);
+    expect(() => handleEmulationFailure(vcpu, e)).toThrow(
+      /suberror 3\) at rip 0x1000, instruction bytes unreadable: not an emulation failure \(data \[0x80000b0e\]\)/,
+    );
   });
 });
 
@@ -156,34 +166,45 @@ describeKvm('emulation fallbacks on the real kernel', () => {
   function boot(code: number[]): LinuxMachine {
     kvm = new Kvm();
     m = createLinuxMachine(kvm, {
-      kernel: buildElf({ entry: 0x200000n, segments: [{ paddr: 0x200000, data: Uint8Array.from(code), memsz: 0x1000 }] }),
+      kernel: buildElf({
+        entry: 0x200000n,
+        segments: [{ paddr: 0x200000, data: Uint8Array.from(code), memsz: 0x1000 }],
+      }),
       memSize: 32 * (1 << 20),
       irqchip: false,
     });
     return m;
   }
 
-  (emulatingHost ? it : it.skip)('stac/clac: AC flips as the guest sees it in RFLAGS (PVM host: both are emulation failures)', () => {
-    const flagOut = [0x9c, 0x58, 0xc1, 0xe8, 0x12, 0x24, 0x01, 0x04, 0x30, 0xee]; // pushfq; pop %rax; shr $18,%eax; and $1,%al; add $'0',%al; out %al,(%dx)
-    const machine = boot([0x66, 0xba, 0xf8, 0x03, 0x0f, 0x01, 0xcb, ...flagOut, 0x0f, 0x01, 0xca, ...flagOut, 0xf4]);
-    const stats = emulationFallbackStats();
-    const out: number[] = [];
-    for (let i = 0; i < 20; i++) {
-      const e = machine.vcpu.run();
-      if (e.kind === 'Hlt') break;
-      if (e.kind === 'IoOut') out.push(...e.data);
-      else if (e.kind === 'InternalError') handleEmulationFailure(machine.vcpu, e, stats);
-      else throw new Error(e.kind);
-    }
-    expect(Buffer.from(out).toString('latin1')).toBe('10');
-    expect(stats).toEqual({ int3: 0, fwait: 0, clac: 1, stac: 1 });
-  });
+  (emulatingHost ? it : it.skip)(
+    'stac/clac: AC flips as the guest sees it in RFLAGS (PVM host: both are emulation failures)',
+    () => {
+      const flagOut = [0x9c, 0x58, 0xc1, 0xe8, 0x12, 0x24, 0x01, 0x04, 0x30, 0xee]; // pushfq; pop %rax; shr $18,%eax; and $1,%al; add $'0',%al; out %al,(%dx)
+      const machine = boot([0x66, 0xba, 0xf8, 0x03, 0x0f, 0x01, 0xcb, ...flagOut, 0x0f, 0x01, 0xca, ...flagOut, 0xf4]);
+      const stats = emulationFallbackStats();
+      const out: number[] = [];
+      for (let i = 0; i < 20; i++) {
+        const e = machine.vcpu.run();
+        if (e.kind === 'Hlt') break;
+        if (e.kind === 'IoOut') out.push(...e.data);
+        else if (e.kind === 'InternalError') handleEmulationFailure(machine.vcpu, e, stats);
+        else throw new Error(e.kind);
+      }
+      expect(Buffer.from(out).toString('latin1')).toBe('10');
+      expect(stats).toEqual({ int3: 0, fwait: 0, clac: 1, stac: 1 });
+    },
+  );
 
-  (emulatingHost ? it : it.skip)('cmpxchg16b (which the emulator cannot do) ends in EmulationFailureError with its bytes', () => {
-    const machine = boot([0x48, 0x0f, 0xc7, 0x0e, 0xf4]); // cmpxchg16b (%rsi); hlt
-    const e = machine.vcpu.run();
-    expect(e).toMatchObject({ kind: 'InternalError', suberror: K.KVM_INTERNAL_ERROR_EMULATION });
-    expect(Array.from(insnBytesFromExit(e as InternalErrorExit)!.subarray(0, 4))).toEqual([0x48, 0x0f, 0xc7, 0x0e]);
-    expect(() => handleEmulationFailure(machine.vcpu, e as InternalErrorExit)).toThrow(/at rip 0x200000, instruction bytes 48 0f c7 0e f4/);
-  });
+  (emulatingHost ? it : it.skip)(
+    'cmpxchg16b (which the emulator cannot do) ends in EmulationFailureError with its bytes',
+    () => {
+      const machine = boot([0x48, 0x0f, 0xc7, 0x0e, 0xf4]); // cmpxchg16b (%rsi); hlt
+      const e = machine.vcpu.run();
+      expect(e).toMatchObject({ kind: 'InternalError', suberror: K.KVM_INTERNAL_ERROR_EMULATION });
+      expect(Array.from(insnBytesFromExit(e as InternalErrorExit)!.subarray(0, 4))).toEqual([0x48, 0x0f, 0xc7, 0x0e]);
+      expect(() => handleEmulationFailure(machine.vcpu, e as InternalErrorExit)).toThrow(
+        /at rip 0x200000, instruction bytes 48 0f c7 0e f4/,
+      );
+    },
+  );
 });

@@ -21,7 +21,11 @@ function emulationData(bytes: number[]): bigint[] {
   raw[0] = bytes.length;
   raw.set(bytes, 1);
   const v = new DataView(raw.buffer);
-  return [BigInt(K.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES), v.getBigUint64(0, true), v.getBigUint64(8, true)];
+  return [
+    BigInt(K.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES),
+    v.getBigUint64(0, true),
+    v.getBigUint64(8, true),
+  ];
 }
 
 describe('linux-devices pipeline (mock, runInThread)', () => {
@@ -33,7 +37,10 @@ describe('linux-devices pipeline (mock, runInThread)', () => {
   beforeEach(() => {
     backend = new MockBackend();
     kvm = new Kvm({ backend });
-    const kernel = buildElf({ entry: BigInt(ENTRY), segments: [{ paddr: ENTRY, data: Uint8Array.of(0xf4), memsz: 0x1000 }] });
+    const kernel = buildElf({
+      entry: BigInt(ENTRY),
+      segments: [{ paddr: ENTRY, data: Uint8Array.of(0xf4), memsz: 0x1000 }],
+    });
     m = createLinuxMachine(kvm, { kernel, memSize: 32 * MiB });
     events = [];
   });
@@ -44,14 +51,23 @@ describe('linux-devices pipeline (mock, runInThread)', () => {
 
   const options: LinuxDevicesOptions = { memSize: 32 * MiB, trace: true };
   const run = (extra: Parameters<typeof runInThread>[2] = {}) =>
-    runInThread(m.vcpu, linuxDevices, { options, onEmit: (channel, data) => events.push({ channel, data }), record: true, ...extra });
+    runInThread(m.vcpu, linuxDevices, {
+      options,
+      onEmit: (channel, data) => events.push({ channel, data }),
+      record: true,
+      ...extra,
+    });
   const text = (channel: string) =>
-    Buffer.concat(events.filter((e) => e.channel === channel).map((e) => Buffer.from(e.data as Uint8Array))).toString('latin1');
+    Buffer.concat(events.filter((e) => e.channel === channel).map((e) => Buffer.from(e.data as Uint8Array))).toString(
+      'latin1',
+    );
   const statsEvent = () => events.find((e) => e.channel === 'stats')?.data as LinuxDevicesStats;
   const irqLine = (n: number) => (backend.vms[0].extra.get('irqchip') as { lines: Map<number, boolean> }).lines.get(n);
 
   it('COM1 output reaches ctx.emit("tx"); an i8042 reset ends the run cleanly with a reset event and stats', async () => {
-    backend.vcpu(0).script([ioOut(0x3f8, 'Linux version'), ioOut(0x3f8, '\r\n'), ioOut(0x64, [0xfe]), ioOut(0x3f8, 'never')]);
+    backend
+      .vcpu(0)
+      .script([ioOut(0x3f8, 'Linux version'), ioOut(0x3f8, '\r\n'), ioOut(0x64, [0xfe]), ioOut(0x3f8, 'never')]);
     const outcome = await run();
     expect(outcome).toMatchObject({ reason: 'completed', exits: 3, lastExit: 'IoOut' });
     expect(text('tx')).toBe('Linux version\r\n');
@@ -66,24 +82,39 @@ describe('linux-devices pipeline (mock, runInThread)', () => {
     backend.vcpu(0).script([ioOut(0x3f9, [0x03]), ioIn(0x3fa), ioIn(0x3f8), ioIn(0x3fd), ioOut(0x64, [0xfe])]);
     let lineAfterIer: boolean | undefined;
     const input = of({ channel: 'stdin', data: Uint8Array.of(0x41) });
-    const outcome = await runInThread(m.vcpu, (exits$, ctx) => {
-      exits$.subscribe((e) => {
-        if (e.kind === 'IoIn' && e.port === 0x3fa) lineAfterIer = irqLine(4);
-      });
-      return linuxDevices(exits$, ctx);
-    }, { options, input, record: true, onEmit: (channel, data) => events.push({ channel, data }) });
+    const outcome = await runInThread(
+      m.vcpu,
+      (exits$, ctx) => {
+        exits$.subscribe((e) => {
+          if (e.kind === 'IoIn' && e.port === 0x3fa) lineAfterIer = irqLine(4);
+        });
+        return linuxDevices(exits$, ctx);
+      },
+      { options, input, record: true, onEmit: (channel, data) => events.push({ channel, data }) },
+    );
     expect(lineAfterIer).toBe(true); // IER = RDI | THRI with data waiting: IRQ 4 high
-    const answers = outcome.recording!.filter((r) => r.kind === 'IoIn').map((r) => (r as { answer: number[] }).answer[0]);
+    const answers = outcome
+      .recording!.filter((r) => r.kind === 'IoIn')
+      .map((r) => (r as { answer: number[] }).answer[0]);
     expect(answers[0] & 0x0f).toBe(0x04); // IIR: received data (priority over THR empty)
     expect(answers[1]).toBe(0x41); // RBR: the byte sent on 'stdin'
     expect(answers[2] & 0x01).toBe(0); // LSR: no more data
   });
 
   it('CMOS reports the memory size; ports no device models read as an open bus (counted)', async () => {
-    backend.vcpu(0).script([ioOut(0x70, [0x35]), ioIn(0x71), ioIn(0x2f8 + 5), ioIn(0xcfc, 4), ioOut(0x378, [1]), ioOut(0x64, [0xfe])]);
+    backend
+      .vcpu(0)
+      .script([
+        ioOut(0x70, [0x35]),
+        ioIn(0x71),
+        ioIn(0x2f8 + 5),
+        ioIn(0xcfc, 4),
+        ioOut(0x378, [1]),
+        ioOut(0x64, [0xfe]),
+      ]);
     const outcome = await run();
     const ins = outcome.recording!.filter((r) => r.kind === 'IoIn').map((r) => (r as { answer: number[] }).answer);
-    expect(ins[0]).toEqual([((32 - 16) * MiB) / 65536 >> 8]); // 0x35: RAM above 16 MiB in 64 KiB units, high byte (0x100 >> 8)
+    expect(ins[0]).toEqual([(((32 - 16) * MiB) / 65536) >> 8]); // 0x35: RAM above 16 MiB in 64 KiB units, high byte (0x100 >> 8)
     expect(ins[1]).toEqual([0xff]); // COM2 LSR: nothing there
     expect(ins[2]).toEqual([0xff, 0xff, 0xff, 0xff]); // PCI config data with no device
     expect(statsEvent().openBus).toBe(2); // COM2 and the parallel port (PCI is modelled)
@@ -99,18 +130,28 @@ describe('linux-devices pipeline (mock, runInThread)', () => {
 
   it('an emulation failure at int3 is fixed up (RIP + 1, #BP injected) and the run goes on', async () => {
     m.vcpu.setRegs({ ...m.vcpu.getRegs(), rip: 0x1000000n });
-    backend.vcpu(0).script([internalError(K.KVM_INTERNAL_ERROR_EMULATION, emulationData([0xcc])), ioOut(0x3f8, 'B'), ioOut(0x64, [0xfe])]);
+    backend
+      .vcpu(0)
+      .script([
+        internalError(K.KVM_INTERNAL_ERROR_EMULATION, emulationData([0xcc])),
+        ioOut(0x3f8, 'B'),
+        ioOut(0x64, [0xfe]),
+      ]);
     let ripAfter: bigint | undefined;
     let exception: unknown;
-    const outcome = await runInThread(m.vcpu, (exits$, ctx) => {
-      exits$.subscribe((e) => {
-        if (e.kind === 'IoOut' && e.port === 0x3f8) {
-          ripAfter = ctx.vcpu.getRegs().rip;
-          exception = ctx.vcpu.getVcpuEvents().exception;
-        }
-      });
-      return linuxDevices(exits$, ctx);
-    }, { options, onEmit: (channel, data) => events.push({ channel, data }) });
+    const outcome = await runInThread(
+      m.vcpu,
+      (exits$, ctx) => {
+        exits$.subscribe((e) => {
+          if (e.kind === 'IoOut' && e.port === 0x3f8) {
+            ripAfter = ctx.vcpu.getRegs().rip;
+            exception = ctx.vcpu.getVcpuEvents().exception;
+          }
+        });
+        return linuxDevices(exits$, ctx);
+      },
+      { options, onEmit: (channel, data) => events.push({ channel, data }) },
+    );
     expect(outcome).toMatchObject({ reason: 'completed', exits: 3 });
     expect(ripAfter).toBe(0x1000001n);
     expect(exception).toEqual({ injected: 1, nr: 3, hasErrorCode: 0, pending: 0, errorCode: 0 });
@@ -120,7 +161,13 @@ describe('linux-devices pipeline (mock, runInThread)', () => {
 
   it('an emulation failure without a fallback ends the run with an error naming RIP and the bytes', async () => {
     m.vcpu.setRegs({ ...m.vcpu.getRegs(), rip: 0x1000040n });
-    backend.vcpu(0).script([ioOut(0x3f8, 'x'), internalError(K.KVM_INTERNAL_ERROR_EMULATION, emulationData([0x48, 0x0f, 0xc7, 0x0e])), ioOut(0x3f8, 'never')]);
+    backend
+      .vcpu(0)
+      .script([
+        ioOut(0x3f8, 'x'),
+        internalError(K.KVM_INTERNAL_ERROR_EMULATION, emulationData([0x48, 0x0f, 0xc7, 0x0e])),
+        ioOut(0x3f8, 'never'),
+      ]);
     const failure = run();
     await expect(failure).rejects.toMatchObject({ name: 'EmulationFailureError', code: 'ERR_KVM_EMULATION_FAILURE' });
     await expect(failure).rejects.toThrow(/at rip 0x1000040, instruction bytes 48 0f c7 0e: no userspace fallback/);
@@ -131,6 +178,9 @@ describe('linux-devices pipeline (mock, runInThread)', () => {
   it('an exit no device and no fallback handles (a hypercall) is an error naming it and RIP', async () => {
     m.vcpu.setRegs({ ...m.vcpu.getRegs(), rip: 0x1000010n });
     backend.vcpu(0).script([hypercall(9n)]);
-    await expect(run()).rejects.toMatchObject({ code: 'ERR_KVM_UNHANDLED_EXIT', message: 'unhandled Hypercall exit: nr 0x9, rip 0x1000010' });
+    await expect(run()).rejects.toMatchObject({
+      code: 'ERR_KVM_UNHANDLED_EXIT',
+      message: 'unhandled Hypercall exit: nr 0x9, rip 0x1000010',
+    });
   });
 });

@@ -16,10 +16,14 @@ import { _IOR, _IOW, _IOWR, KVMIO } from './ioc';
 import { checkU64 } from './validate';
 
 /** Layout of `struct kvm_vcpu_init` (32 bytes): `__u32 target; __u32 features[7];`. */
-export const kvm_vcpu_init: StructDef = { kind: 'struct', size: 32, fields: {
-  target: { c: 'target', offset: 0, size: 4, type: 'u32' },
-  features: { c: 'features', offset: 4, size: 28, type: 'u32', count: 7 },
-} };
+export const kvm_vcpu_init: StructDef = {
+  kind: 'struct',
+  size: 32,
+  fields: {
+    target: { c: 'target', offset: 0, size: 4, type: 'u32' },
+    features: { c: 'features', offset: 4, size: 28, type: 'u32', count: 7 },
+  },
+};
 
 /** `struct kvm_vcpu_init`, with camelCase field names. */
 export interface KvmVcpuInit {
@@ -115,7 +119,15 @@ export const KVM_REG_ARM64_SYSREG_OP2_SHIFT = 0n;
  * `fp_regs.fpsr`, `fp_regs.fpcr`).
  */
 export const ARM64_CORE_OFFSETS = {
-  sp: 248, pc: 256, pstate: 264, spEl1: 272, elrEl1: 280, spsr: 288, vregs: 336, fpsr: 848, fpcr: 852,
+  sp: 248,
+  pc: 256,
+  pstate: 264,
+  spEl1: 272,
+  elrEl1: 280,
+  spsr: 288,
+  vregs: 336,
+  fpsr: 848,
+  fpcr: 852,
 } as const;
 
 /** `KVM_REG_ARM_CORE_REG`-style id: `KVM_REG_ARM64 | size | KVM_REG_ARM_CORE | offset / 4`. */
@@ -136,10 +148,16 @@ export const ARM64_REG_PSTATE = arm64CoreRegId(ARM64_CORE_OFFSETS.pstate);
 
 /** `ARM64_SYS_REG(op0, op1, crn, crm, op2)`: a 64-bit system register id. @example `arm64SysReg(3, 0, 0, 0, 5)` (MPIDR_EL1) */
 export function arm64SysReg(op0: number, op1: number, crn: number, crm: number, op2: number): bigint {
-  return KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM64_SYSREG |
-    (BigInt(op0 & 3) << KVM_REG_ARM64_SYSREG_OP0_SHIFT) | (BigInt(op1 & 7) << KVM_REG_ARM64_SYSREG_OP1_SHIFT) |
-    (BigInt(crn & 15) << KVM_REG_ARM64_SYSREG_CRN_SHIFT) | (BigInt(crm & 15) << KVM_REG_ARM64_SYSREG_CRM_SHIFT) |
-    (BigInt(op2 & 7) << KVM_REG_ARM64_SYSREG_OP2_SHIFT);
+  return (
+    KVM_REG_ARM64 |
+    KVM_REG_SIZE_U64 |
+    KVM_REG_ARM64_SYSREG |
+    (BigInt(op0 & 3) << KVM_REG_ARM64_SYSREG_OP0_SHIFT) |
+    (BigInt(op1 & 7) << KVM_REG_ARM64_SYSREG_OP1_SHIFT) |
+    (BigInt(crn & 15) << KVM_REG_ARM64_SYSREG_CRN_SHIFT) |
+    (BigInt(crm & 15) << KVM_REG_ARM64_SYSREG_CRM_SHIFT) |
+    (BigInt(op2 & 7) << KVM_REG_ARM64_SYSREG_OP2_SHIFT)
+  );
 }
 
 /** `KVM_REG_ARM_PSCI_VERSION`: the firmware register holding the PSCI version. */

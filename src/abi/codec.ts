@@ -9,7 +9,17 @@
  *
  * @module
  */
-import { checkI32, checkI64, checkInt, checkU16, checkU32, checkU64, checkU8, invalidType, invalidValue } from './validate';
+import {
+  checkI32,
+  checkI64,
+  checkInt,
+  checkU16,
+  checkU32,
+  checkU64,
+  checkU8,
+  invalidType,
+  invalidValue,
+} from './validate';
 import { layouts } from './layouts';
 
 /** A scalar field type. */
@@ -51,27 +61,51 @@ function resolve(type: FieldDef['type']): Scalar | StructDef {
 
 function readScalar(view: DataView, at: number, t: Scalar): number | bigint {
   switch (t) {
-    case 'u8': return view.getUint8(at);
-    case 'i8': return view.getInt8(at);
-    case 'u16': return view.getUint16(at, true);
-    case 'i16': return view.getInt16(at, true);
-    case 'u32': return view.getUint32(at, true);
-    case 'i32': return view.getInt32(at, true);
-    case 'u64': return view.getBigUint64(at, true);
-    case 'i64': return view.getBigInt64(at, true);
+    case 'u8':
+      return view.getUint8(at);
+    case 'i8':
+      return view.getInt8(at);
+    case 'u16':
+      return view.getUint16(at, true);
+    case 'i16':
+      return view.getInt16(at, true);
+    case 'u32':
+      return view.getUint32(at, true);
+    case 'i32':
+      return view.getInt32(at, true);
+    case 'u64':
+      return view.getBigUint64(at, true);
+    case 'i64':
+      return view.getBigInt64(at, true);
   }
 }
 
 function writeScalar(view: DataView, at: number, t: Scalar, value: unknown, name: string): void {
   switch (t) {
-    case 'u8': view.setUint8(at, checkU8(name, value)); return;
-    case 'i8': view.setInt8(at, checkInt(name, value, -128, 127)); return;
-    case 'u16': view.setUint16(at, checkU16(name, value), true); return;
-    case 'i16': view.setInt16(at, checkInt(name, value, -32768, 32767), true); return;
-    case 'u32': view.setUint32(at, checkU32(name, value), true); return;
-    case 'i32': view.setInt32(at, checkI32(name, value), true); return;
-    case 'u64': view.setBigUint64(at, checkU64(name, value), true); return;
-    case 'i64': view.setBigInt64(at, checkI64(name, value), true); return;
+    case 'u8':
+      view.setUint8(at, checkU8(name, value));
+      return;
+    case 'i8':
+      view.setInt8(at, checkInt(name, value, -128, 127));
+      return;
+    case 'u16':
+      view.setUint16(at, checkU16(name, value), true);
+      return;
+    case 'i16':
+      view.setInt16(at, checkInt(name, value, -32768, 32767), true);
+      return;
+    case 'u32':
+      view.setUint32(at, checkU32(name, value), true);
+      return;
+    case 'i32':
+      view.setInt32(at, checkI32(name, value), true);
+      return;
+    case 'u64':
+      view.setBigUint64(at, checkU64(name, value), true);
+      return;
+    case 'i64':
+      view.setBigInt64(at, checkI64(name, value), true);
+      return;
   }
 }
 
@@ -144,7 +178,13 @@ export function encodeStruct(def: StructDef, value: unknown, view: DataView, off
           if (!Array.isArray(v)) invalidType(path, t === 'u8' ? 'a Uint8Array or an array' : 'an array', v);
           if (v.length > n) invalidValue(path, `must have at most ${n} elements`, v);
           for (let i = 0; i < n; i++) {
-            writeScalar(view, at + i * SCALAR_SIZE[t], t, i < v.length ? v[i] : t === 'u64' || t === 'i64' ? 0n : 0, `${path}[${i}]`);
+            writeScalar(
+              view,
+              at + i * SCALAR_SIZE[t],
+              t,
+              i < v.length ? v[i] : t === 'u64' || t === 'i64' ? 0n : 0,
+              `${path}[${i}]`,
+            );
           }
         }
       }
@@ -177,7 +217,7 @@ export function offsetOf(def: StructDef, cPath: string): number {
   let off = 0;
   const parts = cPath.split('.');
   for (let i = 0; i < parts.length; i++) {
-    const part = parts[i]!.replace(/\[0\]$/, '');
+    const part = parts[i].replace(/\[0\]$/, '');
     const f = Object.values(cur.fields).find((x) => x.c === part);
     if (f === undefined) throw new Error(`no field ${cPath}`);
     off += f.offset;
@@ -191,7 +231,12 @@ export function offsetOf(def: StructDef, cPath: string): number {
 }
 
 /** Every dotted C path of a layout with its absolute offset (what the addon's table lists). */
-export function allOffsets(def: StructDef, prefix = '', base = 0, out = new Map<string, number>()): Map<string, number> {
+export function allOffsets(
+  def: StructDef,
+  prefix = '',
+  base = 0,
+  out = new Map<string, number>(),
+): Map<string, number> {
   for (const f of Object.values(def.fields)) {
     const path = prefix + f.c;
     out.set(path, base + f.offset);

@@ -79,11 +79,22 @@ export class KvmError extends Error {
    */
   constructor(errno: number, syscall: string, options: KvmErrorOptions | string = {}) {
     if (typeof errno !== 'number' || !Number.isSafeInteger(errno)) {
-      throw new KvmTypeError('ERR_INVALID_ARG_TYPE', `The "errno" argument must be an integer. Received type ${typeof errno}`);
+      throw new KvmTypeError(
+        'ERR_INVALID_ARG_TYPE',
+        `The "errno" argument must be an integer. Received type ${typeof errno}`,
+      );
     }
-    if (typeof syscall !== 'string') throw new KvmTypeError('ERR_INVALID_ARG_TYPE', `The "syscall" argument must be of type string. Received type ${typeof syscall}`);
+    if (typeof syscall !== 'string')
+      throw new KvmTypeError(
+        'ERR_INVALID_ARG_TYPE',
+        `The "syscall" argument must be of type string. Received type ${typeof syscall}`,
+      );
     const opts: KvmErrorOptions = typeof options === 'string' ? { request: options } : (options ?? {});
-    if (typeof opts !== 'object') throw new KvmTypeError('ERR_INVALID_ARG_TYPE', `The "options" argument must be an object or a string. Received type ${typeof options}`);
+    if (typeof opts !== 'object')
+      throw new KvmTypeError(
+        'ERR_INVALID_ARG_TYPE',
+        `The "options" argument must be an object or a string. Received type ${typeof options}`,
+      );
     const neg = -Math.abs(errno);
     const entry = (systemErrors ??= getSystemErrorMap()).get(neg);
     const code = entry?.[0] ?? errnoNames.get(-neg) ?? `E${-neg}`;

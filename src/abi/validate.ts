@@ -11,7 +11,7 @@ function describe(value: unknown): string {
   if (typeof value === 'bigint') return `type bigint (${value}n)`;
   if (typeof value === 'number') return `type number (${value})`;
   if (typeof value === 'string') return `type string ('${value.length > 20 ? value.slice(0, 20) + '…' : value}')`;
-  if (typeof value === 'object') return `an instance of ${(value as object).constructor?.name ?? 'Object'}`;
+  if (typeof value === 'object') return `an instance of ${value.constructor?.name ?? 'Object'}`;
   return `type ${typeof value}`;
 }
 

@@ -11,7 +11,12 @@ import type { IoctlArg, IoctlBackend, MmapFlags } from './types';
 /** The raw addon, as `native/src/addon.cc` defines it. Not public API. */
 export interface NativeAddon {
   setErrorClass(ctor: typeof KvmError): void;
-  abi(): { ioctls: Record<string, number>; sizes: Record<string, number>; offsets: Record<string, number>; constants: Record<string, number | bigint> };
+  abi(): {
+    ioctls: Record<string, number>;
+    sizes: Record<string, number>;
+    offsets: Record<string, number>;
+    constants: Record<string, number | bigint>;
+  };
   pageSize(): number;
   open(path: string, flags: number): number;
   close(fd: number): void;
@@ -32,7 +37,15 @@ export interface NativeAddon {
   threadSelf(): bigint;
   kick(thread: bigint, runAddress: bigint): void;
   /** The native fast path of the worker run loop (see native/src/addon.cc RunFast). */
-  runFast(fd: number, runAddress: bigint, portBitmap: Uint8Array, ring: Uint8Array, ctl: Int32Array, layout: Int32Array, maxBatch: number): number;
+  runFast(
+    fd: number,
+    runAddress: bigint,
+    portBitmap: Uint8Array,
+    ring: Uint8Array,
+    ctl: Int32Array,
+    layout: Int32Array,
+    maxBatch: number,
+  ): number;
   /** Pins the calling thread to a CPU (-1: any). */
   setAffinity(cpu: number): void;
 }
@@ -91,24 +104,60 @@ export class NativeBackend implements IoctlBackend {
     this.pageSize = addon.pageSize();
   }
 
-  open(path: string, flags: number): number { return this.addon.open(path, flags); }
-  close(fd: number): void { this.addon.close(fd); }
-  dup(fd: number): number { return this.addon.dup(fd); }
-  getFdFlags(fd: number): number { return this.addon.getFdFlags(fd); }
-  ioctl(fd: number, request: number, arg?: IoctlArg): number { return this.addon.ioctl(fd, request, arg); }
-  mmap(length: number, flags: MmapFlags, fd: number, offset: number): bigint { return this.addon.mmap(length, flags, fd, offset); }
-  munmap(address: bigint, length: number): void { this.addon.munmap(address, length); }
-  madvise(address: bigint, length: number, advice: number): void { this.addon.madvise(address, length, advice); }
-  view(address: bigint, length: number): ArrayBuffer { return this.addon.view(address, length); }
-  detach(buffer: ArrayBuffer): void { this.addon.detach(buffer); }
-  addressOf(view: ArrayBufferView): bigint { return this.addon.addressOf(view); }
-  eventfd(initval: number, flags: number): number { return this.addon.eventfd(initval, flags); }
-  read(fd: number, buffer: Uint8Array): number { return this.addon.read(fd, buffer); }
-  write(fd: number, buffer: Uint8Array): number { return this.addon.write(fd, buffer); }
-  watchReadable(fd: number, onReadable: () => void): () => void { return this.addon.watchReadable(fd, onReadable); }
-  kickSignal(): number { return this.addon.kickSignal(); }
-  threadSelf(): bigint { return this.addon.threadSelf(); }
-  kick(thread: bigint, runAddress: bigint): void { this.addon.kick(thread, runAddress); }
+  open(path: string, flags: number): number {
+    return this.addon.open(path, flags);
+  }
+  close(fd: number): void {
+    this.addon.close(fd);
+  }
+  dup(fd: number): number {
+    return this.addon.dup(fd);
+  }
+  getFdFlags(fd: number): number {
+    return this.addon.getFdFlags(fd);
+  }
+  ioctl(fd: number, request: number, arg?: IoctlArg): number {
+    return this.addon.ioctl(fd, request, arg);
+  }
+  mmap(length: number, flags: MmapFlags, fd: number, offset: number): bigint {
+    return this.addon.mmap(length, flags, fd, offset);
+  }
+  munmap(address: bigint, length: number): void {
+    this.addon.munmap(address, length);
+  }
+  madvise(address: bigint, length: number, advice: number): void {
+    this.addon.madvise(address, length, advice);
+  }
+  view(address: bigint, length: number): ArrayBuffer {
+    return this.addon.view(address, length);
+  }
+  detach(buffer: ArrayBuffer): void {
+    this.addon.detach(buffer);
+  }
+  addressOf(view: ArrayBufferView): bigint {
+    return this.addon.addressOf(view);
+  }
+  eventfd(initval: number, flags: number): number {
+    return this.addon.eventfd(initval, flags);
+  }
+  read(fd: number, buffer: Uint8Array): number {
+    return this.addon.read(fd, buffer);
+  }
+  write(fd: number, buffer: Uint8Array): number {
+    return this.addon.write(fd, buffer);
+  }
+  watchReadable(fd: number, onReadable: () => void): () => void {
+    return this.addon.watchReadable(fd, onReadable);
+  }
+  kickSignal(): number {
+    return this.addon.kickSignal();
+  }
+  threadSelf(): bigint {
+    return this.addon.threadSelf();
+  }
+  kick(thread: bigint, runAddress: bigint): void {
+    this.addon.kick(thread, runAddress);
+  }
 }
 
 let defaultBackend: NativeBackend | undefined;

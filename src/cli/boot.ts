@@ -63,7 +63,10 @@ function readImage(what: 'kernel' | 'initrd', path: string): Uint8Array {
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     const why = err.code === 'ENOENT' ? 'no such file' : err.code === 'EACCES' ? 'permission denied' : err.message;
-    throw new BootImageError(what === 'kernel' ? 'ERR_KVM_BAD_KERNEL' : 'ERR_KVM_BAD_INITRD', `cannot read ${path}: ${why}`);
+    throw new BootImageError(
+      what === 'kernel' ? 'ERR_KVM_BAD_KERNEL' : 'ERR_KVM_BAD_INITRD',
+      `cannot read ${path}: ${why}`,
+    );
   }
 }
 
@@ -81,8 +84,17 @@ export function formatTrace(outcome: LinuxOutcome): string {
     const ports = Object.entries(s.ports).sort((a, b) => b[1] - a[1]);
     if (ports.length) lines.push(`  by port: ${ports.map(([p, n]) => `${p} ${n}`).join(', ')}`);
     const addrs = Object.entries(s.addresses).sort((a, b) => b[1] - a[1]);
-    if (addrs.length) lines.push(`  by MMIO address: ${addrs.slice(0, 16).map(([a, n]) => `${a} ${n}`).join(', ')}`);
-    if (s.latency.count) lines.push(`  mean time between exits: ${(s.latency.meanMs * 1000).toFixed(1)} µs (max ${s.latency.maxMs.toFixed(1)} ms)`);
+    if (addrs.length)
+      lines.push(
+        `  by MMIO address: ${addrs
+          .slice(0, 16)
+          .map(([a, n]) => `${a} ${n}`)
+          .join(', ')}`,
+      );
+    if (s.latency.count)
+      lines.push(
+        `  mean time between exits: ${(s.latency.meanMs * 1000).toFixed(1)} µs (max ${s.latency.maxMs.toFixed(1)} ms)`,
+      );
   }
   const e = outcome.emulation;
   lines.push(`emulation fallbacks: int3 ${e.int3}, fwait ${e.fwait}, clac ${e.clac}, stac ${e.stac}`);
@@ -151,7 +163,8 @@ export async function cmdBoot(argv: string[]): Promise<number> {
     trace = values.trace === true;
     if (values.timeout !== undefined) {
       timeoutS = Number(values.timeout);
-      if (!Number.isFinite(timeoutS) || timeoutS <= 0) throw new UsageError(`--timeout must be a positive number of seconds, not ${values.timeout}`);
+      if (!Number.isFinite(timeoutS) || timeoutS <= 0)
+        throw new UsageError(`--timeout must be a positive number of seconds, not ${values.timeout}`);
     }
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
@@ -184,7 +197,9 @@ export async function cmdBoot(argv: string[]): Promise<number> {
     };
     const b = vm.handle.boot;
     // Progress once the machine is built, so that a bad file gives one line and nothing else.
-    process.stderr.write(`[kvm-rx] kernel ${kernelPath} (${mb(kernel.length)})${initrd ? `, initrd ${initrdPath} (${mb(initrd.length)})` : ''}, ${memMiB} MiB RAM\n`);
+    process.stderr.write(
+      `[kvm-rx] kernel ${kernelPath} (${mb(kernel.length)})${initrd ? `, initrd ${initrdPath} (${mb(initrd.length)})` : ''}, ${memMiB} MiB RAM\n`,
+    );
     process.stderr.write(`[kvm-rx] cmdline: ${cmdline}\n`);
     process.stderr.write(
       `[kvm-rx] ${b.kind === 'elf' ? 'ELF vmlinux' : 'bzImage'} at ${hex(b.kernel.low)}–${hex(b.kernel.high)}, entry ${hex(b.entry)}` +

@@ -22,7 +22,10 @@ export interface ConsoleOptions {
  * it is, and when it ends the console quits 5 s later (the guest may end first). `close()` restores
  * the terminal.
  */
-export function attachConsole(options: ConsoleOptions): { connect(send: (bytes: Uint8Array) => void): void; close(): void } {
+export function attachConsole(options: ConsoleOptions): {
+  connect(send: (bytes: Uint8Array) => void): void;
+  close(): void;
+} {
   const input = options.input ?? process.stdin;
   const tty = input.isTTY ?? false;
   let send: ((bytes: Uint8Array) => void) | undefined;

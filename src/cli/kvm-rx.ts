@@ -47,7 +47,11 @@ function version(): string {
 }
 
 async function cmdRun(argv: string[]): Promise<number> {
-  const { values } = parseArgs({ args: argv, options: { help: { type: 'boolean', short: 'h' }, timeout: { type: 'string' } }, strict: true });
+  const { values } = parseArgs({
+    args: argv,
+    options: { help: { type: 'boolean', short: 'h' }, timeout: { type: 'string' } },
+    strict: true,
+  });
   if (values.help) {
     process.stdout.write(RUN_USAGE);
     return 0;
@@ -55,7 +59,10 @@ async function cmdRun(argv: string[]): Promise<number> {
   const ac = new AbortController();
   if (values.timeout !== undefined) {
     const s = Number(values.timeout);
-    if (!Number.isFinite(s) || s <= 0) throw Object.assign(new Error(`--timeout must be a positive number of seconds, not ${values.timeout}`), { code: 'ERR_INVALID_ARG_VALUE' });
+    if (!Number.isFinite(s) || s <= 0)
+      throw Object.assign(new Error(`--timeout must be a positive number of seconds, not ${values.timeout}`), {
+        code: 'ERR_INVALID_ARG_VALUE',
+      });
     setTimeout(() => ac.abort(), s * 1000).unref();
   }
   const console_ = attachConsole({ onQuit: () => ac.abort() });
@@ -65,7 +72,9 @@ async function cmdRun(argv: string[]): Promise<number> {
       onStart: (send) => console_.connect(send),
       signal: ac.signal,
     });
-    process.stderr.write(`\r\n[kvm-rx] ${outcome.reset ? 'guest reset the machine' : `VM ${outcome.reason}`} after ${outcome.exits} exits\r\n`);
+    process.stderr.write(
+      `\r\n[kvm-rx] ${outcome.reset ? 'guest reset the machine' : `VM ${outcome.reason}`} after ${outcome.exits} exits\r\n`,
+    );
     return 0;
   } finally {
     console_.close();

@@ -69,7 +69,7 @@ export interface CmosOptions {
   lowMemoryLimit?: number | bigint;
 }
 
-const toBcd = (v: number): number => ((Math.floor(v / 10) % 10) << 4) | v % 10;
+const toBcd = (v: number): number => ((Math.floor(v / 10) % 10) << 4) | (v % 10);
 const fromBcd = (v: number): number => (v >> 4) * 10 + (v & 0x0f);
 
 /**
@@ -103,7 +103,8 @@ export class Cmos implements PortDevice {
    */
   constructor(options: CmosOptions = {}) {
     checkObject('options', options);
-    if (options.clock !== undefined && typeof options.clock !== 'function') invalidType('options.clock', 'of type function', options.clock);
+    if (options.clock !== undefined && typeof options.clock !== 'function')
+      invalidType('options.clock', 'of type function', options.clock);
     this.#clock = options.clock ?? (() => new Date());
     const size = checkU64('options.memorySize', options.memorySize ?? 0);
     const limit = checkU64('options.lowMemoryLimit', options.lowMemoryLimit ?? 3n * GIB);
@@ -149,11 +150,11 @@ export class Cmos implements PortDevice {
   }
 
   #encode(v: number): number {
-    return (this.#ram[CMOS_REG.STATUS_B]! & B_BINARY) !== 0 ? v : toBcd(v);
+    return (this.#ram[CMOS_REG.STATUS_B] & B_BINARY) !== 0 ? v : toBcd(v);
   }
 
   #decode(v: number): number {
-    return (this.#ram[CMOS_REG.STATUS_B]! & B_BINARY) !== 0 ? v : fromBcd(v);
+    return (this.#ram[CMOS_REG.STATUS_B] & B_BINARY) !== 0 ? v : fromBcd(v);
   }
 
   /**
@@ -169,7 +170,7 @@ export class Cmos implements PortDevice {
         return this.#encode(this.#now().getUTCMinutes());
       case CMOS_REG.HOURS: {
         const h = this.#now().getUTCHours();
-        if ((this.#ram[CMOS_REG.STATUS_B]! & B_24H) !== 0) return this.#encode(h);
+        if ((this.#ram[CMOS_REG.STATUS_B] & B_24H) !== 0) return this.#encode(h);
         return this.#encode(h % 12 === 0 ? 12 : h % 12) | (h >= 12 ? 0x80 : 0);
       }
       case CMOS_REG.DAY_OF_WEEK:
@@ -183,13 +184,13 @@ export class Cmos implements PortDevice {
       case CMOS_REG.CENTURY:
         return this.#encode(Math.floor(this.#now().getUTCFullYear() / 100) % 100);
       case CMOS_REG.STATUS_A:
-        return this.#ram[r]! & 0x7f; // UIP never set
+        return this.#ram[r] & 0x7f; // UIP never set
       case CMOS_REG.STATUS_C:
         return 0;
       case CMOS_REG.STATUS_D:
         return STATUS_D_VRT;
       default:
-        return this.#ram[r]!;
+        return this.#ram[r];
     }
   }
 
@@ -231,7 +232,7 @@ export class Cmos implements PortDevice {
       y: now.getUTCFullYear(),
     };
     let v: number;
-    if (reg === CMOS_REG.HOURS && (this.#ram[CMOS_REG.STATUS_B]! & B_24H) === 0) {
+    if (reg === CMOS_REG.HOURS && (this.#ram[CMOS_REG.STATUS_B] & B_24H) === 0) {
       const h12 = this.#decode(raw & 0x7f);
       if (h12 < 1 || h12 > 12) return;
       v = (h12 % 12) + ((raw & 0x80) !== 0 ? 12 : 0);

@@ -58,9 +58,11 @@ export class DebugPorts implements PortDevice {
     checkObject('options', options);
     this.#postPort = checkU16('options.postPort', options.postPort ?? 0x80);
     this.#debugconPort = checkU16('options.debugconPort', options.debugconPort ?? 0x402);
-    if (this.#postPort === this.#debugconPort) invalidValue('options.debugconPort', 'must differ from options.postPort', this.#debugconPort);
+    if (this.#postPort === this.#debugconPort)
+      invalidValue('options.debugconPort', 'must differ from options.postPort', this.#debugconPort);
     for (const name of ['onPostCode', 'onDebugOutput'] as const) {
-      if (options[name] !== undefined && typeof options[name] !== 'function') invalidType(`options.${name}`, 'of type function', options[name]);
+      if (options[name] !== undefined && typeof options[name] !== 'function')
+        invalidType(`options.${name}`, 'of type function', options[name]);
     }
     this.#onPostCode = options.onPostCode;
     this.#onDebugOutput = options.onDebugOutput;
@@ -84,7 +86,7 @@ export class DebugPorts implements PortDevice {
   ioRead(port: number, size: number): number {
     checkAccess(port, size);
     const low = port === this.#debugconPort ? DEBUGCON_READBACK : 0xff;
-    return (2 ** (8 * size) - 256) + low;
+    return 2 ** (8 * size) - 256 + low;
   }
 
   ioWrite(port: number, _size: number, value: number): void {

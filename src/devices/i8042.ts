@@ -68,8 +68,10 @@ export class I8042 implements PortDevice {
    */
   constructor(options: I8042Options = {}) {
     checkObject('options', options);
-    if (options.onReset !== undefined && typeof options.onReset !== 'function') invalidType('options.onReset', 'of type function', options.onReset);
-    if (options.stopOnReset !== undefined && typeof options.stopOnReset !== 'boolean') invalidType('options.stopOnReset', 'of type boolean', options.stopOnReset);
+    if (options.onReset !== undefined && typeof options.onReset !== 'function')
+      invalidType('options.onReset', 'of type function', options.onReset);
+    if (options.stopOnReset !== undefined && typeof options.stopOnReset !== 'boolean')
+      invalidType('options.stopOnReset', 'of type boolean', options.stopOnReset);
     this.#onReset = options.onReset;
     this.#stopOnReset = options.stopOnReset ?? true;
   }

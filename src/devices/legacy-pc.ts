@@ -137,7 +137,11 @@ export function legacyPc(options: LegacyPcOptions = {}): DeviceStage<LegacyPcDev
   const kbc = i8042Opts && new I8042(i8042Opts);
   const cmosOpts = opt('cmos', options.cmos);
   const rtc = cmosOpts && new Cmos(cmosOpts);
-  if (options.pci !== undefined && typeof options.pci !== 'boolean' && (typeof options.pci !== 'object' || options.pci === null)) {
+  if (
+    options.pci !== undefined &&
+    typeof options.pci !== 'boolean' &&
+    (typeof options.pci !== 'object' || options.pci === null)
+  ) {
     invalidType('options.pci', 'a boolean or an object', options.pci);
   }
   const pci = options.pci === false ? undefined : new PciAbsent();

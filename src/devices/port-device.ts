@@ -117,7 +117,8 @@ export function deviceStage<D extends PortDevice>(device: D): DeviceStage<D> {
   checkObject('device', device);
   if (!Array.isArray(device.ports)) invalidType('device.ports', 'an array of [from, to] ranges', device.ports);
   const ranges = device.ports;
-  const mine = (exit: VcpuExit): boolean => (exit.kind === 'IoIn' || exit.kind === 'IoOut') && inRanges(ranges, exit.port);
+  const mine = (exit: VcpuExit): boolean =>
+    (exit.kind === 'IoIn' || exit.kind === 'IoOut') && inRanges(ranges, exit.port);
   // Built from takeWhile and filter so that a stop or an error also stops a synchronous source at once.
   const stage = (source: Observable<VcpuExit>): Observable<VcpuExit> =>
     source.pipe(
@@ -189,6 +190,8 @@ export function byteRegisters(
 }
 
 /** Composes device stages left to right into one stage (`exits$.pipe(a, b, c)`). */
-export function composeStages(stages: ReadonlyArray<MonoTypeOperatorFunction<VcpuExit>>): MonoTypeOperatorFunction<VcpuExit> {
+export function composeStages(
+  stages: ReadonlyArray<MonoTypeOperatorFunction<VcpuExit>>,
+): MonoTypeOperatorFunction<VcpuExit> {
   return (source) => stages.reduce((acc, stage) => stage(acc), source);
 }

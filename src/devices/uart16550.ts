@@ -162,7 +162,8 @@ export class Uart16550 implements PortDevice {
     checkObject('options', options);
     this.base = checkInt('options.base', options.base ?? 0x3f8, 0, 0xfff8);
     for (const name of ['irq', 'onTx'] as const) {
-      if (options[name] !== undefined && typeof options[name] !== 'function') invalidType(`options.${name}`, 'of type function', options[name]);
+      if (options[name] !== undefined && typeof options[name] !== 'function')
+        invalidType(`options.${name}`, 'of type function', options[name]);
     }
     this.#irq = options.irq;
     this.#onTx = options.onTx;
@@ -171,7 +172,12 @@ export class Uart16550 implements PortDevice {
     this.#msr = this.#modemInputs;
     this.ports = [[this.base, this.base + 7]];
     this.output$ = this.#output.asObservable();
-    const regs = byteRegisters(this.base, 8, (o) => this.readRegister(o), (o, v) => this.writeRegister(o, v));
+    const regs = byteRegisters(
+      this.base,
+      8,
+      (o) => this.readRegister(o),
+      (o, v) => this.writeRegister(o, v),
+    );
     this.ioRead = regs.ioRead;
     this.ioWrite = regs.ioWrite;
   }
@@ -239,7 +245,7 @@ export class Uart16550 implements PortDevice {
       case UART_REG.RBR_THR: {
         if ((this.#lcr & LCR_DLAB) !== 0) return this.#divisor & 0xff;
         if (this.#rxCount === 0) return 0;
-        const b = this.#rx[this.#rxHead]!;
+        const b = this.#rx[this.#rxHead];
         this.#rxHead = (this.#rxHead + 1) % UART_FIFO_SIZE;
         this.#rxCount--;
         if (this.#rxCount === 0) this.#lsr &= ~LSR_DR;
@@ -406,7 +412,7 @@ export class Uart16550 implements PortDevice {
     let id = IIR_NO_INT;
     if ((ier & IER_RLSI) !== 0 && (this.#lsr & LSR_INT_ANY) !== 0) id = IIR_RLSI;
     else if ((ier & IER_RDI) !== 0 && this.#rxCount > 0) {
-      const trigger = TRIGGER_LEVELS[this.#fcr >> 6]!;
+      const trigger = TRIGGER_LEVELS[this.#fcr >> 6];
       id = fifo === 0 || this.#rxCount >= trigger ? IIR_RDI : IIR_CTI;
     } else if ((ier & IER_THRI) !== 0 && this.#thrPending) id = IIR_THRI;
     else if ((ier & IER_MSI) !== 0 && (this.#msr & MSR_DELTAS) !== 0) id = IIR_MSI;

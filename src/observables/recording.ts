@@ -20,7 +20,23 @@ export type RecordedExit =
   | { kind: 'SystemEvent'; type: number; data: bigint[] }
   | { kind: 'FailEntry'; hardwareEntryFailureReason: bigint; cpu: number }
   | { kind: 'Unsupported'; reason: number }
-  | { kind: Exclude<VcpuExit['kind'], 'IoOut' | 'IoIn' | 'MmioWrite' | 'MmioRead' | 'Hypercall' | 'X86Rdmsr' | 'X86Wrmsr' | 'Debug' | 'InternalError' | 'SystemEvent' | 'FailEntry' | 'Unsupported'> };
+  | {
+      kind: Exclude<
+        VcpuExit['kind'],
+        | 'IoOut'
+        | 'IoIn'
+        | 'MmioWrite'
+        | 'MmioRead'
+        | 'Hypercall'
+        | 'X86Rdmsr'
+        | 'X86Wrmsr'
+        | 'Debug'
+        | 'InternalError'
+        | 'SystemEvent'
+        | 'FailEntry'
+        | 'Unsupported'
+      >;
+    };
 
 /**
  * Snapshots an exit after its handlers ran (so answers are final) and before the vCPU resumes.
@@ -39,9 +55,20 @@ export function recordExit(exit: VcpuExit): RecordedExit {
     case 'Hypercall':
       return { kind: 'Hypercall', nr: exit.nr, args: [...exit.args], longmode: exit.longmode, answer: exit.ret };
     case 'X86Rdmsr':
-      return { kind: 'X86Rdmsr', index: exit.index, reason: exit.reason, answer: { data: exit.data, error: exit.error } };
+      return {
+        kind: 'X86Rdmsr',
+        index: exit.index,
+        reason: exit.reason,
+        answer: { data: exit.data, error: exit.error },
+      };
     case 'X86Wrmsr':
-      return { kind: 'X86Wrmsr', index: exit.index, reason: exit.reason, data: exit.data, answer: { error: exit.error } };
+      return {
+        kind: 'X86Wrmsr',
+        index: exit.index,
+        reason: exit.reason,
+        data: exit.data,
+        answer: { error: exit.error },
+      };
     case 'Debug':
       return { kind: 'Debug', exception: exit.exception, pc: exit.pc, dr6: exit.dr6, dr7: exit.dr7 };
     case 'InternalError':
@@ -58,7 +85,7 @@ export function recordExit(exit: VcpuExit): RecordedExit {
     case 'TprAccess':
     case 'MemoryFault':
       // Payloads that replays do not need to reproduce exactly; the kind is kept.
-      return { kind: exit.kind } as RecordedExit;
+      return { kind: exit.kind };
     default:
       return { kind: exit.kind };
   }

@@ -76,7 +76,11 @@ export interface InThreadOptions {
  * const outcome = await runInThread(vcpu, (exits$) => exits$.pipe(onIoIn(0x3f8, () => 0x42), untilHalt()));
  * ```
  */
-export async function runInThread(vcpu: VcpuFd, pipeline: VcpuPipeline, opts: InThreadOptions = {}): Promise<RunOutcome> {
+export async function runInThread(
+  vcpu: VcpuFd,
+  pipeline: VcpuPipeline,
+  opts: InThreadOptions = {},
+): Promise<RunOutcome> {
   if (!(vcpu instanceof VcpuFd)) invalidType('vcpu', 'a VcpuFd', vcpu);
   if (typeof pipeline !== 'function') invalidType('pipeline', 'a function', pipeline);
   checkObject('opts', opts);

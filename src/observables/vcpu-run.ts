@@ -14,8 +14,19 @@ import type { VcpuFd } from '../wrappers/vcpu-fd';
 import { RUN } from '../wrappers/kvm-run';
 import { UnhandledExitError, describeExit } from '../workers/describe';
 import {
-  CONTROL_BYTES, MAILBOX_BYTES, MAILBOX_OFFSET, Mailbox, R, RECORD_BYTES, RING_OFFSET, RING_RECORDS, Rec,
-  State, THREAD_SLOT, W, type TaskOutcome,
+  CONTROL_BYTES,
+  MAILBOX_BYTES,
+  MAILBOX_OFFSET,
+  Mailbox,
+  R,
+  RECORD_BYTES,
+  RING_OFFSET,
+  RING_RECORDS,
+  Rec,
+  State,
+  THREAD_SLOT,
+  W,
+  type TaskOutcome,
 } from '../workers/protocol';
 
 /** A summary of one exit, from `monitor$`. */
@@ -164,7 +175,9 @@ export class VcpuRun implements AsyncDisposable {
     signal?.addEventListener('abort', onAbort, { once: true });
     // Start bridging on the next macrotask, so whatever the caller subscribes synchronously after
     // start() (exits$, next(), for await) is in place before the first exit is delivered.
-    const bridge = new Promise<void>((resolve, reject) => setImmediate(() => void this.#bridge().then(resolve, reject)));
+    const bridge = new Promise<void>((resolve, reject) =>
+      setImmediate(() => void this.#bridge().then(resolve, reject)),
+    );
     // If the worker dies without marking the run ended (a crashed thread), end the bridge anyway.
     const wake = () => {
       Atomics.store(this.#ctrl, W.state, State.ended);
@@ -180,7 +193,12 @@ export class VcpuRun implements AsyncDisposable {
     );
     this.done = Promise.all([task, bridge, emitsDone]).then(
       ([outcome]) => this.#finish(outcome, signal, onAbort),
-      (e: unknown) => this.#finish({ reason: 'error', exits: 0, error: { name: 'Error', message: e instanceof Error ? e.message : String(e) } }, signal, onAbort),
+      (e: unknown) =>
+        this.#finish(
+          { reason: 'error', exits: 0, error: { name: 'Error', message: e instanceof Error ? e.message : String(e) } },
+          signal,
+          onAbort,
+        ),
     );
   }
 
@@ -189,7 +207,14 @@ export class VcpuRun implements AsyncDisposable {
   #calls = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>();
   #nextCall = 1;
 
-  #onMessage(m: { type?: string; channel?: string; data?: unknown; id?: number; value?: unknown; error?: TaskOutcome['error'] }): void {
+  #onMessage(m: {
+    type?: string;
+    channel?: string;
+    data?: unknown;
+    id?: number;
+    value?: unknown;
+    error?: TaskOutcome['error'];
+  }): void {
     if (m?.type === 'emit') this.#events.next({ channel: m.channel ?? '', data: m.data });
     else if (m?.type === 'end') this.#portEnded();
     else if (m?.type === 'result') {
@@ -208,7 +233,10 @@ export class VcpuRun implements AsyncDisposable {
    *
    * @example `const { rip } = await run.call('getRegs');`
    */
-  call<K extends keyof VcpuFd>(method: K, ...args: VcpuFd[K] extends (...a: infer P) => unknown ? P : never): Promise<VcpuFd[K] extends (...a: never[]) => infer R ? R : never> {
+  call<K extends keyof VcpuFd>(
+    method: K,
+    ...args: VcpuFd[K] extends (...a: infer P) => unknown ? P : never
+  ): Promise<VcpuFd[K] extends (...a: never[]) => infer R ? R : never> {
     if (this.#ended) return Promise.reject(Object.assign(new Error('the run has ended'), { code: 'ERR_KVM_CLOSED' }));
     const id = this.#nextCall++;
     const p = new Promise<unknown>((resolve, reject) => this.#calls.set(id, { resolve, reject }));
@@ -219,8 +247,9 @@ export class VcpuRun implements AsyncDisposable {
 
   #wake(): void {
     Atomics.store(this.#ctrl, W.wake, 1);
-    const thread = this.#tid[THREAD_SLOT]!;
-    if (thread !== 0n && Atomics.load(this.#ctrl, W.state) === State.running) this.#backend.kick(thread, this.#runAddress);
+    const thread = this.#tid[THREAD_SLOT];
+    if (thread !== 0n && Atomics.load(this.#ctrl, W.state) === State.running)
+      this.#backend.kick(thread, this.#runAddress);
   }
 
   #finish(outcome: TaskOutcome, signal: AbortSignal | undefined, onAbort: () => void): RunOutcome {
@@ -239,7 +268,8 @@ export class VcpuRun implements AsyncDisposable {
     this.vcpu.attachRun(undefined);
     this.#releaseMemory();
     for (const fn of this.#endedCallbacks.splice(0)) fn();
-    for (const c of this.#calls.values()) c.reject(Object.assign(new Error('the run ended before the call ran'), { code: 'ERR_KVM_CLOSED' }));
+    for (const c of this.#calls.values())
+      c.reject(Object.assign(new Error('the run ended before the call ran'), { code: 'ERR_KVM_CLOSED' }));
     this.#calls.clear();
     this.#port.close();
     const error = this.#failure ?? (outcome.error ? revive(outcome.error) : undefined);
@@ -297,7 +327,13 @@ export class VcpuRun implements AsyncDisposable {
       const data = this.#ringBytes.slice(at + R.data, at + R.data + len);
       const size = this.#ring.getUint8(at + R.size);
       if (kind === Rec.postedIo) {
-        const exit: VcpuExit = { kind: 'IoOut', port: this.#ring.getUint16(at + R.port, true), size, count: this.#ring.getUint32(at + R.count, true), data };
+        const exit: VcpuExit = {
+          kind: 'IoOut',
+          port: this.#ring.getUint16(at + R.port, true),
+          size,
+          count: this.#ring.getUint32(at + R.count, true),
+          data,
+        };
         this.#deliverPosted(exit);
       } else if (kind === Rec.postedMmio) {
         this.#deliverPosted({ kind: 'MmioWrite', addr: this.#ring.getBigUint64(at + R.addr, true), data });
@@ -315,7 +351,7 @@ export class VcpuRun implements AsyncDisposable {
     const kindIndex = this.#ring.getUint32(at + R.reason, true);
     const rec: ExitRecord = {
       kind: VCPU_EXIT_KINDS[kindIndex] ?? 'Unsupported',
-      where: kind === Rec.monitor ? WHERE[this.#ring.getUint8(at + R.where)] ?? 'worker' : 'posted',
+      where: kind === Rec.monitor ? (WHERE[this.#ring.getUint8(at + R.where)] ?? 'worker') : 'posted',
       size: this.#ring.getUint8(at + R.size),
     };
     if (rec.kind === 'IoIn' || rec.kind === 'IoOut') rec.port = this.#ring.getUint16(at + R.port, true);
@@ -374,7 +410,12 @@ export class VcpuRun implements AsyncDisposable {
       }
       return Promise.all(holds).then(answer, (e: unknown) => this.#fail(e as Error));
     }
-    this.#fail(new UnhandledExitError(exit, `${describeExit(exit)} (not handled by the worker pipeline, and nobody on the main thread handles exits)`));
+    this.#fail(
+      new UnhandledExitError(
+        exit,
+        `${describeExit(exit)} (not handled by the worker pipeline, and nobody on the main thread handles exits)`,
+      ),
+    );
     return undefined;
   }
 
@@ -466,8 +507,9 @@ export class VcpuRun implements AsyncDisposable {
   kick(): void {
     if (this.#ended || this.#released) return;
     Atomics.store(this.#ctrl, W.stop, 1);
-    const thread = this.#tid[THREAD_SLOT]!;
-    if (thread !== 0n && Atomics.load(this.#ctrl, W.state) === State.running) this.#backend.kick(thread, this.#runAddress);
+    const thread = this.#tid[THREAD_SLOT];
+    if (thread !== 0n && Atomics.load(this.#ctrl, W.state) === State.running)
+      this.#backend.kick(thread, this.#runAddress);
     else this.#runView.setUint8(RUN.immediateExit, 1);
   }
 

@@ -13,7 +13,10 @@ export interface ExitStatsOptions {
 }
 
 /** Upper bounds (ms) of the latency histogram's buckets: 1 µs, 2 µs, 4 µs, … 2^20 µs (~1 s), then Infinity. */
-export const LATENCY_BUCKETS_MS: readonly number[] = Object.freeze([...Array.from({ length: 21 }, (_, i) => 2 ** i / 1000), Infinity]);
+export const LATENCY_BUCKETS_MS: readonly number[] = Object.freeze([
+  ...Array.from({ length: 21 }, (_, i) => 2 ** i / 1000),
+  Infinity,
+]);
 
 /** A plain, JSON-friendly copy of an {@link ExitStats}. */
 export interface ExitStatsSnapshot {
@@ -70,7 +73,8 @@ export class ExitStats {
   /** @param options - `now`: the clock in milliseconds (default `performance.now()`) */
   constructor(options: ExitStatsOptions = {}) {
     checkObject('options', options);
-    if (options.now !== undefined && typeof options.now !== 'function') invalidType('options.now', 'a function', options.now);
+    if (options.now !== undefined && typeof options.now !== 'function')
+      invalidType('options.now', 'a function', options.now);
     this.now = options.now ?? (() => performance.now());
   }
 
@@ -80,7 +84,8 @@ export class ExitStats {
     this.total++;
     this.counts.set(exit.kind, (this.counts.get(exit.kind) ?? 0) + 1);
     if (exit.kind === 'IoIn' || exit.kind === 'IoOut') this.ports.set(exit.port, (this.ports.get(exit.port) ?? 0) + 1);
-    else if (exit.kind === 'MmioRead' || exit.kind === 'MmioWrite') this.addresses.set(exit.addr, (this.addresses.get(exit.addr) ?? 0) + 1);
+    else if (exit.kind === 'MmioRead' || exit.kind === 'MmioWrite')
+      this.addresses.set(exit.addr, (this.addresses.get(exit.addr) ?? 0) + 1);
   }
 
   /** Adds one latency (ms) to the histogram. */

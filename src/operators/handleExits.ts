@@ -36,7 +36,8 @@ export function writeAnswer(data: Uint8Array, answer: ExitAnswer): void {
   checkBytes('data', data);
   if (answer === undefined) return;
   if (typeof answer === 'number' || typeof answer === 'bigint') {
-    if (typeof answer === 'number' && !Number.isSafeInteger(answer)) outOfRange('answer', 'a safe integer or a bigint', answer);
+    if (typeof answer === 'number' && !Number.isSafeInteger(answer))
+      outOfRange('answer', 'a safe integer or a bigint', answer);
     let v = BigInt.asUintN(8 * data.length, BigInt(answer));
     for (let i = 0; i < data.length; i++, v >>= 8n) data[i] = Number(v & 0xffn);
     return;
@@ -55,7 +56,11 @@ export function writeAnswer(data: Uint8Array, answer: ExitAnswer): void {
 }
 
 function isPromiseLike(value: unknown): value is PromiseLike<unknown> {
-  return (typeof value === 'object' || typeof value === 'function') && value !== null && typeof (value as PromiseLike<unknown>).then === 'function';
+  return (
+    (typeof value === 'object' || typeof value === 'function') &&
+    value !== null &&
+    typeof (value as PromiseLike<unknown>).then === 'function'
+  );
 }
 
 /**
@@ -171,7 +176,13 @@ export function handleExits<E extends VcpuExit, A, R>(
                     finish(); // a read is answered by the first value
                   },
                   error: (err: unknown) => p.failed(err),
-                  complete: () => (answer === undefined ? finish() : p.failed(new EmptyError()) /* eslint-disable-line @typescript-eslint/no-deprecated -- rxjs's own error for an Observable that completes without a value, as firstValueFrom gives */),
+                  complete: () =>
+                    answer === undefined
+                      ? finish()
+                      : p.failed(
+                          // eslint-disable-next-line @typescript-eslint/no-deprecated -- rxjs's own error for an Observable that completes empty
+                          new EmptyError(),
+                        ),
                 }),
               );
             } else {

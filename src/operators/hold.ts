@@ -42,7 +42,11 @@ let currentHolds: Array<PromiseLike<unknown>> | undefined;
  * holds that handlers place on it into `into`. Holds placed later (by handlers that run after
  * `deliver` returned) are not collected: handlers call `holdVcpu` synchronously.
  */
-export function deliverExit(exit: VcpuExit, into: Array<PromiseLike<unknown>>, deliver: (exit: VcpuExit) => void): void {
+export function deliverExit(
+  exit: VcpuExit,
+  into: Array<PromiseLike<unknown>>,
+  deliver: (exit: VcpuExit) => void,
+): void {
   const prevExit = currentExit;
   const prevHolds = currentHolds;
   currentExit = exit;
@@ -59,5 +63,9 @@ export function deliverExit(exit: VcpuExit, into: Array<PromiseLike<unknown>>, d
 export function attachHold(exit: VcpuExit, into: Array<PromiseLike<unknown>>): void {
   checkObject('exit', exit);
   if (!Array.isArray(into)) invalidType('into', 'an array', into);
-  Object.defineProperty(exit, HOLD, { value: (p: PromiseLike<unknown>) => into.push(p), enumerable: false, configurable: true });
+  Object.defineProperty(exit, HOLD, {
+    value: (p: PromiseLike<unknown>) => into.push(p),
+    enumerable: false,
+    configurable: true,
+  });
 }

@@ -57,7 +57,9 @@ export function portMatcher(matcher: PortMatcher, name = 'ports'): (port: number
     return (p) => p === port;
   }
   if (!Array.isArray(matcher)) invalidType(name, 'a port number, a [from, to] range, an array or a function', matcher);
-  const items: ReadonlyArray<number | PortRange> = isRange(matcher) ? [matcher as PortRange] : (matcher as ReadonlyArray<number | PortRange>);
+  const items: ReadonlyArray<number | PortRange> = isRange(matcher)
+    ? [matcher as PortRange]
+    : (matcher as ReadonlyArray<number | PortRange>);
   const ranges = items.map((item, i): [number, number] => {
     if (typeof item === 'number') {
       const port = checkU16(`${name}[${i}]`, item);
@@ -79,7 +81,8 @@ export function portMatcher(matcher: PortMatcher, name = 'ports'): (port: number
  */
 export function rangeMatcher(matcher: RangeMatcher, name = 'range'): (addr: bigint) => bigint | undefined {
   const list: ReadonlyArray<AddressRange> = Array.isArray(matcher) ? matcher : [matcher as AddressRange];
-  if (typeof matcher !== 'object' || matcher === null) invalidType(name, 'an address range { from, size } or an array of them', matcher);
+  if (typeof matcher !== 'object' || matcher === null)
+    invalidType(name, 'an address range { from, size } or an array of them', matcher);
   const ranges = list.map((r, i): [bigint, bigint] => {
     const at = Array.isArray(matcher) ? `${name}[${i}]` : name;
     if (typeof r !== 'object' || r === null) invalidType(at, 'an address range { from, size }', r);

@@ -33,7 +33,10 @@ import type { PortMatcher } from './match';
  * @throws TypeError `ERR_INVALID_ARG_TYPE` / RangeError `ERR_OUT_OF_RANGE` for an invalid matcher or
  * handler (when called, before any subscription).
  */
-export function onIoIn(ports: PortMatcher, handler: (exit: IoInExit) => HandlerResult<ExitAnswer>): OperatorFunction<VcpuExit, VcpuExit> {
+export function onIoIn(
+  ports: PortMatcher,
+  handler: (exit: IoInExit) => HandlerResult<ExitAnswer>,
+): OperatorFunction<VcpuExit, VcpuExit> {
   const match = portMatcher(ports);
   return handleExits<IoInExit, true, ExitAnswer>(
     (exit) => (exit.kind === 'IoIn' && match(exit.port) ? true : undefined),

@@ -36,7 +36,13 @@ import type { PortMatcher } from './match';
  * @throws TypeError `ERR_INVALID_ARG_TYPE` / RangeError `ERR_OUT_OF_RANGE` for an invalid matcher or
  * handler (when called, before any subscription).
  */
-export function onIoOut(ports: PortMatcher, handler: (exit: IoOutExit) => HandlerResult<unknown>): OperatorFunction<VcpuExit, VcpuExit> {
+export function onIoOut(
+  ports: PortMatcher,
+  handler: (exit: IoOutExit) => HandlerResult<unknown>,
+): OperatorFunction<VcpuExit, VcpuExit> {
   const match = portMatcher(ports);
-  return handleExits<IoOutExit, true, unknown>((exit) => (exit.kind === 'IoOut' && match(exit.port) ? true : undefined), handler);
+  return handleExits<IoOutExit, true, unknown>(
+    (exit) => (exit.kind === 'IoOut' && match(exit.port) ? true : undefined),
+    handler,
+  );
 }

@@ -5,19 +5,44 @@
  */
 import { kvm } from '../abi/kvm-constants';
 import {
-  bareExit, debugExit, failEntry, hypercall, internalError, ioIn, ioOut, mmioRead, mmioWrite, rdmsr, systemEvent, wrmsr,
+  bareExit,
+  debugExit,
+  failEntry,
+  hypercall,
+  internalError,
+  ioIn,
+  ioOut,
+  mmioRead,
+  mmioWrite,
+  rdmsr,
+  systemEvent,
+  wrmsr,
 } from '../backend/mock/exits';
 import type { ScriptedExit } from '../backend/mock/state';
 import type { RecordedExit } from '../observables/recording';
 import { VCPU_EXIT_KINDS } from '../wrappers/vcpu-exit';
 
 const BARE_REASONS: Record<string, number> = {
-  Hlt: kvm.KVM_EXIT_HLT, IrqWindowOpen: kvm.KVM_EXIT_IRQ_WINDOW_OPEN, Shutdown: kvm.KVM_EXIT_SHUTDOWN,
-  Intr: kvm.KVM_EXIT_INTR, SetTpr: kvm.KVM_EXIT_SET_TPR, S390Sieic: kvm.KVM_EXIT_S390_SIEIC,
-  S390Reset: kvm.KVM_EXIT_S390_RESET, Dcr: kvm.KVM_EXIT_DCR, Nmi: kvm.KVM_EXIT_NMI, Osi: kvm.KVM_EXIT_OSI,
-  PaprHcall: kvm.KVM_EXIT_PAPR_HCALL, S390Ucontrol: kvm.KVM_EXIT_S390_UCONTROL, Watchdog: kvm.KVM_EXIT_WATCHDOG,
-  S390Tsch: kvm.KVM_EXIT_S390_TSCH, Epr: kvm.KVM_EXIT_EPR, S390Stsi: kvm.KVM_EXIT_S390_STSI, Hyperv: kvm.KVM_EXIT_HYPERV,
-  Exception: kvm.KVM_EXIT_EXCEPTION, Unknown: kvm.KVM_EXIT_UNKNOWN, IoapicEoi: kvm.KVM_EXIT_IOAPIC_EOI,
+  Hlt: kvm.KVM_EXIT_HLT,
+  IrqWindowOpen: kvm.KVM_EXIT_IRQ_WINDOW_OPEN,
+  Shutdown: kvm.KVM_EXIT_SHUTDOWN,
+  Intr: kvm.KVM_EXIT_INTR,
+  SetTpr: kvm.KVM_EXIT_SET_TPR,
+  S390Sieic: kvm.KVM_EXIT_S390_SIEIC,
+  S390Reset: kvm.KVM_EXIT_S390_RESET,
+  Dcr: kvm.KVM_EXIT_DCR,
+  Nmi: kvm.KVM_EXIT_NMI,
+  Osi: kvm.KVM_EXIT_OSI,
+  PaprHcall: kvm.KVM_EXIT_PAPR_HCALL,
+  S390Ucontrol: kvm.KVM_EXIT_S390_UCONTROL,
+  Watchdog: kvm.KVM_EXIT_WATCHDOG,
+  S390Tsch: kvm.KVM_EXIT_S390_TSCH,
+  Epr: kvm.KVM_EXIT_EPR,
+  S390Stsi: kvm.KVM_EXIT_S390_STSI,
+  Hyperv: kvm.KVM_EXIT_HYPERV,
+  Exception: kvm.KVM_EXIT_EXCEPTION,
+  Unknown: kvm.KVM_EXIT_UNKNOWN,
+  IoapicEoi: kvm.KVM_EXIT_IOAPIC_EOI,
   TprAccess: kvm.KVM_EXIT_TPR_ACCESS,
 };
 

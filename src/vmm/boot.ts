@@ -19,8 +19,17 @@ import type { Kvm } from '../wrappers/kvm';
 import type { VcpuFd } from '../wrappers/vcpu-fd';
 import type { VmFd } from '../wrappers/vm-fd';
 import {
-  BOOT_FLAG, BZIMAGE_LOAD_ADDRESS, CAN_USE_HEAP, HDR, HDRS_MAGIC, LOADED_HIGH, bzImagePayload,
-  compressedPayloadAdvice, isBzImage, parseBzImage, type BzImage,
+  BOOT_FLAG,
+  BZIMAGE_LOAD_ADDRESS,
+  CAN_USE_HEAP,
+  HDR,
+  HDRS_MAGIC,
+  LOADED_HIGH,
+  bzImagePayload,
+  compressedPayloadAdvice,
+  isBzImage,
+  parseBzImage,
+  type BzImage,
 } from './bzimage';
 import { hex, badInitrd, badKernel, unsupportedKernel } from './errors';
 import { isElf, loadElf, parseElf, type ElfKernel, type PhysWriter } from './elf';
@@ -67,7 +76,13 @@ export interface E820Entry {
 }
 
 /** GDT entries: null, null, 64-bit code (0x10), data (0x18), TSS (0x20). */
-export const GDT_ENTRIES: readonly bigint[] = [0n, 0n, 0x00af_9b00_0000_ffffn, 0x00cf_9300_0000_ffffn, 0x008f_8b00_0000_ffffn];
+export const GDT_ENTRIES: readonly bigint[] = [
+  0n,
+  0n,
+  0x00af_9b00_0000_ffffn,
+  0x00cf_9300_0000_ffffn,
+  0x008f_8b00_0000_ffffn,
+];
 export const SELECTOR = { code: 0x10, data: 0x18, tss: 0x20 } as const;
 
 /** CR0/CR4/EFER bits used for long mode. */
@@ -146,16 +161,28 @@ export function prepareKernel(image: Uint8Array, options: PrepareKernelOptions =
   if (isElf(image)) return fromElf(image, parseElf(image));
   if (!isBzImage(image)) {
     const head = Array.from(image.subarray(0, 4), (b) => b.toString(16).padStart(2, '0')).join(' ');
-    badKernel(`neither an ELF vmlinux (magic 7f 45 4c 46) nor a bzImage (0xaa55 at 0x1fe and "HdrS" at 0x202); starts with ${head}`);
+    badKernel(
+      `neither an ELF vmlinux (magic 7f 45 4c 46) nor a bzImage (0xaa55 at 0x1fe and "HdrS" at 0x202); starts with ${head}`,
+    );
   }
   const bz = parseBzImage(image);
   if (bz.payloadFormat === 'elf') {
     const payload = bzImagePayload(bz);
     const k = fromElf(payload, parseElf(payload));
-    return { ...k, kind: 'bzimage', setupHeader: bz.setupHeader, cmdlineSize: bz.cmdlineSize, initrdAddrMax: bz.initrdAddrMax, bzImage: bz };
+    return {
+      ...k,
+      kind: 'bzimage',
+      setupHeader: bz.setupHeader,
+      cmdlineSize: bz.cmdlineSize,
+      initrdAddrMax: bz.initrdAddrMax,
+      bzImage: bz,
+    };
   }
   if (!options.allowDecompressor) unsupportedKernel(compressedPayloadAdvice(bz));
-  if (!bz.has64BitEntry) unsupportedKernel(`boot protocol 0x${bz.protocol.toString(16)} kernel has no 64-bit entry point (XLF_KERNEL_64 not set)`);
+  if (!bz.has64BitEntry)
+    unsupportedKernel(
+      `boot protocol 0x${bz.protocol.toString(16)} kernel has no 64-bit entry point (XLF_KERNEL_64 not set)`,
+    );
   const pm = bz.protectedMode;
   const size = Math.max(pm.length, bz.initSize);
   return {
@@ -169,7 +196,9 @@ export function prepareKernel(image: Uint8Array, options: PrepareKernelOptions =
     bzImage: bz,
     load(memory, memSize) {
       if (BZIMAGE_LOAD_ADDRESS + size > memSize) {
-        badKernel(`the bzImage needs ${hex(size)} bytes (init_size) from 1 MiB, more than ${memSize >>> 20} MiB of guest RAM`);
+        badKernel(
+          `the bzImage needs ${hex(size)} bytes (init_size) from 1 MiB, more than ${memSize >>> 20} MiB of guest RAM`,
+        );
       }
       memory.write(BigInt(BZIMAGE_LOAD_ADDRESS), pm);
     },
@@ -202,7 +231,9 @@ export function placeInitrd(size: number, memSize: number, initrdAddrMax: number
   const addr = Math.floor((top - size) / 0x1000) * 0x1000;
   const floor = Math.ceil(Math.max(kernelEnd, BOOT_LAYOUT.highMemStart) / 0x1000) * 0x1000;
   if (addr < floor) {
-    badInitrd(`${size} bytes do not fit between the kernel's end (${hex(kernelEnd)}) and ${hex(top)} (end of RAM or initrd_addr_max ${hex(initrdAddrMax)}); give the guest more memory`);
+    badInitrd(
+      `${size} bytes do not fit between the kernel's end (${hex(kernelEnd)}) and ${hex(top)} (end of RAM or initrd_addr_max ${hex(initrdAddrMax)}); give the guest more memory`,
+    );
   }
   return addr;
 }
@@ -239,7 +270,7 @@ export function buildZeroPage(input: ZeroPageInput): Uint8Array {
     v.setUint32(HDR.initrdAddrMax, ELF_INITRD_ADDR_MAX, true);
   }
   zp[HDR.typeOfLoader] = 0xff;
-  zp[HDR.loadflags] = zp[HDR.loadflags]! | LOADED_HIGH | CAN_USE_HEAP;
+  zp[HDR.loadflags] = zp[HDR.loadflags] | LOADED_HIGH | CAN_USE_HEAP;
   v.setUint16(HDR.heapEndPtr, 0xfe00, true);
   v.setUint32(HDR.cmdLinePtr, input.cmdlineAddr, true);
   v.setUint32(HDR.cmdlineSize, input.cmdlineSize, true);
@@ -259,11 +290,15 @@ export function buildZeroPage(input: ZeroPageInput): Uint8Array {
 /** Reads the e820 table back from a zero page. */
 export function readE820(zeroPage: Uint8Array): E820Entry[] {
   const v = new DataView(zeroPage.buffer, zeroPage.byteOffset, zeroPage.byteLength);
-  const n = Math.min(zeroPage[ZP.e820Entries]!, ZP.e820Max);
+  const n = Math.min(zeroPage[ZP.e820Entries], ZP.e820Max);
   const out: E820Entry[] = [];
   for (let i = 0; i < n; i++) {
     const at = ZP.e820Table + 20 * i;
-    out.push({ addr: Number(v.getBigUint64(at, true)), size: Number(v.getBigUint64(at + 8, true)), type: v.getUint32(at + 16, true) });
+    out.push({
+      addr: Number(v.getBigUint64(at, true)),
+      size: Number(v.getBigUint64(at + 8, true)),
+      type: v.getUint32(at + 16, true),
+    });
   }
   return out;
 }
@@ -321,9 +356,9 @@ export function segmentFromGdt(entry: bigint, selector: number): KvmSegment {
  * EFER = LME|LMA. Other fields are kept.
  */
 export function longModeSregs(sregs: KvmSregs): KvmSregs {
-  const code = segmentFromGdt(GDT_ENTRIES[2]!, SELECTOR.code);
-  const data = segmentFromGdt(GDT_ENTRIES[3]!, SELECTOR.data);
-  const tss = segmentFromGdt(GDT_ENTRIES[4]!, SELECTOR.tss);
+  const code = segmentFromGdt(GDT_ENTRIES[2], SELECTOR.code);
+  const data = segmentFromGdt(GDT_ENTRIES[3], SELECTOR.data);
+  const tss = segmentFromGdt(GDT_ENTRIES[4], SELECTOR.tss);
   return {
     ...sregs,
     cs: code,
@@ -412,13 +447,21 @@ export interface LinuxMachine extends Disposable {
  * @throws {@link BootImageError} for a bad kernel or initrd; `RangeError` for a command line
  *   longer than the kernel's `cmdline_size`
  */
-export function layoutGuest(memory: PhysWriter, memSize: number, kernel: PreparedKernel, cmdline: string, initrd?: Uint8Array): BootInfo {
+export function layoutGuest(
+  memory: PhysWriter,
+  memSize: number,
+  kernel: PreparedKernel,
+  cmdline: string,
+  initrd?: Uint8Array,
+): BootInfo {
   if (kernel.high > memSize) {
     badKernel(`the kernel occupies ${hex(kernel.low)}–${hex(kernel.high)}, beyond ${memSize >>> 20} MiB of guest RAM`);
   }
-  if (kernel.low < BOOT_LAYOUT.highMemStart) badKernel(`the kernel loads at ${hex(kernel.low)}, below 1 MiB where the boot structures live`);
+  if (kernel.low < BOOT_LAYOUT.highMemStart)
+    badKernel(`the kernel loads at ${hex(kernel.low)}, below 1 MiB where the boot structures live`);
   const cmd = Buffer.from(cmdline + '\0', 'latin1');
-  if (cmd.length - 1 > kernel.cmdlineSize) outOfRange('cmdline.length', `<= ${kernel.cmdlineSize} (the kernel's cmdline_size)`, cmd.length - 1);
+  if (cmd.length - 1 > kernel.cmdlineSize)
+    outOfRange('cmdline.length', `<= ${kernel.cmdlineSize} (the kernel's cmdline_size)`, cmd.length - 1);
   kernel.load(memory, memSize);
   let initrdAt: { addr: number; size: number } | undefined;
   if (initrd !== undefined) {

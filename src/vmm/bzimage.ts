@@ -123,29 +123,43 @@ export function isBzImage(image: Uint8Array): boolean {
  *   file) or `ERR_KVM_UNSUPPORTED_KERNEL` (protocol older than 2.06)
  */
 export function parseBzImage(image: Uint8Array): BzImage {
-  if (image.length < HDR.header + 4) badKernel(`file too short for a bzImage setup header (${image.length} bytes, needs at least ${HDR.header + 4})`);
+  if (image.length < HDR.header + 4)
+    badKernel(`file too short for a bzImage setup header (${image.length} bytes, needs at least ${HDR.header + 4})`);
   const v = new DataView(image.buffer, image.byteOffset, image.byteLength);
   const bootFlag = v.getUint16(HDR.bootFlag, true);
   if (bootFlag !== BOOT_FLAG) badKernel(`boot_flag at 0x1fe is ${hex(bootFlag)}, expected 0xaa55 (not a bzImage)`);
   const magic = v.getUint32(HDR.header, true);
-  if (magic !== HDRS_MAGIC) badKernel(`header magic at 0x202 is ${hex(magic)}, expected "HdrS" (0x53726448): not a bzImage, or a pre-2.00 zImage`);
+  if (magic !== HDRS_MAGIC)
+    badKernel(
+      `header magic at 0x202 is ${hex(magic)}, expected "HdrS" (0x53726448): not a bzImage, or a pre-2.00 zImage`,
+    );
   if (image.length < HDR.version + 2) badKernel('setup header truncated before the protocol version');
   const protocol = v.getUint16(HDR.version, true);
   const pv = `${protocol >> 8}.${(protocol & 0xff).toString().padStart(2, '0')}`;
   if (protocol < MIN_PROTOCOL) unsupportedKernel(`boot protocol ${pv} is older than 2.06`);
-  const headerEnd = 0x202 + image[HDR.jump + 1]!; // the jump at 0x200 skips the header
-  const need = Math.max(headerEnd, HDR.cmdlineSize + 4, protocol >= 0x208 ? HDR.payloadLength + 4 : 0, protocol >= 0x20a ? HDR.initSize + 4 : 0);
-  if (image.length < need) badKernel(`setup header truncated: the file has ${image.length} bytes, protocol ${pv} needs ${need}`);
-  const raw = image[HDR.setupSects]!;
+  const headerEnd = 0x202 + image[HDR.jump + 1]; // the jump at 0x200 skips the header
+  const need = Math.max(
+    headerEnd,
+    HDR.cmdlineSize + 4,
+    protocol >= 0x208 ? HDR.payloadLength + 4 : 0,
+    protocol >= 0x20a ? HDR.initSize + 4 : 0,
+  );
+  if (image.length < need)
+    badKernel(`setup header truncated: the file has ${image.length} bytes, protocol ${pv} needs ${need}`);
+  const raw = image[HDR.setupSects];
   const setupSects = raw === 0 ? 4 : raw;
   const protectedModeOffset = (setupSects + 1) * 512;
   if (protectedModeOffset >= image.length) {
-    badKernel(`setup_sects ${setupSects} puts the protected-mode kernel at ${hex(protectedModeOffset)}, past the end of the file (${image.length} bytes): truncated?`);
+    badKernel(
+      `setup_sects ${setupSects} puts the protected-mode kernel at ${hex(protectedModeOffset)}, past the end of the file (${image.length} bytes): truncated?`,
+    );
   }
   const protectedMode = image.subarray(protectedModeOffset);
   const syssize = v.getUint32(HDR.syssize, true) * 16;
   if (syssize > protectedMode.length) {
-    badKernel(`syssize says ${syssize} bytes of protected-mode code but the file has ${protectedMode.length}: truncated?`);
+    badKernel(
+      `syssize says ${syssize} bytes of protected-mode code but the file has ${protectedMode.length}: truncated?`,
+    );
   }
   let payloadOffset = 0;
   let payloadLength = 0;
@@ -154,7 +168,9 @@ export function parseBzImage(image: Uint8Array): BzImage {
     payloadOffset = v.getUint32(HDR.payloadOffset, true);
     payloadLength = v.getUint32(HDR.payloadLength, true);
     if (payloadLength === 0 || payloadOffset + payloadLength > protectedMode.length) {
-      badKernel(`payload (offset ${hex(payloadOffset)}, length ${payloadLength}) is outside the protected-mode kernel (${protectedMode.length} bytes): truncated?`);
+      badKernel(
+        `payload (offset ${hex(payloadOffset)}, length ${payloadLength}) is outside the protected-mode kernel (${protectedMode.length} bytes): truncated?`,
+      );
     }
     fmt = payloadFormat(protectedMode.subarray(payloadOffset, payloadOffset + 8));
   }
@@ -165,7 +181,7 @@ export function parseBzImage(image: Uint8Array): BzImage {
     protectedModeOffset,
     protectedMode,
     setupHeader: image.subarray(HDR.setupSects, headerEnd),
-    loadflags: image[HDR.loadflags]!,
+    loadflags: image[HDR.loadflags],
     xloadflags,
     has64BitEntry: (xloadflags & XLF_KERNEL_64) !== 0,
     entry64: BZIMAGE_LOAD_ADDRESS + ENTRY64_OFFSET,
@@ -194,7 +210,9 @@ export function compressedPayloadAdvice(bz: BzImage): string {
     `the payload is ${bz.payloadFormat}-compressed (${bz.payloadLength} bytes). Booting it runs the kernel's own ` +
     'decompressor inside the guest, which is extremely slow where guest kernel code is emulated (a PVM host: minutes ' +
     'for LZ4, longer for XZ). Boot the uncompressed vmlinux instead (`npm run guest:fetch` extracts it: ' +
-    'payload at file offset ' + hex(bz.protectedModeOffset + bz.payloadOffset) + ', then `lz4 -dc`/`xz -dc`), ' +
+    'payload at file offset ' +
+    hex(bz.protectedModeOffset + bz.payloadOffset) +
+    ', then `lz4 -dc`/`xz -dc`), ' +
     'or pass `allowDecompressor: true` to boot the bzImage through its 64-bit entry anyway'
   );
 }

@@ -41,9 +41,18 @@ export function cpioNewc(entries: ReadonlyArray<CpioEntry>): Uint8Array {
     const n = (4 - (size % 4)) % 4;
     if (n) push(new Uint8Array(n));
   };
-  const record = (ino: number, name: string, mode: number, data: Uint8Array, rdev: [number, number] = [0, 0], nlink = 1) => {
+  const record = (
+    ino: number,
+    name: string,
+    mode: number,
+    data: Uint8Array,
+    rdev: [number, number] = [0, 0],
+    nlink = 1,
+  ) => {
     const nameBytes = Buffer.from(name + '\0', 'utf8');
-    const hdr = '070701' + [ino, mode, 0, 0, nlink, 0, data.length, 0, 0, rdev[0], rdev[1], nameBytes.length, 0].map(field).join('');
+    const hdr =
+      '070701' +
+      [ino, mode, 0, 0, nlink, 0, data.length, 0, 0, rdev[0], rdev[1], nameBytes.length, 0].map(field).join('');
     push(Buffer.from(hdr, 'latin1'));
     push(nameBytes);
     pad();

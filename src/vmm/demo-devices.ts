@@ -13,7 +13,9 @@ import type { VcpuExit } from '../wrappers/vcpu-exit';
 import type { VcpuContext } from '../workers/vcpu-worker';
 
 export default function demoDevices(exits$: Observable<VcpuExit>, ctx: VcpuContext): Observable<VcpuExit> {
-  const input$ = ctx.receive('stdin').pipe(map((d) => (d instanceof Uint8Array ? d : new Uint8Array(d as ArrayBuffer))));
+  const input$ = ctx
+    .receive('stdin')
+    .pipe(map((d) => (d instanceof Uint8Array ? d : new Uint8Array(d as ArrayBuffer))));
   return exits$.pipe(
     legacyPc({
       com1: {

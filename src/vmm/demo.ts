@@ -44,9 +44,12 @@ export interface DemoOutcome extends RunOutcome {
 export async function runDemo(options: DemoOptions): Promise<DemoOutcome> {
   checkObject('options', options);
   if (typeof options.output !== 'function') invalidType('options.output', 'of type function', options.output);
-  if (options.onStart !== undefined && typeof options.onStart !== 'function') invalidType('options.onStart', 'of type function', options.onStart);
-  if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) invalidType('options.signal', 'an AbortSignal', options.signal);
-  if (options.runtime !== undefined && !(options.runtime instanceof VcpuRuntime)) invalidType('options.runtime', 'a VcpuRuntime', options.runtime);
+  if (options.onStart !== undefined && typeof options.onStart !== 'function')
+    invalidType('options.onStart', 'of type function', options.onStart);
+  if (options.signal !== undefined && !(options.signal instanceof AbortSignal))
+    invalidType('options.signal', 'an AbortSignal', options.signal);
+  if (options.runtime !== undefined && !(options.runtime instanceof VcpuRuntime))
+    invalidType('options.runtime', 'a VcpuRuntime', options.runtime);
   const runtime = options.runtime ?? new VcpuRuntime({ maxVcpus: 1 });
   const mem = GuestMemory.anonymous(0x10000); // IVT, code at 0x1000, stack below 0x7000
   const kvm = new Kvm();

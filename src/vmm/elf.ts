@@ -81,16 +81,21 @@ export function parseElf(image: Uint8Array): ElfKernel {
     const got = Array.from(image.subarray(0, 4), (b) => b.toString(16).padStart(2, '0')).join(' ');
     badKernel(`not an ELF file (magic ${got || 'missing'}, expected 7f 45 4c 46)`);
   }
-  if (image.length < EHDR_SIZE) badKernel(`ELF header truncated: the file has ${image.length} bytes, the header needs ${EHDR_SIZE}`);
+  if (image.length < EHDR_SIZE)
+    badKernel(`ELF header truncated: the file has ${image.length} bytes, the header needs ${EHDR_SIZE}`);
   const view = new DataView(image.buffer, image.byteOffset, image.byteLength);
   const cls = image[4];
-  if (cls !== 2) unsupportedKernel(`ELF class ${cls} (${cls === 1 ? '32-bit' : 'invalid'}); a 64-bit vmlinux (ELFCLASS64) is needed`);
+  if (cls !== 2)
+    unsupportedKernel(
+      `ELF class ${cls} (${cls === 1 ? '32-bit' : 'invalid'}); a 64-bit vmlinux (ELFCLASS64) is needed`,
+    );
   if (image[5] !== 1) badKernel(`ELF data encoding ${image[5]}; x86-64 kernels are little endian (ELFDATA2LSB = 1)`);
   if (image[6] !== 1) badKernel(`ELF version ${image[6]} (expected 1)`);
   const type = view.getUint16(0x10, true);
   if (type !== 2 && type !== 3) badKernel(`ELF type ${type} is not an executable (ET_EXEC = 2 or ET_DYN = 3)`);
   const machine = view.getUint16(0x12, true);
-  if (machine !== EM_X86_64) unsupportedKernel(`ELF machine ${machine}; only x86-64 (EM_X86_64 = ${EM_X86_64}) kernels boot here`);
+  if (machine !== EM_X86_64)
+    unsupportedKernel(`ELF machine ${machine}; only x86-64 (EM_X86_64 = ${EM_X86_64}) kernels boot here`);
   const rawEntry = view.getBigUint64(0x18, true);
   const phoff = u64(view, 0x20, 'e_phoff');
   const phentsize = view.getUint16(0x36, true);
@@ -98,7 +103,9 @@ export function parseElf(image: Uint8Array): ElfKernel {
   if (phnum === 0) badKernel('no program headers (e_phnum = 0)');
   if (phentsize < PHDR_SIZE) badKernel(`e_phentsize ${phentsize} is smaller than an Elf64_Phdr (${PHDR_SIZE})`);
   if (phoff + phnum * phentsize > image.length) {
-    badKernel(`program header table (offset ${hex(phoff)}, ${phnum} × ${phentsize} bytes) extends past the end of the file (${image.length} bytes): truncated?`);
+    badKernel(
+      `program header table (offset ${hex(phoff)}, ${phnum} × ${phentsize} bytes) extends past the end of the file (${image.length} bytes): truncated?`,
+    );
   }
   const segments: ElfSegment[] = [];
   let pvhEntry: number | undefined;
@@ -113,26 +120,32 @@ export function parseElf(image: Uint8Array): ElfKernel {
     const filesz = u64(view, at + 0x20, `segment ${i} p_filesz`);
     const memsz = u64(view, at + 0x28, `segment ${i} p_memsz`);
     if (offset + filesz > image.length) {
-      badKernel(`segment ${i} (file bytes ${hex(offset)}–${hex(offset + filesz)}) extends past the end of the file (${image.length} bytes): truncated?`);
+      badKernel(
+        `segment ${i} (file bytes ${hex(offset)}–${hex(offset + filesz)}) extends past the end of the file (${image.length} bytes): truncated?`,
+      );
     }
     if (ptype === PT_NOTE) {
       pvhEntry = findPvhEntry(view, offset, filesz) ?? pvhEntry;
       continue;
     }
     if (filesz > memsz) badKernel(`segment ${i} has p_filesz ${hex(filesz)} > p_memsz ${hex(memsz)}`);
-    if (paddr + memsz > MAX_PADDR) badKernel(`segment ${i} at physical ${hex(paddr)} (+${hex(memsz)}) is beyond the 52-bit physical address space`);
+    if (paddr + memsz > MAX_PADDR)
+      badKernel(`segment ${i} at physical ${hex(paddr)} (+${hex(memsz)}) is beyond the 52-bit physical address space`);
     if (memsz === 0) continue;
     segments.push({ paddr, vaddr, offset, filesz, memsz, flags });
   }
   if (segments.length === 0) badKernel('no PT_LOAD segment with a non-zero size');
   const sorted = [...segments].sort((a, b) => a.paddr - b.paddr);
   for (let i = 1; i < sorted.length; i++) {
-    const p = sorted[i - 1]!;
-    const s = sorted[i]!;
-    if (s.paddr < p.paddr + p.memsz) badKernel(`PT_LOAD segments overlap at physical ${hex(s.paddr)} (previous one ends at ${hex(p.paddr + p.memsz)})`);
+    const p = sorted[i - 1];
+    const s = sorted[i];
+    if (s.paddr < p.paddr + p.memsz)
+      badKernel(
+        `PT_LOAD segments overlap at physical ${hex(s.paddr)} (previous one ends at ${hex(p.paddr + p.memsz)})`,
+      );
   }
   const entry = entryToPhys(rawEntry, segments);
-  const lowAddress = sorted[0]!.paddr;
+  const lowAddress = sorted[0].paddr;
   const highAddress = Math.max(...segments.map((s) => s.paddr + s.memsz));
   return { entry, rawEntry, segments, lowAddress, highAddress, ...(pvhEntry !== undefined ? { pvhEntry } : {}) };
 }
@@ -183,14 +196,16 @@ export interface PhysWriter {
 export function loadElf(image: Uint8Array, kernel: ElfKernel, memory: PhysWriter, ramEnd: number): void {
   for (const s of kernel.segments) {
     if (s.paddr + s.memsz > ramEnd) {
-      badKernel(`segment at physical ${hex(s.paddr)}–${hex(s.paddr + s.memsz)} does not fit in ${ramEnd >>> 20} MiB of guest RAM`);
+      badKernel(
+        `segment at physical ${hex(s.paddr)}–${hex(s.paddr + s.memsz)} does not fit in ${ramEnd >>> 20} MiB of guest RAM`,
+      );
     }
   }
   let zero: Uint8Array | undefined;
   for (const s of kernel.segments) {
     memory.write(BigInt(s.paddr), image.subarray(s.offset, s.offset + s.filesz));
     const bss = s.memsz - s.filesz;
-    for (let done = 0; done < bss; ) {
+    for (let done = 0; done < bss;) {
       const n = Math.min(bss - done, 1 << 20);
       zero ??= new Uint8Array(1 << 20);
       memory.write(BigInt(s.paddr + s.filesz + done), zero.subarray(0, n));

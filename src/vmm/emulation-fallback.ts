@@ -62,7 +62,9 @@ export class EmulationFailureError extends Error {
     checkU32('suberror', suberror);
     checkString('why', why);
     const hexBytes = bytes.length ? Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(' ') : 'unreadable';
-    super(`KVM internal error (suberror ${suberror}) at rip 0x${rip.toString(16)}, instruction bytes ${hexBytes}: ${why}`);
+    super(
+      `KVM internal error (suberror ${suberror}) at rip 0x${rip.toString(16)}, instruction bytes ${hexBytes}: ${why}`,
+    );
     this.rip = rip;
     this.bytes = bytes;
     this.suberror = suberror;
@@ -91,12 +93,12 @@ export function decideEmulationFallback(bytes: Uint8Array): EmulationDecision {
  */
 export function insnBytesFromExit(exit: InternalErrorExit): Uint8Array | undefined {
   if (exit.suberror !== kvm.KVM_INTERNAL_ERROR_EMULATION || exit.data.length < 3) return undefined;
-  if ((exit.data[0]! & BigInt(kvm.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)) === 0n) return undefined;
+  if ((exit.data[0] & BigInt(kvm.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)) === 0n) return undefined;
   const raw = new Uint8Array(16);
   const v = new DataView(raw.buffer);
-  v.setBigUint64(0, exit.data[1]!, true);
-  v.setBigUint64(8, exit.data[2]!, true);
-  const size = Math.min(raw[0]!, MAX_INSN_LENGTH);
+  v.setBigUint64(0, exit.data[1], true);
+  v.setBigUint64(8, exit.data[2], true);
+  const size = Math.min(raw[0], MAX_INSN_LENGTH);
   return raw.slice(1, 1 + size);
 }
 
@@ -105,7 +107,12 @@ export function insnBytesFromExit(exit: InternalErrorExit): Uint8Array | undefin
  * (`KVM_TRANSLATE`), page by page. Returns the bytes up to the first unmapped page, or `undefined`
  * when the first byte is not mapped.
  */
-export function readGuestVirtual(vcpu: VcpuFd, memory: GuestMemoryMap, gva: bigint, length = MAX_INSN_LENGTH): Uint8Array | undefined {
+export function readGuestVirtual(
+  vcpu: VcpuFd,
+  memory: GuestMemoryMap,
+  gva: bigint,
+  length = MAX_INSN_LENGTH,
+): Uint8Array | undefined {
   const out: number[] = [];
   let at = gva;
   while (out.length < length) {
@@ -149,7 +156,12 @@ export function handleEmulationFailure(
   const regs = vcpu.getRegs();
   if (exit.suberror !== kvm.KVM_INTERNAL_ERROR_EMULATION) {
     const data = exit.data.map((d) => `0x${d.toString(16)}`).join(', ');
-    throw new EmulationFailureError(regs.rip, insnBytesFromExit(exit) ?? new Uint8Array(0), exit.suberror, `not an emulation failure (data [${data}])`);
+    throw new EmulationFailureError(
+      regs.rip,
+      insnBytesFromExit(exit) ?? new Uint8Array(0),
+      exit.suberror,
+      `not an emulation failure (data [${data}])`,
+    );
   }
   const bytes = readGuestVirtual(vcpu, memory, regs.rip) ?? insnBytesFromExit(exit) ?? new Uint8Array(0);
   const decision = decideEmulationFallback(bytes);

@@ -9,16 +9,52 @@ export { BootImageError } from './errors';
 export type { BootImageErrorCode } from './errors';
 export { parseElf, loadElf, isElf, EM_X86_64 } from './elf';
 export type { ElfKernel, ElfSegment, PhysWriter } from './elf';
-export { parseBzImage, bzImagePayload, isBzImage, payloadFormat, BZIMAGE_LOAD_ADDRESS, ENTRY64_OFFSET, MIN_PROTOCOL } from './bzimage';
+export {
+  parseBzImage,
+  bzImagePayload,
+  isBzImage,
+  payloadFormat,
+  BZIMAGE_LOAD_ADDRESS,
+  ENTRY64_OFFSET,
+  MIN_PROTOCOL,
+} from './bzimage';
 export type { BzImage, PayloadFormat } from './bzimage';
 export {
-  createLinuxMachine, prepareKernel, layoutGuest, setupBootVcpu, buildZeroPage, readE820, e820Map, placeInitrd,
-  identityPageTables, gdtBytes, longModeSregs, segmentFromGdt, configureLapic, vcpuCpuid, BOOT_LAYOUT, DEFAULT_MEM_SIZE,
-  MAX_MEM_SIZE, E820_RAM, E820_RESERVED,
+  createLinuxMachine,
+  prepareKernel,
+  layoutGuest,
+  setupBootVcpu,
+  buildZeroPage,
+  readE820,
+  e820Map,
+  placeInitrd,
+  identityPageTables,
+  gdtBytes,
+  longModeSregs,
+  segmentFromGdt,
+  configureLapic,
+  vcpuCpuid,
+  BOOT_LAYOUT,
+  DEFAULT_MEM_SIZE,
+  MAX_MEM_SIZE,
+  E820_RAM,
+  E820_RESERVED,
 } from './boot';
-export type { LinuxMachine, LinuxMachineConfig, BootInfo, E820Entry, PreparedKernel, PrepareKernelOptions, ZeroPageInput } from './boot';
+export type {
+  LinuxMachine,
+  LinuxMachineConfig,
+  BootInfo,
+  E820Entry,
+  PreparedKernel,
+  PrepareKernelOptions,
+  ZeroPageInput,
+} from './boot';
 export {
-  handleEmulationFailure, decideEmulationFallback, insnBytesFromExit, readGuestVirtual, emulationFallbackStats,
+  handleEmulationFailure,
+  decideEmulationFallback,
+  insnBytesFromExit,
+  readGuestVirtual,
+  emulationFallbackStats,
   EmulationFailureError,
 } from './emulation-fallback';
 export type { EmulationDecision, EmulationFallbackStats } from './emulation-fallback';

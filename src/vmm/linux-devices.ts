@@ -109,7 +109,9 @@ export default function linuxDevices(exits$: Observable<VcpuExit>, ctx: VcpuCont
   const emulation = emulationFallbackStats();
   const exitStats = options.trace === true ? new ExitStats() : undefined;
   let openBus = 0;
-  const input$ = ctx.receive('stdin').pipe(map((d) => (d instanceof Uint8Array ? d : new Uint8Array(d as ArrayBuffer))));
+  const input$ = ctx
+    .receive('stdin')
+    .pipe(map((d) => (d instanceof Uint8Array ? d : new Uint8Array(d as ArrayBuffer))));
   return exits$.pipe(
     exitStats ? traceExits(exitStats) : identity,
     legacyPc({

@@ -89,7 +89,8 @@ function pipelinePath(): string {
  */
 export function bootLinux(options: BootLinuxOptions): LinuxVm {
   checkObject('options', options);
-  if (options.output !== undefined && typeof options.output !== 'function') invalidType('options.output', 'of type function', options.output);
+  if (options.output !== undefined && typeof options.output !== 'function')
+    invalidType('options.output', 'of type function', options.output);
   const ownKvm = options.kvm === undefined;
   const kvm = options.kvm ?? new Kvm();
   let machine;
@@ -102,7 +103,11 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
   const ownRuntime = options.runtime === undefined;
   const runtime = options.runtime ?? new VcpuRuntime({ maxVcpus: 1 });
   const irqchip = options.irqchip ?? true;
-  const pipelineOptions: LinuxDevicesOptions = { memSize: machine.memSize, trace: options.trace === true, com1Irq: irqchip ? 4 : false };
+  const pipelineOptions: LinuxDevicesOptions = {
+    memSize: machine.memSize,
+    trace: options.trace === true,
+    com1Irq: irqchip ? 4 : false,
+  };
   const output = new Subject<Uint8Array>();
   const t0 = performance.now();
   let run;
@@ -165,7 +170,8 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
     boot: machine.boot,
     memSize: machine.memSize,
     output$: output.asObservable(),
-    send: (bytes) => run.send('stdin', typeof bytes === 'string' ? new Uint8Array(Buffer.from(bytes, 'latin1')) : bytes),
+    send: (bytes) =>
+      run.send('stdin', typeof bytes === 'string' ? new Uint8Array(Buffer.from(bytes, 'latin1')) : bytes),
     stop: async () => {
       await run.stop();
       return done;

@@ -77,9 +77,7 @@ export const Where = { worker: 0, posted: 1, main: 2, unhandled: 3 } as const;
 export const R = { kind: 0, where: 1, size: 2, len: 3, reason: 4, port: 8, count: 12, addr: 16, data: 24 } as const;
 
 /** A port or MMIO range whose writes need no answer, so the vCPU resumes at once. */
-export type PostedRange =
-  | { port: number; to?: number }
-  | { mmio: bigint; size: number | bigint };
+export type PostedRange = { port: number; to?: number } | { mmio: bigint; size: number | bigint };
 
 /** What a worker task needs to run one vCPU. Structured-cloneable. */
 export interface VcpuTask {

@@ -107,7 +107,10 @@ export class VcpuRuntime implements AsyncDisposable {
 
   constructor(options: VcpuRuntimeOptions = {}) {
     checkObject('options', options);
-    this.maxVcpus = options.maxVcpus === undefined ? Math.max(1, availableParallelism()) : checkInt('options.maxVcpus', options.maxVcpus, 1, 1024);
+    this.maxVcpus =
+      options.maxVcpus === undefined
+        ? Math.max(1, availableParallelism())
+        : checkInt('options.maxVcpus', options.maxVcpus, 1, 1024);
     const { filename, execArgv } = workerFile();
     this.#pool = new Piscina({
       filename,
@@ -138,22 +141,33 @@ export class VcpuRuntime implements AsyncDisposable {
     if (!(vcpu instanceof VcpuFd)) invalidType('vcpu', 'a VcpuFd', vcpu);
     checkObject('options', options);
     if (this.#closed) throw Object.assign(new Error('VcpuRuntime is closed'), { code: 'ERR_KVM_CLOSED' });
-    if (vcpu.running) throw Object.assign(new Error(`vCPU ${vcpu.id} is already running`), { code: 'ERR_KVM_VCPU_RUNNING' });
+    if (vcpu.running)
+      throw Object.assign(new Error(`vCPU ${vcpu.id} is already running`), { code: 'ERR_KVM_VCPU_RUNNING' });
     if (this.#runs.size >= this.maxVcpus) {
       throw Object.assign(new Error(`all ${this.maxVcpus} vCPU threads are busy`), { code: 'ERR_KVM_RUNTIME_FULL' });
     }
-    if (vcpu.backend.kind !== 'native') invalidValue('vcpu', 'must use the native backend (the mock runs in-thread: see kvm-rx/testing)');
+    if (vcpu.backend.kind !== 'native')
+      invalidValue('vcpu', 'must use the native backend (the mock runs in-thread: see kvm-rx/testing)');
     let pipeline: string | undefined;
     if (options.pipeline !== undefined) {
       const p = options.pipeline;
-      pipeline = p instanceof URL ? fileURLToPath(p) : typeof p === 'string' ? (isAbsolute(p) ? p : resolve(p)) : invalidValue('options.pipeline', 'must be a path or a file URL', p);
+      pipeline =
+        p instanceof URL
+          ? fileURLToPath(p)
+          : typeof p === 'string'
+            ? isAbsolute(p)
+              ? p
+              : resolve(p)
+            : invalidValue('options.pipeline', 'must be a path or a file URL', p);
     }
     if (options.postedTo !== undefined && options.postedTo !== 'main' && options.postedTo !== 'worker') {
       invalidValue('options.postedTo', "must be 'main' or 'worker'", options.postedTo);
     }
-    if (options.postedTo === 'worker' && pipeline === undefined) invalidValue('options.postedTo', "is 'worker' but there is no pipeline");
+    if (options.postedTo === 'worker' && pipeline === undefined)
+      invalidValue('options.postedTo', "is 'worker' but there is no pipeline");
     const unhandled = options.unhandled ?? (pipeline === undefined ? 'main' : 'error');
-    if (!['main', 'error', 'ignore'].includes(unhandled)) invalidValue('options.unhandled', "must be 'main', 'error' or 'ignore'", unhandled);
+    if (!['main', 'error', 'ignore'].includes(unhandled))
+      invalidValue('options.unhandled', "must be 'main', 'error' or 'ignore'", unhandled);
     const pinCpu = options.pinCpu === undefined ? undefined : checkInt('options.pinCpu', options.pinCpu, 0, 1023);
     const vm = vcpu.vm;
     const reused = this.#freeSabs.pop();

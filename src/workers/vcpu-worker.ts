@@ -8,7 +8,7 @@
  * @module
  */
 import { Subject, config as rxConfig, filter, map, type Observable } from 'rxjs';
-import { MessagePort, receiveMessageOnPort } from 'node:worker_threads';
+import { receiveMessageOnPort } from 'node:worker_threads';
 import { KvmError } from '../abi/errors';
 import { nativeBackend } from '../backend/native';
 import { GuestMemory, GuestMemoryMap } from '../wrappers/guest-memory';
@@ -20,8 +20,23 @@ import { deliverExit } from '../operators/hold';
 import { recordExit, type RecordedExit } from '../observables/recording';
 import { describeExit, UnhandledExitError } from './describe';
 import {
-  CONTROL_BYTES, MAILBOX_BYTES, MAILBOX_OFFSET, Mailbox, R, RECORD_BYTES, RECORD_DATA_BYTES, RING_OFFSET,
-  RING_RECORDS, Rec, State, THREAD_SLOT, W, Where, type PostedRange, type TaskOutcome, type VcpuTask,
+  CONTROL_BYTES,
+  MAILBOX_BYTES,
+  MAILBOX_OFFSET,
+  Mailbox,
+  R,
+  RECORD_BYTES,
+  RECORD_DATA_BYTES,
+  RING_OFFSET,
+  RING_RECORDS,
+  Rec,
+  State,
+  THREAD_SLOT,
+  W,
+  Where,
+  type PostedRange,
+  type TaskOutcome,
+  type VcpuTask,
 } from './protocol';
 
 /** What a pipeline gets besides the exits. */
@@ -98,6 +113,9 @@ async function loadPipeline(path: string, exportName: string | undefined): Promi
 // would surface in whichever run this thread serves next. This thread runs only vCPU tasks, so
 // RxJS rethrows such errors synchronously here: out of `exits.next(exit)`, into the run loop,
 // which ends the run with that error.
+// A throwing subscriber must fail this vCPU's run at once, not be reported later from a timer (and
+// then land in whichever run the thread has next). Worker threads run only vCPU pipelines.
+// eslint-disable-next-line @typescript-eslint/no-deprecated
 rxConfig.useDeprecatedSynchronousErrorHandling = true;
 
 /** The piscina task: runs one vCPU until its pipeline completes, it fails, or it is stopped. */
@@ -119,13 +137,20 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
   const ring = new DataView(task.sab, RING_OFFSET, RING_RECORDS * RECORD_BYTES);
   const ringBytes = new Uint8Array(task.sab, RING_OFFSET, RING_RECORDS * RECORD_BYTES);
   const mailbox = new Uint8Array(task.sab, MAILBOX_OFFSET, MAILBOX_BYTES);
-  const port = task.port as MessagePort;
+  const port = task.port;
   const abort = new AbortController();
   let stopResolve: () => void = () => undefined;
   const stopped = new Promise<void>((r) => (stopResolve = r));
   const inputs = new Subject<{ channel: string; data: unknown }>();
   let callTarget: VcpuFd | undefined;
-  const onMessage = (m: { type?: string; channel?: string; data?: unknown; id?: number; method?: string; args?: unknown[] }) => {
+  const onMessage = (m: {
+    type?: string;
+    channel?: string;
+    data?: unknown;
+    id?: number;
+    method?: string;
+    args?: unknown[];
+  }) => {
     if (m?.type === 'stop') stopResolve();
     else if (m?.type === 'input') inputs.next({ channel: m.channel ?? '', data: m.data });
     else if (m?.type === 'call') {
@@ -133,10 +158,16 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
       try {
         const target = callTarget;
         const method = m.method ?? '';
-        if (target === undefined || ['run', 'close', 'constructor'].includes(method) || typeof (target as unknown as Record<string, unknown>)[method] !== 'function') {
-          throw Object.assign(new TypeError(`cannot call '${method}' on a running vCPU`), { code: 'ERR_INVALID_ARG_VALUE' });
+        if (
+          target === undefined ||
+          ['run', 'close', 'constructor'].includes(method) ||
+          typeof (target as unknown as Record<string, unknown>)[method] !== 'function'
+        ) {
+          throw Object.assign(new TypeError(`cannot call '${method}' on a running vCPU`), {
+            code: 'ERR_INVALID_ARG_VALUE',
+          });
         }
-        const value = (target as unknown as Record<string, (...a: unknown[]) => unknown>)[method]!(...(m.args ?? []));
+        const value = (target as unknown as Record<string, (...a: unknown[]) => unknown>)[method](...(m.args ?? []));
         port.postMessage({ type: 'result', id: m.id, value });
       } catch (e) {
         port.postMessage({ type: 'result', id: m.id, error: serializeError(e) });
@@ -264,13 +295,29 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
     // The native fast path: OUTs to posted ports go to the ring from C, without waking JavaScript.
     const postedPorts = task.posted.filter((p): p is { port: number; to?: number } => 'port' in p);
     let bitmap: Uint8Array | undefined;
-    if (postedPorts.length > 0 && !task.record) { // a recording sees every exit in JavaScript
+    if (postedPorts.length > 0 && !task.record) {
+      // a recording sees every exit in JavaScript
       bitmap = new Uint8Array(8192);
-      for (const p of postedPorts) for (let q = p.port; q <= (p.to ?? p.port); q++) bitmap[q >> 3]! |= 1 << (q & 7);
+      for (const p of postedPorts) for (let q = p.port; q <= (p.to ?? p.port); q++) bitmap[q >> 3] |= 1 << (q & 7);
     }
     const layout = Int32Array.of(
-      RING_RECORDS, RECORD_BYTES, W.ringWrite, W.ringRead, W.exits, R.kind, R.where, R.size, R.len, R.reason,
-      R.port, R.count, R.data, RECORD_DATA_BYTES, Rec.postedIo, Where.posted, VCPU_EXIT_KINDS.indexOf('IoOut'),
+      RING_RECORDS,
+      RECORD_BYTES,
+      W.ringWrite,
+      W.ringRead,
+      W.exits,
+      R.kind,
+      R.where,
+      R.size,
+      R.len,
+      R.reason,
+      R.port,
+      R.count,
+      R.data,
+      RECORD_DATA_BYTES,
+      Rec.postedIo,
+      Where.posted,
+      VCPU_EXIT_KINDS.indexOf('IoOut'),
     );
     const runView = run.asMutRef();
     const runAddress = run.address;
@@ -284,7 +331,7 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
     const localView = new DataView(localRing.buffer);
     const drainLocal = (): VcpuExit[] => {
       const out: VcpuExit[] = [];
-      for (let r = localCtl[W.ringRead]!; r < localCtl[W.ringWrite]!; r++) {
+      for (let r = localCtl[W.ringRead]; r < localCtl[W.ringWrite]; r++) {
         const at = (r % RING_RECORDS) * RECORD_BYTES;
         const len = localView.getUint8(at + R.len);
         out.push({

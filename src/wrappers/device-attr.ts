@@ -30,7 +30,11 @@ export interface DeviceAttr {
 /**
  * @internal The kernel bytes of `attr`, and the buffer to keep referenced until the ioctl returns.
  */
-export function deviceAttrBytes(backend: IoctlBackend, attr: DeviceAttr, name = 'attr'): { bytes: Uint8Array; keep: ArrayBufferView | undefined } {
+export function deviceAttrBytes(
+  backend: IoctlBackend,
+  attr: DeviceAttr,
+  name = 'attr',
+): { bytes: Uint8Array; keep: ArrayBufferView | undefined } {
   checkObject(name, attr);
   const group = checkU32(`${name}.group`, attr.group);
   const a = checkU64(`${name}.attr`, attr.attr);

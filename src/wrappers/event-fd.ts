@@ -71,7 +71,11 @@ export class EventFd extends FdOwner {
     const initval = options.initval === undefined ? 0 : checkInt('options.initval', options.initval, 0, 0xffff_ffff);
     const semaphore = options.semaphore === undefined ? false : checkBool('options.semaphore', options.semaphore);
     if (options.nonBlocking !== undefined && !checkBool('options.nonBlocking', options.nonBlocking)) {
-      invalidValue('options.nonBlocking', 'must be true: an EventFd never blocks a thread (use readAsync() to wait)', false);
+      invalidValue(
+        'options.nonBlocking',
+        'must be true: an EventFd never blocks a thread (use readAsync() to wait)',
+        false,
+      );
     }
     const cloexec = options.closeOnExec === undefined ? true : checkBool('options.closeOnExec', options.closeOnExec);
     const backend = options.backend ?? nativeBackend();
@@ -125,13 +129,14 @@ export class EventFd extends FdOwner {
    *   the EventFd is closed while waiting, {@link KvmError} for a failed read
    */
   readAsync(signal?: AbortSignal): Promise<bigint> {
-    if (signal !== undefined && !(signal instanceof AbortSignal)) invalidValue('signal', 'must be an AbortSignal', signal);
+    if (signal !== undefined && !(signal instanceof AbortSignal))
+      invalidValue('signal', 'must be an AbortSignal', signal);
     try {
       this.checkOpen();
       if (signal?.aborted) throw new AbortError(undefined, { cause: signal.reason });
       return Promise.resolve(this.read());
     } catch (e) {
-      if (!(e instanceof KvmError && e.code === 'EAGAIN')) return Promise.reject(e as Error);
+      if (!(e instanceof KvmError && e.code === 'EAGAIN')) return Promise.reject(asError(e));
     }
     return new Promise<bigint>((resolve, reject) => {
       let unwatch: (() => void) | undefined;
@@ -156,7 +161,7 @@ export class EventFd extends FdOwner {
         } catch (e) {
           if (e instanceof KvmError && e.code === 'EAGAIN') return; // another reader won; keep waiting
           waiter.stop();
-          reject(e as Error);
+          reject(asError(e));
           return;
         }
         waiter.stop();
@@ -165,11 +170,16 @@ export class EventFd extends FdOwner {
       try {
         unwatch = this.backend.watchReadable(this.asRawFd(), onReadable);
       } catch (e) {
-        reject(e as Error);
+        reject(asError(e));
         return;
       }
       this.#waiters.add(waiter);
       signal?.addEventListener('abort', onAbort, { once: true });
     });
   }
+}
+
+/** A thrown value as an Error (syscalls throw KvmError; anything else is wrapped). */
+function asError(e: unknown): Error {
+  return e instanceof Error ? e : new Error(String(e));
 }

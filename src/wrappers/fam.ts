@@ -14,8 +14,14 @@
  */
 import { decodeStruct, dv, encodeStruct, offsetOf, type StructDef } from '../abi/codec';
 import {
-  kvm_cpuid2, kvm_cpuid_entry2, kvm_msr_entry, kvm_msr_list, kvm_msrs, kvm_reg_list,
-  type KvmCpuidEntry2, type KvmMsrEntry,
+  kvm_cpuid2,
+  kvm_cpuid_entry2,
+  kvm_msr_entry,
+  kvm_msr_list,
+  kvm_msrs,
+  kvm_reg_list,
+  type KvmCpuidEntry2,
+  type KvmMsrEntry,
 } from '../abi/layouts';
 import { checkBytes, checkInt, checkU32, checkU64, invalidValue, outOfRange } from '../abi/validate';
 
@@ -54,7 +60,7 @@ export abstract class FamCollection<T> {
   protected abstract readonly spec: FamSpec<T>;
 
   protected constructor(entries: Iterable<T>, spec: FamSpec<T>) {
-    if (entries === null || typeof entries !== 'object' || typeof (entries as Iterable<T>)[Symbol.iterator] !== 'function') {
+    if (entries === null || typeof entries !== 'object' || typeof entries[Symbol.iterator] !== 'function') {
       invalidValue('entries', 'must be an array (or iterable) of entries', entries);
     }
     const list = [...entries];
@@ -77,7 +83,8 @@ export abstract class FamCollection<T> {
    * @throws `RangeError` ERR_OUT_OF_RANGE when full; `TypeError`/`RangeError` for a bad entry
    */
   push(entry: T): this {
-    if (this.entries.length >= this.spec.max) outOfRange(`${this.spec.name} length`, `<= ${this.spec.max}`, this.entries.length + 1);
+    if (this.entries.length >= this.spec.max)
+      outOfRange(`${this.spec.name} length`, `<= ${this.spec.max}`, this.entries.length + 1);
     this.entries.push(this.spec.check(entry, `entries[${this.entries.length}]`));
     return this;
   }
@@ -96,7 +103,7 @@ export abstract class FamCollection<T> {
     const bytes = new Uint8Array(s.entriesOffset + cap * s.entrySize);
     const view = dv(bytes);
     writeCount(view, s, capacity === undefined ? n : cap);
-    for (let i = 0; i < n; i++) s.write(view, s.entriesOffset + i * s.entrySize, this.entries[i]!, `entries[${i}]`);
+    for (let i = 0; i < n; i++) s.write(view, s.entriesOffset + i * s.entrySize, this.entries[i], `entries[${i}]`);
     return bytes;
   }
 
@@ -133,15 +140,26 @@ function readCount<T>(view: DataView, s: FamSpec<T>): number {
 
 /** The header count of kernel bytes (e.g. the `n` the kernel wrote back with E2BIG). */
 export function famCount(collection: 'CpuId' | 'Msrs' | 'MsrList' | 'RegList', bytes: Uint8Array): number {
-  const s = { CpuId: CPUID_SPEC, Msrs: MSRS_SPEC, MsrList: MSR_LIST_SPEC, RegList: REG_LIST_SPEC }[collection] as FamSpec<unknown>;
+  const s = { CpuId: CPUID_SPEC, Msrs: MSRS_SPEC, MsrList: MSR_LIST_SPEC, RegList: REG_LIST_SPEC }[
+    collection
+  ] as FamSpec<unknown>;
   return readCount(dv(checkBytes('bytes', bytes)), s);
 }
 
-function structSpec<T>(name: string, header: StructDef, countC: string, entriesC: string, entry: StructDef, max: number): FamSpec<T> {
+function structSpec<T>(
+  name: string,
+  header: StructDef,
+  countC: string,
+  entriesC: string,
+  entry: StructDef,
+  max: number,
+): FamSpec<T> {
   return {
-    name, header, max,
+    name,
+    header,
+    max,
     countOffset: offsetOf(header, countC),
-    countWidth: header.fields[Object.keys(header.fields).find((k) => header.fields[k]!.c === countC)!]!.size as 4 | 8,
+    countWidth: header.fields[Object.keys(header.fields).find((k) => header.fields[k].c === countC)!].size as 4 | 8,
     entriesOffset: offsetOf(header, entriesC),
     entrySize: entry.size,
     check: (value, path) => {
@@ -155,22 +173,37 @@ function structSpec<T>(name: string, header: StructDef, countC: string, entriesC
   };
 }
 
-const CPUID_SPEC = structSpec<KvmCpuidEntry2>('CpuId', kvm_cpuid2, 'nent', 'entries', kvm_cpuid_entry2, KVM_MAX_CPUID_ENTRIES);
+const CPUID_SPEC = structSpec<KvmCpuidEntry2>(
+  'CpuId',
+  kvm_cpuid2,
+  'nent',
+  'entries',
+  kvm_cpuid_entry2,
+  KVM_MAX_CPUID_ENTRIES,
+);
 const MSRS_SPEC = structSpec<KvmMsrEntry>('Msrs', kvm_msrs, 'nmsrs', 'entries', kvm_msr_entry, KVM_MAX_MSR_ENTRIES);
 
 const MSR_LIST_SPEC: FamSpec<number> = {
-  name: 'MsrList', header: kvm_msr_list, max: KVM_MAX_MSR_ENTRIES,
-  countOffset: offsetOf(kvm_msr_list, 'nmsrs'), countWidth: 4,
-  entriesOffset: offsetOf(kvm_msr_list, 'indices'), entrySize: 4,
+  name: 'MsrList',
+  header: kvm_msr_list,
+  max: KVM_MAX_MSR_ENTRIES,
+  countOffset: offsetOf(kvm_msr_list, 'nmsrs'),
+  countWidth: 4,
+  entriesOffset: offsetOf(kvm_msr_list, 'indices'),
+  entrySize: 4,
   check: (v, path) => checkU32(path, v),
   write: (view, at, e, path) => view.setUint32(at, checkU32(path, e), true),
   read: (view, at) => view.getUint32(at, true),
 };
 
 const REG_LIST_SPEC: FamSpec<bigint> = {
-  name: 'RegList', header: kvm_reg_list, max: KVM_MAX_REG_LIST_ENTRIES,
-  countOffset: offsetOf(kvm_reg_list, 'n'), countWidth: 8,
-  entriesOffset: offsetOf(kvm_reg_list, 'reg'), entrySize: 8,
+  name: 'RegList',
+  header: kvm_reg_list,
+  max: KVM_MAX_REG_LIST_ENTRIES,
+  countOffset: offsetOf(kvm_reg_list, 'n'),
+  countWidth: 8,
+  entriesOffset: offsetOf(kvm_reg_list, 'reg'),
+  entrySize: 8,
   check: (v, path) => checkU64(path, v),
   write: (view, at, e, path) => view.setBigUint64(at, checkU64(path, e), true),
   read: (view, at) => view.getBigUint64(at, true),
@@ -263,7 +296,7 @@ function checkIterable<T>(entries: Iterable<T>): Iterable<T> {
 }
 
 function withData(e: MsrEntryInput): KvmMsrEntry {
-  if (typeof e !== 'object' || e === null) return e as unknown as KvmMsrEntry;
+  if (typeof e !== 'object' || e === null) return e;
   return e.data === undefined ? { ...e, data: 0n } : (e as KvmMsrEntry);
 }
 
@@ -334,7 +367,9 @@ export class RegList extends FamCollection<bigint> {
 
 /** @internal Buffers for the `KVM_GET_*` ioctls: the header count set to `capacity`, room for that many entries. */
 export function famBuffer(collection: 'CpuId' | 'Msrs' | 'MsrList' | 'RegList', capacity: number): Uint8Array {
-  const s = { CpuId: CPUID_SPEC, Msrs: MSRS_SPEC, MsrList: MSR_LIST_SPEC, RegList: REG_LIST_SPEC }[collection] as FamSpec<unknown>;
+  const s = { CpuId: CPUID_SPEC, Msrs: MSRS_SPEC, MsrList: MSR_LIST_SPEC, RegList: REG_LIST_SPEC }[
+    collection
+  ] as FamSpec<unknown>;
   const bytes = new Uint8Array(s.entriesOffset + capacity * s.entrySize);
   writeCount(dv(bytes), s, capacity);
   return bytes;

@@ -5,7 +5,16 @@
  * @module
  */
 import { KvmClosedError, KvmRangeError } from '../abi/errors';
-import { checkBool, checkBytes, checkInt, checkObject, checkU64, invalidType, invalidValue, outOfRange } from '../abi/validate';
+import {
+  checkBool,
+  checkBytes,
+  checkInt,
+  checkObject,
+  checkU64,
+  invalidType,
+  invalidValue,
+  outOfRange,
+} from '../abi/validate';
 import { nativeBackend } from '../backend/native';
 import type { IoctlBackend } from '../backend/types';
 
@@ -142,7 +151,10 @@ export class GuestMemory implements Disposable {
     checkInt('offset', offset, 0, this.size);
     checkInt('length', length, 0, this.size);
     if (offset + length > this.size) {
-      throw new KvmRangeError('ERR_OUT_OF_RANGE', `[${offset}, ${offset + length}) is outside this ${this.size}-byte mapping`);
+      throw new KvmRangeError(
+        'ERR_OUT_OF_RANGE',
+        `[${offset}, ${offset + length}) is outside this ${this.size}-byte mapping`,
+      );
     }
   }
 
@@ -225,11 +237,17 @@ export class GuestMemoryMap {
     const gpa = checkU64('region.guestPhysAddr', region.guestPhysAddr);
     if (!(region.memory instanceof GuestMemory)) invalidValue('region.memory', 'must be a GuestMemory', region.memory);
     const offset = region.offset === undefined ? 0 : checkInt('region.offset', region.offset, 0, region.memory.size);
-    const size = region.size === undefined ? region.memory.size - offset : checkInt('region.size', region.size, 1, region.memory.size - offset);
+    const size =
+      region.size === undefined
+        ? region.memory.size - offset
+        : checkInt('region.size', region.size, 1, region.memory.size - offset);
     const end = gpa + BigInt(size);
     for (const r of this.#regions) {
       if (gpa < r.guestPhysAddr + BigInt(r.size) && r.guestPhysAddr < end) {
-        throw new KvmRangeError('ERR_OUT_OF_RANGE', `region at 0x${gpa.toString(16)} overlaps the region at 0x${r.guestPhysAddr.toString(16)}`);
+        throw new KvmRangeError(
+          'ERR_OUT_OF_RANGE',
+          `region at 0x${gpa.toString(16)} overlaps the region at 0x${r.guestPhysAddr.toString(16)}`,
+        );
       }
     }
     this.#regions.push({ guestPhysAddr: gpa, memory: region.memory, offset, size });
@@ -264,7 +282,10 @@ export class GuestMemoryMap {
       const cur = start + BigInt(done);
       const hit = this.find(cur);
       if (hit === undefined) {
-        throw new KvmRangeError('ERR_OUT_OF_RANGE', `guest physical address 0x${cur.toString(16)} is not backed by guest memory`);
+        throw new KvmRangeError(
+          'ERR_OUT_OF_RANGE',
+          `guest physical address 0x${cur.toString(16)} is not backed by guest memory`,
+        );
       }
       const avail = hit.region.offset + hit.region.size - hit.offset;
       const n = Math.min(avail, length - done);

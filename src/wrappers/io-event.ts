@@ -108,6 +108,7 @@ export function datamatchFields(datamatch: unknown): { len: number; datamatch: b
 
 /** @internal Validates an {@link IoEventAddress}. */
 export function checkIoEventAddress(name: string, addr: unknown): IoEventAddress {
-  if (!(addr instanceof IoEventAddress)) invalidValue(name, 'must be an IoEventAddress (IoEventAddress.pio() or .mmio())', addr);
+  if (!(addr instanceof IoEventAddress))
+    invalidValue(name, 'must be an IoEventAddress (IoEventAddress.pio() or .mmio())', addr);
   return addr;
 }

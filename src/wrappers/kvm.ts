@@ -6,7 +6,16 @@
 import { KVM_VM_TYPE_ARM_IPA_SIZE_MASK } from '../abi/arm64';
 import { KvmError, errnoOf } from '../abi/errors';
 import { ioctls, sys } from '../abi/kvm-constants';
-import { checkBool, checkInt, checkObject, checkString, checkU32, checkU64, invalidType, invalidValue } from '../abi/validate';
+import {
+  checkBool,
+  checkInt,
+  checkObject,
+  checkString,
+  checkU32,
+  checkU64,
+  invalidType,
+  invalidValue,
+} from '../abi/validate';
 import { nativeBackend } from '../backend/native';
 import type { IoctlBackend } from '../backend/types';
 import type { Cap } from './cap';
@@ -149,7 +158,11 @@ export class Kvm extends FdOwner {
    */
   getNrVcpus(): number {
     let x = 0;
-    try { x = this.checkExtensionInt(CapValues.NrVcpus); } catch (e) { if (this.closed) throw e; }
+    try {
+      x = this.checkExtensionInt(CapValues.NrVcpus);
+    } catch (e) {
+      if (this.closed) throw e;
+    }
     return x > 0 ? x : 4;
   }
 
@@ -159,7 +172,11 @@ export class Kvm extends FdOwner {
    */
   getNrMemslots(): number {
     let x = 0;
-    try { x = this.checkExtensionInt(CapValues.NrMemslots); } catch (e) { if (this.closed) throw e; }
+    try {
+      x = this.checkExtensionInt(CapValues.NrMemslots);
+    } catch (e) {
+      if (this.closed) throw e;
+    }
     return x > 0 ? x : 32;
   }
 
@@ -246,7 +263,10 @@ export class Kvm extends FdOwner {
   #getCpuid(request: number, name: string, maxEntries: number): CpuId {
     const n = checkInt('maxEntries', maxEntries, 0, Number.MAX_SAFE_INTEGER);
     if (n > KVM_MAX_CPUID_ENTRIES) {
-      throw new KvmError(errnoOf('ENOMEM'), 'ioctl', { request: name, detail: `maxEntries ${n} > KVM_MAX_CPUID_ENTRIES (${KVM_MAX_CPUID_ENTRIES})` });
+      throw new KvmError(errnoOf('ENOMEM'), 'ioctl', {
+        request: name,
+        detail: `maxEntries ${n} > KVM_MAX_CPUID_ENTRIES (${KVM_MAX_CPUID_ENTRIES})`,
+      });
     }
     const buf = famBuffer('CpuId', n);
     this.ioctl(request, buf);

@@ -13,59 +13,197 @@ import { kvm } from '../abi/kvm-constants';
 import { RUN } from './kvm-run';
 
 /** `KVM_EXIT_IO` out: the guest wrote `data` (`size * count` bytes) to `port`. */
-export interface IoOutExit { kind: 'IoOut'; port: number; size: number; count: number; data: Uint8Array }
+export interface IoOutExit {
+  kind: 'IoOut';
+  port: number;
+  size: number;
+  count: number;
+  data: Uint8Array;
+}
 /** `KVM_EXIT_IO` in: fill `data` (`size * count` bytes) with what the guest reads from `port`. */
-export interface IoInExit { kind: 'IoIn'; port: number; size: number; count: number; data: Uint8Array }
+export interface IoInExit {
+  kind: 'IoIn';
+  port: number;
+  size: number;
+  count: number;
+  data: Uint8Array;
+}
 /** `KVM_EXIT_MMIO` read: fill `data` (`len` bytes) with what the guest reads at `addr`. */
-export interface MmioReadExit { kind: 'MmioRead'; addr: bigint; data: Uint8Array }
+export interface MmioReadExit {
+  kind: 'MmioRead';
+  addr: bigint;
+  data: Uint8Array;
+}
 /** `KVM_EXIT_MMIO` write: the guest wrote `data` at `addr`. */
-export interface MmioWriteExit { kind: 'MmioWrite'; addr: bigint; data: Uint8Array }
+export interface MmioWriteExit {
+  kind: 'MmioWrite';
+  addr: bigint;
+  data: Uint8Array;
+}
 /** `KVM_EXIT_HYPERCALL`; set `ret` to answer. */
-export interface HypercallExit { kind: 'Hypercall'; nr: bigint; args: bigint[]; longmode: number; ret: bigint }
+export interface HypercallExit {
+  kind: 'Hypercall';
+  nr: bigint;
+  args: bigint[];
+  longmode: number;
+  ret: bigint;
+}
 /** `KVM_EXIT_DEBUG` (x86: `kvm_debug_exit_arch`). */
-export interface DebugExit { kind: 'Debug'; exception: number; pc: bigint; dr6: bigint; dr7: bigint }
+export interface DebugExit {
+  kind: 'Debug';
+  exception: number;
+  pc: bigint;
+  dr6: bigint;
+  dr7: bigint;
+}
 /** `KVM_EXIT_FAIL_ENTRY`. */
-export interface FailEntryExit { kind: 'FailEntry'; hardwareEntryFailureReason: bigint; cpu: number }
+export interface FailEntryExit {
+  kind: 'FailEntry';
+  hardwareEntryFailureReason: bigint;
+  cpu: number;
+}
 /** `KVM_EXIT_EXCEPTION`. */
-export interface ExceptionExit { kind: 'Exception'; exception: number; errorCode: number }
+export interface ExceptionExit {
+  kind: 'Exception';
+  exception: number;
+  errorCode: number;
+}
 /** `KVM_EXIT_UNKNOWN`. */
-export interface UnknownExit { kind: 'Unknown'; hardwareExitReason: bigint }
+export interface UnknownExit {
+  kind: 'Unknown';
+  hardwareExitReason: bigint;
+}
 /** `KVM_EXIT_INTERNAL_ERROR`, with the suberror and its data words (kvm-ioctls drops these). */
-export interface InternalErrorExit { kind: 'InternalError'; suberror: number; data: bigint[] }
+export interface InternalErrorExit {
+  kind: 'InternalError';
+  suberror: number;
+  data: bigint[];
+}
 /** `KVM_EXIT_SYSTEM_EVENT`. */
-export interface SystemEventExit { kind: 'SystemEvent'; type: number; data: bigint[] }
+export interface SystemEventExit {
+  kind: 'SystemEvent';
+  type: number;
+  data: bigint[];
+}
 /** `KVM_EXIT_IOAPIC_EOI`. */
-export interface IoapicEoiExit { kind: 'IoapicEoi'; vector: number }
+export interface IoapicEoiExit {
+  kind: 'IoapicEoi';
+  vector: number;
+}
 /** `KVM_EXIT_TPR_ACCESS`. */
-export interface TprAccessExit { kind: 'TprAccess'; rip: bigint; isWrite: number }
+export interface TprAccessExit {
+  kind: 'TprAccess';
+  rip: bigint;
+  isWrite: number;
+}
 /** `KVM_EXIT_X86_RDMSR`: set `data` (and `error` to 1 to inject #GP). */
-export interface X86RdmsrExit { kind: 'X86Rdmsr'; reason: number; index: number; data: bigint; error: number }
+export interface X86RdmsrExit {
+  kind: 'X86Rdmsr';
+  reason: number;
+  index: number;
+  data: bigint;
+  error: number;
+}
 /** `KVM_EXIT_X86_WRMSR`: set `error` to 1 to inject #GP. */
-export interface X86WrmsrExit { kind: 'X86Wrmsr'; reason: number; index: number; data: bigint; error: number }
+export interface X86WrmsrExit {
+  kind: 'X86Wrmsr';
+  reason: number;
+  index: number;
+  data: bigint;
+  error: number;
+}
 /** `KVM_EXIT_MEMORY_FAULT` (KVM_RUN failed with EFAULT/EHWPOISON and described the fault). */
-export interface MemoryFaultExit { kind: 'MemoryFault'; flags: bigint; gpa: bigint; size: bigint }
+export interface MemoryFaultExit {
+  kind: 'MemoryFault';
+  flags: bigint;
+  gpa: bigint;
+  size: bigint;
+}
 /** Any exit reason kvm-ioctls does not decode; `reason` is the raw `KVM_EXIT_*` number. */
-export interface UnsupportedExit { kind: 'Unsupported'; reason: number }
+export interface UnsupportedExit {
+  kind: 'Unsupported';
+  reason: number;
+}
 
 /** Exits without a payload. */
 export interface BareExit {
   kind:
-    | 'Hlt' | 'IrqWindowOpen' | 'Shutdown' | 'Intr' | 'SetTpr' | 'S390Sieic' | 'S390Reset' | 'Dcr' | 'Nmi'
-    | 'Osi' | 'PaprHcall' | 'S390Ucontrol' | 'Watchdog' | 'S390Tsch' | 'Epr' | 'S390Stsi' | 'Hyperv';
+    | 'Hlt'
+    | 'IrqWindowOpen'
+    | 'Shutdown'
+    | 'Intr'
+    | 'SetTpr'
+    | 'S390Sieic'
+    | 'S390Reset'
+    | 'Dcr'
+    | 'Nmi'
+    | 'Osi'
+    | 'PaprHcall'
+    | 'S390Ucontrol'
+    | 'Watchdog'
+    | 'S390Tsch'
+    | 'Epr'
+    | 'S390Stsi'
+    | 'Hyperv';
 }
 
 /** Why `KVM_RUN` returned. Discriminate on `kind`. */
 export type VcpuExit =
-  | IoOutExit | IoInExit | MmioReadExit | MmioWriteExit | HypercallExit | DebugExit | FailEntryExit
-  | ExceptionExit | UnknownExit | InternalErrorExit | SystemEventExit | IoapicEoiExit | TprAccessExit
-  | X86RdmsrExit | X86WrmsrExit | MemoryFaultExit | UnsupportedExit | BareExit;
+  | IoOutExit
+  | IoInExit
+  | MmioReadExit
+  | MmioWriteExit
+  | HypercallExit
+  | DebugExit
+  | FailEntryExit
+  | ExceptionExit
+  | UnknownExit
+  | InternalErrorExit
+  | SystemEventExit
+  | IoapicEoiExit
+  | TprAccessExit
+  | X86RdmsrExit
+  | X86WrmsrExit
+  | MemoryFaultExit
+  | UnsupportedExit
+  | BareExit;
 
 /** Every `kind` of {@link VcpuExit}: the 34 variants of kvm-ioctls. */
 export const VCPU_EXIT_KINDS = [
-  'Unknown', 'Exception', 'IoIn', 'IoOut', 'Hypercall', 'Debug', 'Hlt', 'MmioRead', 'MmioWrite',
-  'IrqWindowOpen', 'Shutdown', 'FailEntry', 'Intr', 'SetTpr', 'TprAccess', 'S390Sieic', 'S390Reset',
-  'Dcr', 'Nmi', 'InternalError', 'Osi', 'PaprHcall', 'S390Ucontrol', 'Watchdog', 'S390Tsch', 'Epr',
-  'SystemEvent', 'S390Stsi', 'IoapicEoi', 'Hyperv', 'X86Rdmsr', 'X86Wrmsr', 'MemoryFault', 'Unsupported',
+  'Unknown',
+  'Exception',
+  'IoIn',
+  'IoOut',
+  'Hypercall',
+  'Debug',
+  'Hlt',
+  'MmioRead',
+  'MmioWrite',
+  'IrqWindowOpen',
+  'Shutdown',
+  'FailEntry',
+  'Intr',
+  'SetTpr',
+  'TprAccess',
+  'S390Sieic',
+  'S390Reset',
+  'Dcr',
+  'Nmi',
+  'InternalError',
+  'Osi',
+  'PaprHcall',
+  'S390Ucontrol',
+  'Watchdog',
+  'S390Tsch',
+  'Epr',
+  'SystemEvent',
+  'S390Stsi',
+  'IoapicEoi',
+  'Hyperv',
+  'X86Rdmsr',
+  'X86Wrmsr',
+  'MemoryFault',
+  'Unsupported',
 ] as const satisfies ReadonlyArray<VcpuExit['kind']>;
 
 const BARE: Record<number, BareExit['kind']> = {
@@ -111,7 +249,8 @@ export function decodeExit(view: DataView, bytes: Uint8Array): VcpuExit {
       const count = view.getUint32(RUN.ioCount, true);
       const off = Number(view.getBigUint64(RUN.ioDataOffset, true));
       const len = size * count;
-      if (off + len > bytes.length) throw new KvmError(errnoOf('EINVAL'), 'ioctl', { request: 'KVM_RUN', detail: 'io data outside kvm_run' });
+      if (off + len > bytes.length)
+        throw new KvmError(errnoOf('EINVAL'), 'ioctl', { request: 'KVM_RUN', detail: 'io data outside kvm_run' });
       const data = bytes.subarray(off, off + len);
       if (direction === kvm.KVM_EXIT_IO_OUT) return { kind: 'IoOut', port, size, count, data };
       if (direction === kvm.KVM_EXIT_IO_IN) return { kind: 'IoIn', port, size, count, data };
@@ -121,7 +260,9 @@ export function decodeExit(view: DataView, bytes: Uint8Array): VcpuExit {
       const addr = view.getBigUint64(RUN.mmioPhysAddr, true);
       const len = Math.min(view.getUint32(RUN.mmioLen, true), 8);
       const data = bytes.subarray(RUN.mmioData, RUN.mmioData + len);
-      return view.getUint8(RUN.mmioIsWrite) !== 0 ? { kind: 'MmioWrite', addr, data } : { kind: 'MmioRead', addr, data };
+      return view.getUint8(RUN.mmioIsWrite) !== 0
+        ? { kind: 'MmioWrite', addr, data }
+        : { kind: 'MmioRead', addr, data };
     }
     case kvm.KVM_EXIT_HYPERCALL:
       return {
@@ -151,21 +292,37 @@ export function decodeExit(view: DataView, bytes: Uint8Array): VcpuExit {
         cpu: view.getUint32(RUN.failEntryCpu, true),
       };
     case kvm.KVM_EXIT_EXCEPTION:
-      return { kind: 'Exception', exception: view.getUint32(RUN.exException, true), errorCode: view.getUint32(RUN.exErrorCode, true) };
+      return {
+        kind: 'Exception',
+        exception: view.getUint32(RUN.exException, true),
+        errorCode: view.getUint32(RUN.exErrorCode, true),
+      };
     case kvm.KVM_EXIT_UNKNOWN:
       return { kind: 'Unknown', hardwareExitReason: view.getBigUint64(RUN.hwExitReason, true) };
     case kvm.KVM_EXIT_INTERNAL_ERROR: {
       const n = Math.min(view.getUint32(RUN.internalNdata, true), 16);
-      return { kind: 'InternalError', suberror: view.getUint32(RUN.internalSuberror, true), data: u64s(view, RUN.internalData, n) };
+      return {
+        kind: 'InternalError',
+        suberror: view.getUint32(RUN.internalSuberror, true),
+        data: u64s(view, RUN.internalData, n),
+      };
     }
     case kvm.KVM_EXIT_SYSTEM_EVENT: {
       const n = Math.min(view.getUint32(RUN.systemEventNdata, true), 16); // ndata is a u32
-      return { kind: 'SystemEvent', type: view.getUint32(RUN.systemEventType, true), data: u64s(view, RUN.systemEventData, n) };
+      return {
+        kind: 'SystemEvent',
+        type: view.getUint32(RUN.systemEventType, true),
+        data: u64s(view, RUN.systemEventData, n),
+      };
     }
     case kvm.KVM_EXIT_IOAPIC_EOI:
       return { kind: 'IoapicEoi', vector: view.getUint8(RUN.eoiVector) };
     case kvm.KVM_EXIT_TPR_ACCESS:
-      return { kind: 'TprAccess', rip: view.getBigUint64(RUN.tprRip, true), isWrite: view.getUint32(RUN.tprIsWrite, true) };
+      return {
+        kind: 'TprAccess',
+        rip: view.getBigUint64(RUN.tprRip, true),
+        isWrite: view.getUint32(RUN.tprIsWrite, true),
+      };
     case kvm.KVM_EXIT_X86_RDMSR:
     case kvm.KVM_EXIT_X86_WRMSR: {
       const base = {
@@ -179,7 +336,10 @@ export function decodeExit(view: DataView, bytes: Uint8Array): VcpuExit {
         },
       };
       if (reason === kvm.KVM_EXIT_X86_WRMSR) {
-        return Object.defineProperties({ kind: 'X86Wrmsr', data: view.getBigUint64(RUN.msrData, true) }, Object.getOwnPropertyDescriptors(base)) as X86WrmsrExit;
+        return Object.defineProperties(
+          { kind: 'X86Wrmsr', data: view.getBigUint64(RUN.msrData, true) },
+          Object.getOwnPropertyDescriptors(base),
+        ) as X86WrmsrExit;
       }
       return Object.defineProperties(
         {

@@ -8,16 +8,62 @@ import { KvmError, errnoOf } from '../abi/errors';
 import { decodeStruct, dv, encodeStruct, structBytes, type StructDef } from '../abi/codec';
 import { ioctls, kvm } from '../abi/kvm-constants';
 import {
-  kvm_coalesced_mmio, kvm_coalesced_mmio_ring, kvm_debugregs, kvm_enable_cap, kvm_fpu, kvm_guest_debug,
-  kvm_lapic_state, kvm_mp_state, kvm_nested_state, kvm_one_reg, kvm_regs, kvm_sregs, kvm_sync_regs, kvm_translation, kvm_vcpu_events,
-  kvm_vmx_nested_state_data, kvm_xcrs, kvm_xsave,
-  type KvmCoalescedMmio, type KvmDebugregs, type KvmFpu, type KvmLapicState, type KvmMpState, type KvmNestedState,
-  type KvmRegs, type KvmSregs, type KvmSyncRegs, type KvmTranslation, type KvmVcpuEvents, type KvmXcrs, type KvmXsave,
+  kvm_coalesced_mmio,
+  kvm_coalesced_mmio_ring,
+  kvm_debugregs,
+  kvm_enable_cap,
+  kvm_fpu,
+  kvm_guest_debug,
+  kvm_lapic_state,
+  kvm_mp_state,
+  kvm_nested_state,
+  kvm_one_reg,
+  kvm_regs,
+  kvm_sregs,
+  kvm_sync_regs,
+  kvm_translation,
+  kvm_vcpu_events,
+  kvm_vmx_nested_state_data,
+  kvm_xcrs,
+  kvm_xsave,
+  type KvmCoalescedMmio,
+  type KvmDebugregs,
+  type KvmFpu,
+  type KvmLapicState,
+  type KvmMpState,
+  type KvmNestedState,
+  type KvmRegs,
+  type KvmSregs,
+  type KvmSyncRegs,
+  type KvmTranslation,
+  type KvmVcpuEvents,
+  type KvmXcrs,
+  type KvmXsave,
 } from '../abi/layouts';
-import { checkBytes, checkI32, checkInt, checkObject, checkU32, checkU64, invalidType, invalidValue, outOfRange } from '../abi/validate';
+import {
+  checkBytes,
+  checkI32,
+  checkInt,
+  checkObject,
+  checkU32,
+  checkU64,
+  invalidType,
+  invalidValue,
+  outOfRange,
+} from '../abi/validate';
 import type { IoctlArg, IoctlBackend } from '../backend/types';
 import { deviceAttrBytes, type DeviceAttr } from './device-attr';
-import { CpuId, famBuffer, famCount, KVM_MAX_CPUID_ENTRIES, KVM_MAX_REG_LIST_ENTRIES, Msrs, RegList, type CpuIdEntryInput, type MsrEntryInput } from './fam';
+import {
+  CpuId,
+  famBuffer,
+  famCount,
+  KVM_MAX_CPUID_ENTRIES,
+  KVM_MAX_REG_LIST_ENTRIES,
+  Msrs,
+  RegList,
+  type CpuIdEntryInput,
+  type MsrEntryInput,
+} from './fam';
 import { FdOwner } from './fd';
 import { KvmRunWrapper, RUN } from './kvm-run';
 import { decodeExit, memoryFault, type VcpuExit } from './vcpu-exit';
@@ -82,7 +128,11 @@ export class Xsave {
 
   /** The words after the legacy area (`kvm_xsave.extra`), a live view. */
   get extra(): Uint32Array {
-    return new Uint32Array(this.bytes.buffer, this.bytes.byteOffset + kvm_xsave.size, (this.bytes.length - kvm_xsave.size) / 4);
+    return new Uint32Array(
+      this.bytes.buffer,
+      this.bytes.byteOffset + kvm_xsave.size,
+      (this.bytes.length - kvm_xsave.size) / 4,
+    );
   }
 }
 
@@ -106,10 +156,10 @@ export class KvmNestedStateBuffer {
 
   /** `kvm_nested_state.size`: bytes of state (header included). */
   get size(): number {
-    return dv(this.bytes).getUint32(kvm_nested_state.fields.size!.offset, true);
+    return dv(this.bytes).getUint32(kvm_nested_state.fields.size.offset, true);
   }
   set size(v: number) {
-    dv(this.bytes).setUint32(kvm_nested_state.fields.size!.offset, checkU32('size', v), true);
+    dv(this.bytes).setUint32(kvm_nested_state.fields.size.offset, checkU32('size', v), true);
   }
 
   /** The decoded header (`flags`, `format`, `size`, `hdr`). */
@@ -190,7 +240,9 @@ export class VcpuFd extends FdOwner {
   protected override ioctl(request: number, arg?: IoctlArg): number {
     if (this.#owner !== undefined) {
       this.checkOpen();
-      const err = new Error(`${this.label} is running in ${this.#owner}; use the pipeline's ctx.vcpu, or stop the run first`);
+      const err = new Error(
+        `${this.label} is running in ${this.#owner}; use the pipeline's ctx.vcpu, or stop the run first`,
+      );
       (err as Error & { code: string }).code = 'ERR_KVM_VCPU_RUNNING';
       throw err;
     }
@@ -325,7 +377,10 @@ export class VcpuFd extends FdOwner {
   getCpuid2(maxEntries: number): CpuId {
     const n = checkInt('maxEntries', maxEntries, 0, Number.MAX_SAFE_INTEGER);
     if (n > KVM_MAX_CPUID_ENTRIES) {
-      throw new KvmError(errnoOf('ENOMEM'), 'ioctl', { request: 'KVM_GET_CPUID2', detail: `maxEntries ${n} > KVM_MAX_CPUID_ENTRIES (${KVM_MAX_CPUID_ENTRIES})` });
+      throw new KvmError(errnoOf('ENOMEM'), 'ioctl', {
+        request: 'KVM_GET_CPUID2',
+        detail: `maxEntries ${n} > KVM_MAX_CPUID_ENTRIES (${KVM_MAX_CPUID_ENTRIES})`,
+      });
     }
     const buf = famBuffer('CpuId', n);
     this.ioctl(ioctls.KVM_GET_CPUID2, buf);
@@ -777,7 +832,12 @@ export class VcpuFd extends FdOwner {
     this.checkOpen();
     if (this.#ring !== undefined) return;
     const size = this.backend.pageSize;
-    const address = this.backend.mmap(size, { shared: true, anonymous: false }, this.asRawFd(), kvm.KVM_COALESCED_MMIO_PAGE_OFFSET * size);
+    const address = this.backend.mmap(
+      size,
+      { shared: true, anonymous: false },
+      this.asRawFd(),
+      kvm.KVM_COALESCED_MMIO_PAGE_OFFSET * size,
+    );
     let buffer: ArrayBuffer;
     try {
       buffer = this.backend.view(address, size);
@@ -811,7 +871,9 @@ export class VcpuFd extends FdOwner {
     this.checkOpen();
     const ring = this.#ring;
     if (ring === undefined) {
-      throw new KvmError(errnoOf('EIO'), 'mmap', { detail: 'the coalesced MMIO ring is not mapped (call mapCoalescedMmioRing)' });
+      throw new KvmError(errnoOf('EIO'), 'mmap', {
+        detail: 'the coalesced MMIO ring is not mapped (call mapCoalescedMmioRing)',
+      });
     }
     const max = Math.floor((ring.size - kvm_coalesced_mmio_ring.size) / kvm_coalesced_mmio.size);
     const first = Atomics.load(ring.words, 0);
@@ -820,7 +882,11 @@ export class VcpuFd extends FdOwner {
     if (first >= max) {
       throw new KvmError(errnoOf('EIO'), 'mmap', { detail: `corrupt coalesced MMIO ring (first ${first})` });
     }
-    const entry = decodeStruct<KvmCoalescedMmio>(kvm_coalesced_mmio, ring.view, kvm_coalesced_mmio_ring.size + first * kvm_coalesced_mmio.size);
+    const entry = decodeStruct<KvmCoalescedMmio>(
+      kvm_coalesced_mmio,
+      ring.view,
+      kvm_coalesced_mmio_ring.size + first * kvm_coalesced_mmio.size,
+    );
     Atomics.store(ring.words, 0, (first + 1) % max);
     return entry;
   }
@@ -870,7 +936,8 @@ export class VcpuFd extends FdOwner {
     try {
       this.ioctl(ioctls.KVM_GET_REG_LIST, buf);
     } catch (e) {
-      if (e instanceof KvmError && e.code === 'E2BIG') list.capacity = Math.min(famCount('RegList', buf), KVM_MAX_REG_LIST_ENTRIES);
+      if (e instanceof KvmError && e.code === 'E2BIG')
+        list.capacity = Math.min(famCount('RegList', buf), KVM_MAX_REG_LIST_ENTRIES);
       throw e;
     }
     list.loadFrom(buf);
@@ -914,7 +981,10 @@ export class VcpuFd extends FdOwner {
     this.checkOpen();
     const size = regSize(v);
     if (data.length < size) {
-      throw new KvmError(errnoOf('EINVAL'), 'ioctl', { request, detail: `data has ${data.length} bytes, register 0x${v.toString(16)} needs ${size}` });
+      throw new KvmError(errnoOf('EINVAL'), 'ioctl', {
+        request,
+        detail: `data has ${data.length} bytes, register 0x${v.toString(16)} needs ${size}`,
+      });
     }
     return { size };
   }

@@ -12,11 +12,33 @@ import { checkInt, checkObject, checkU32, checkU64, invalidValue } from '../abi/
 // @section imports: x86 platform, interrupts and events, devices and memory
 import { kvm } from '../abi/kvm-constants';
 import {
-  kvm_clock_data, kvm_create_device, kvm_create_guest_memfd, kvm_enc_region, kvm_ioeventfd, kvm_irq_level,
-  kvm_irq_routing, kvm_irq_routing_entry, kvm_irqchip, kvm_irqfd, kvm_memory_attributes, kvm_msi, kvm_msr_filter,
-  kvm_pit_config, kvm_pit_state2, kvm_sev_cmd, kvm_userspace_memory_region2,
-  type KvmClockData, type KvmCreateDevice, type KvmEncRegion, type KvmIrqchip, type KvmMemoryAttributes, type KvmMsi,
-  type KvmMsrFilter, type KvmPitConfig, type KvmPitState2, type KvmSevCmd,
+  kvm_clock_data,
+  kvm_create_device,
+  kvm_create_guest_memfd,
+  kvm_enc_region,
+  kvm_ioeventfd,
+  kvm_irq_level,
+  kvm_irq_routing,
+  kvm_irq_routing_entry,
+  kvm_irqchip,
+  kvm_irqfd,
+  kvm_memory_attributes,
+  kvm_msi,
+  kvm_msr_filter,
+  kvm_pit_config,
+  kvm_pit_state2,
+  kvm_sev_cmd,
+  kvm_userspace_memory_region2,
+  type KvmClockData,
+  type KvmCreateDevice,
+  type KvmEncRegion,
+  type KvmIrqchip,
+  type KvmMemoryAttributes,
+  type KvmMsi,
+  type KvmMsrFilter,
+  type KvmPitConfig,
+  type KvmPitState2,
+  type KvmSevCmd,
 } from '../abi/layouts';
 import { checkBool, checkBytes, invalidType } from '../abi/validate';
 import { DeviceFd } from './device-fd';
@@ -24,8 +46,13 @@ import { EventFd } from './event-fd';
 import { GuestMemfd } from './guest-memfd';
 import { checkIoEventAddress, datamatchFields, type IoEventAddress, type IoEventDatamatch } from './io-event';
 import {
-  routingEntryBytes, type CreateDeviceInput, type IrqRoutingEntry, type IrqchipInput, type MsrFilterDefaultAction,
-  type MsrFilterRange, type UserMemoryRegion2,
+  routingEntryBytes,
+  type CreateDeviceInput,
+  type IrqRoutingEntry,
+  type IrqchipInput,
+  type MsrFilterDefaultAction,
+  type MsrFilterRange,
+  type UserMemoryRegion2,
 } from './vm-args';
 import type { IoctlBackend } from '../backend/types';
 import type { Cap } from './cap';
@@ -165,7 +192,11 @@ export class VmFd extends FdOwner {
   setUserMemoryRegion(region: UserMemoryRegion): void {
     const { slot, flags, gpa, size, hostAddr, mem, offset } = this.#checkRegion(region);
     const bytes = structBytes(kvm_userspace_memory_region, {
-      slot, flags, guestPhysAddr: gpa, memorySize: BigInt(size), userspaceAddr: hostAddr,
+      slot,
+      flags,
+      guestPhysAddr: gpa,
+      memorySize: BigInt(size),
+      userspaceAddr: hostAddr,
     });
     this.ioctl(ioctls.KVM_SET_USER_MEMORY_REGION, bytes);
     this.#recordSlot(slot, gpa, mem, offset, size);
@@ -186,8 +217,12 @@ export class VmFd extends FdOwner {
       if (size !== 0) invalidValue('region.memory', 'is required unless memorySize is 0');
     } else {
       if (!(mem instanceof GuestMemory)) invalidValue('region.memory', 'must be a GuestMemory', mem);
-      offset = region.memoryOffset === undefined ? 0 : checkInt('region.memoryOffset', region.memoryOffset, 0, mem.size);
-      size = region.memorySize === undefined ? mem.size - offset : checkInt('region.memorySize', region.memorySize, 0, mem.size - offset);
+      offset =
+        region.memoryOffset === undefined ? 0 : checkInt('region.memoryOffset', region.memoryOffset, 0, mem.size);
+      size =
+        region.memorySize === undefined
+          ? mem.size - offset
+          : checkInt('region.memorySize', region.memorySize, 0, mem.size - offset);
       if (mem.backend !== this.backend) invalidValue('region.memory', 'belongs to another backend');
       hostAddr = mem.hostAddress + BigInt(offset);
     }
@@ -216,7 +251,11 @@ export class VmFd extends FdOwner {
    */
   createVcpu(id: number | bigint): VcpuFd {
     const n = typeof id === 'bigint' ? checkU64('id', id) : BigInt(checkInt('id', id, 0, Number.MAX_SAFE_INTEGER));
-    if (n > 0xffff_ffffn) throw new KvmError(errnoOf('EINVAL'), 'ioctl', { request: 'KVM_CREATE_VCPU', detail: 'vCPU id does not fit in 32 bits' });
+    if (n > 0xffff_ffffn)
+      throw new KvmError(errnoOf('EINVAL'), 'ioctl', {
+        request: 'KVM_CREATE_VCPU',
+        detail: 'vCPU id does not fit in 32 bits',
+      });
     const fd = this.ioctl(ioctls.KVM_CREATE_VCPU, n);
     return this.#adoptVcpu(fd, Number(n));
   }
@@ -410,13 +449,21 @@ export class VmFd extends FdOwner {
       const tbl = io.redirtbl;
       member = {
         ioapic: Array.isArray(tbl)
-          ? { ...io, redirtbl: tbl.map((e: { bits?: unknown; fields?: unknown }) => (e !== null && typeof e === 'object' && e.bits !== undefined ? { bits: e.bits } : e)) }
+          ? {
+              ...io,
+              redirtbl: tbl.map((e: { bits?: unknown; fields?: unknown }) =>
+                e !== null && typeof e === 'object' && e.bits !== undefined ? { bits: e.bits } : e,
+              ),
+            }
           : io,
       };
     } else if (chip.dummy !== undefined) {
       member = { dummy: chip.dummy };
     } else {
-      invalidValue('irqchip.chip', `needs ${chipId === kvm.KVM_IRQCHIP_IOAPIC ? 'ioapic' : chipId <= 1 ? 'pic' : 'dummy'} for chip id ${chipId}`);
+      invalidValue(
+        'irqchip.chip',
+        `needs ${chipId === kvm.KVM_IRQCHIP_IOAPIC ? 'ioapic' : chipId <= 1 ? 'pic' : 'dummy'} for chip id ${chipId}`,
+      );
     }
     this.ioctl(ioctls.KVM_SET_IRQCHIP, structBytes(kvm_irqchip, { chipId, chip: member }, 'irqchip'));
   }
@@ -491,7 +538,10 @@ export class VmFd extends FdOwner {
     if (!Array.isArray(ranges)) invalidType('ranges', 'an array', ranges);
     const R = 'KVM_X86_SET_MSR_FILTER';
     if (ranges.length > kvm.KVM_MSR_FILTER_MAX_RANGES) {
-      throw new KvmError(errnoOf('EINVAL'), 'ioctl', { request: R, detail: `at most ${kvm.KVM_MSR_FILTER_MAX_RANGES} ranges` });
+      throw new KvmError(errnoOf('EINVAL'), 'ioctl', {
+        request: R,
+        detail: `at most ${kvm.KVM_MSR_FILTER_MAX_RANGES} ranges`,
+      });
     }
     const keep: Uint8Array[] = [];
     const raw = ranges.map((r: MsrFilterRange, i: number) => {
@@ -502,7 +552,10 @@ export class VmFd extends FdOwner {
       const count = checkU32(`${n}.msrCount`, r.msrCount);
       const bitmap = checkBytes(`${n}.bitmap`, r.bitmap);
       if (bitmap.length < Math.ceil(count / 8)) {
-        throw new KvmError(errnoOf('EINVAL'), 'ioctl', { request: R, detail: `${n}.bitmap is shorter than ceil(msrCount / 8) bytes` });
+        throw new KvmError(errnoOf('EINVAL'), 'ioctl', {
+          request: R,
+          detail: `${n}.bitmap is shorter than ceil(msrCount / 8) bytes`,
+        });
       }
       const copy = new Uint8Array(Math.max(8, Math.ceil(bitmap.length / 8) * 8));
       copy.set(bitmap);
@@ -558,7 +611,9 @@ export class VmFd extends FdOwner {
     const size = kvm_irq_routing.size + entries.length * kvm_irq_routing_entry.size;
     const buf = new Uint8Array(size);
     buf.set(structBytes(kvm_irq_routing, { nr: entries.length, flags: 0 }));
-    entries.forEach((e: IrqRoutingEntry, i: number) => buf.set(routingEntryBytes(e, `entries[${i}]`), kvm_irq_routing.size + i * kvm_irq_routing_entry.size));
+    entries.forEach((e: IrqRoutingEntry, i: number) =>
+      buf.set(routingEntryBytes(e, `entries[${i}]`), kvm_irq_routing.size + i * kvm_irq_routing_entry.size),
+    );
     this.ioctl(ioctls.KVM_SET_GSI_ROUTING, buf);
   }
 
@@ -570,7 +625,10 @@ export class VmFd extends FdOwner {
     if (a.kind === 'pio') flags |= kvm.KVM_IOEVENTFD_FLAG_PIO;
     if (len > 0) flags |= kvm.KVM_IOEVENTFD_FLAG_DATAMATCH;
     this.checkOpen();
-    this.ioctl(ioctls.KVM_IOEVENTFD, structBytes(kvm_ioeventfd, { datamatch: value, addr: a.addr, len, fd: evt, flags }));
+    this.ioctl(
+      ioctls.KVM_IOEVENTFD,
+      structBytes(kvm_ioeventfd, { datamatch: value, addr: a.addr, len, fd: evt, flags }),
+    );
   }
 
   #eventFd(name: string, fd: unknown): number {
@@ -707,10 +765,16 @@ export class VmFd extends FdOwner {
       if (g.backend !== this.backend) invalidValue('region.guestMemfd', 'belongs to another backend');
       gmemFd = g.asRawFd();
     }
-    const gmemOffset = region.guestMemfdOffset === undefined ? 0n : checkU64('region.guestMemfdOffset', region.guestMemfdOffset);
+    const gmemOffset =
+      region.guestMemfdOffset === undefined ? 0n : checkU64('region.guestMemfdOffset', region.guestMemfdOffset);
     const bytes = structBytes(kvm_userspace_memory_region2, {
-      slot, flags, guestPhysAddr: gpa, memorySize: BigInt(size), userspaceAddr: hostAddr,
-      guestMemfdOffset: gmemOffset, guestMemfd: gmemFd,
+      slot,
+      flags,
+      guestPhysAddr: gpa,
+      memorySize: BigInt(size),
+      userspaceAddr: hostAddr,
+      guestMemfdOffset: gmemOffset,
+      guestMemfd: gmemFd,
     });
     this.ioctl(ioctls.KVM_SET_USER_MEMORY_REGION2, bytes);
     this.#recordSlot(slot, gpa, mem, offset, size);

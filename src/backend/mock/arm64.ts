@@ -19,11 +19,29 @@
  * @module
  */
 import {
-  ARM64_CORE_OFFSETS, arm64CoreRegId, arm64Ioctls, arm64SysReg, KVM_ARM_TARGET_GENERIC_V8, KVM_ARM_VCPU_PMU_V3,
-  KVM_ARM_VCPU_PMU_V3_CTRL, KVM_ARM_VCPU_PSCI_0_2, KVM_ARM_VCPU_PVTIME_CTRL, KVM_ARM_VCPU_PVTIME_IPA, KVM_ARM_VCPU_SVE,
-  KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VM_SMCCC_CTRL, KVM_ARM_VM_SMCCC_FILTER, KVM_REG_ARCH_MASK, KVM_REG_ARM64,
-  KVM_REG_ARM_PSCI_VERSION, KVM_REG_SIZE_MASK, KVM_REG_SIZE_U128, KVM_REG_SIZE_U32, kvm_vcpu_init,
-  regSize, type KvmVcpuInit,
+  ARM64_CORE_OFFSETS,
+  arm64CoreRegId,
+  arm64Ioctls,
+  arm64SysReg,
+  KVM_ARM_TARGET_GENERIC_V8,
+  KVM_ARM_VCPU_PMU_V3,
+  KVM_ARM_VCPU_PMU_V3_CTRL,
+  KVM_ARM_VCPU_PSCI_0_2,
+  KVM_ARM_VCPU_PVTIME_CTRL,
+  KVM_ARM_VCPU_PVTIME_IPA,
+  KVM_ARM_VCPU_SVE,
+  KVM_ARM_VCPU_TIMER_CTRL,
+  KVM_ARM_VM_SMCCC_CTRL,
+  KVM_ARM_VM_SMCCC_FILTER,
+  KVM_REG_ARCH_MASK,
+  KVM_REG_ARM64,
+  KVM_REG_ARM_PSCI_VERSION,
+  KVM_REG_SIZE_MASK,
+  KVM_REG_SIZE_U128,
+  KVM_REG_SIZE_U32,
+  kvm_vcpu_init,
+  regSize,
+  type KvmVcpuInit,
 } from '../../abi/arm64';
 import { decodeStruct, dv, structBytes } from '../../abi/codec';
 import { ioctls, kvm } from '../../abi/kvm-constants';
@@ -107,7 +125,8 @@ function resetRegs(vcpu: MockVcpu, init: KvmVcpuInit): Map<bigint, Uint8Array> {
   regs.set(arm64CoreRegId(ARM64_CORE_OFFSETS.spEl1), u64(0n));
   regs.set(arm64CoreRegId(ARM64_CORE_OFFSETS.elrEl1), u64(0n));
   for (let i = 0; i < 5; i++) regs.set(arm64CoreRegId(ARM64_CORE_OFFSETS.spsr + 8 * i), u64(0n));
-  for (let i = 0; i < 32; i++) regs.set(arm64CoreRegId(ARM64_CORE_OFFSETS.vregs + 16 * i, KVM_REG_SIZE_U128), new Uint8Array(16));
+  for (let i = 0; i < 32; i++)
+    regs.set(arm64CoreRegId(ARM64_CORE_OFFSETS.vregs + 16 * i, KVM_REG_SIZE_U128), new Uint8Array(16));
   regs.set(arm64CoreRegId(ARM64_CORE_OFFSETS.fpsr, KVM_REG_SIZE_U32), new Uint8Array(4));
   regs.set(arm64CoreRegId(ARM64_CORE_OFFSETS.fpcr, KVM_REG_SIZE_U32), new Uint8Array(4));
   regs.set(arm64SysReg(3, 0, 0, 0, 5), u64(0x8000_0000n | BigInt(vcpu.id))); // MPIDR_EL1
@@ -154,7 +173,8 @@ export const arm64SystemIoctls: Record<number, MockIoctl<SystemFile>> = {
     const limit = ctx.config.caps[kvm.KVM_CAP_ARM_VM_IPA_SIZE] ?? 0;
     if (type & ~BigInt(kvm.KVM_VM_TYPE_ARM_IPA_SIZE_MASK)) fail('EINVAL', 'KVM_CREATE_VM', 'unknown type bits');
     const ipa = Number(type) || DEFAULT_IPA;
-    if (type !== 0n && (ipa < 32 || ipa > limit)) fail('EINVAL', 'KVM_CREATE_VM', `IPA size ${ipa} outside 32..${limit}`);
+    if (type !== 0n && (ipa < 32 || ipa > limit))
+      fail('EINVAL', 'KVM_CREATE_VM', `IPA size ${ipa} outside 32..${limit}`);
     const vm: MockVm = { fd: -1, type, slots: new Map(), vcpus: new Map(), extra: new Map([['arm64.ipa', ipa]]) };
     vm.fd = ctx.install({ kind: 'vm', vm });
     return vm.fd;
@@ -169,7 +189,8 @@ export const arm64VmIoctls: Record<number, MockIoctl<VmFile>> = {
   },
   [ioctls.KVM_HAS_DEVICE_ATTR]: (ctx, _f, arg) => {
     const a = attrOf(ctx, arg, 'KVM_HAS_DEVICE_ATTR');
-    if (a.group !== KVM_ARM_VM_SMCCC_CTRL || a.attr !== BigInt(KVM_ARM_VM_SMCCC_FILTER)) fail('ENXIO', 'KVM_HAS_DEVICE_ATTR');
+    if (a.group !== KVM_ARM_VM_SMCCC_CTRL || a.attr !== BigInt(KVM_ARM_VM_SMCCC_FILTER))
+      fail('ENXIO', 'KVM_HAS_DEVICE_ATTR');
     return 0;
   },
   [ioctls.KVM_SET_DEVICE_ATTR]: (ctx, { vm }, arg) => {
@@ -193,10 +214,14 @@ export const arm64VmIoctls: Record<number, MockIoctl<VmFile>> = {
 
 function vcpuAttrKnown(init: KvmVcpuInit | undefined, a: KvmDeviceAttr): boolean {
   switch (a.group) {
-    case KVM_ARM_VCPU_PMU_V3_CTRL: return hasFeature(init, KVM_ARM_VCPU_PMU_V3) && a.attr <= 3n;
-    case KVM_ARM_VCPU_TIMER_CTRL: return a.attr <= 1n;
-    case KVM_ARM_VCPU_PVTIME_CTRL: return a.attr === BigInt(KVM_ARM_VCPU_PVTIME_IPA);
-    default: return false;
+    case KVM_ARM_VCPU_PMU_V3_CTRL:
+      return hasFeature(init, KVM_ARM_VCPU_PMU_V3) && a.attr <= 3n;
+    case KVM_ARM_VCPU_TIMER_CTRL:
+      return a.attr <= 1n;
+    case KVM_ARM_VCPU_PVTIME_CTRL:
+      return a.attr === BigInt(KVM_ARM_VCPU_PVTIME_IPA);
+    default:
+      return false;
   }
 }
 
@@ -205,9 +230,11 @@ export const arm64VcpuIoctls: Record<number, MockIoctl<VcpuFile>> = {
     const R = 'KVM_ARM_VCPU_INIT';
     const init = decodeStruct<KvmVcpuInit>(kvm_vcpu_init, dv(ctx.bytes(arg, R, kvm_vcpu_init.size)));
     if (init.target !== KVM_ARM_TARGET_GENERIC_V8) fail('EINVAL', R, 'unknown target');
-    if (init.features[0]! & ~supportedFeatures(ctx) || init.features.slice(1).some((w) => w !== 0)) fail('EINVAL', R, 'unsupported feature');
+    if (init.features[0] & ~supportedFeatures(ctx) || init.features.slice(1).some((w) => w !== 0))
+      fail('EINVAL', R, 'unsupported feature');
     const a = arm(vcpu);
-    if (a.init && a.init.features.some((w, i) => w !== init.features[i])) fail('EINVAL', R, 'features differ from the first init');
+    if (a.init && a.init.features.some((w, i) => w !== init.features[i]))
+      fail('EINVAL', R, 'features differ from the first init');
     a.init = init;
     a.regs = resetRegs(vcpu, init);
     return 0;
@@ -280,7 +307,7 @@ export const arm64VcpuIoctls: Record<number, MockIoctl<VcpuFile>> = {
 
 /** The arm64 handler tables by file kind (looked up before the generic ones when arch is aarch64). */
 export const ARM64_TABLES: Partial<Record<MockFile['kind'], Record<number, MockIoctl<never>>>> = {
-  system: arm64SystemIoctls as Record<number, MockIoctl<never>>,
-  vm: arm64VmIoctls as Record<number, MockIoctl<never>>,
-  vcpu: arm64VcpuIoctls as Record<number, MockIoctl<never>>,
+  system: arm64SystemIoctls,
+  vm: arm64VmIoctls,
+  vcpu: arm64VcpuIoctls,
 };

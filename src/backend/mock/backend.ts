@@ -19,7 +19,16 @@ import { HOST_CAPS } from './caps';
 import { deviceIoctls } from './device';
 import { eventfdRead, eventfdWrite } from './eventfd';
 import { fail } from './state';
-import type { MockContext, MockFile, MockIoctl, MockKernelConfig, MockMapping, MockVcpu, MockVm, ScriptedExit } from './state';
+import type {
+  MockContext,
+  MockFile,
+  MockIoctl,
+  MockKernelConfig,
+  MockMapping,
+  MockVcpu,
+  MockVm,
+  ScriptedExit,
+} from './state';
 import { systemIoctls } from './system';
 import { vcpuIoctls } from './vcpu';
 import { coalescedRing, vmIoctls } from './vm';
@@ -63,7 +72,7 @@ export class MockVcpuHandle {
   get state(): MockVcpu | undefined {
     const vms = this.#backend.vms;
     for (let i = vms.length - 1; i >= 0; i--) {
-      const v = vms[i]!.vcpus.get(this.id);
+      const v = vms[i].vcpus.get(this.id);
       if (v) return v;
     }
     return undefined;
@@ -246,7 +255,15 @@ export class MockBackend implements IoctlBackend {
     const f = this.#files.get(fd);
     if (!f) return fail('EBADF', name);
     const table: Record<number, MockIoctl<never>> | undefined =
-      f.kind === 'system' ? systemIoctls : f.kind === 'vm' ? vmIoctls : f.kind === 'vcpu' ? vcpuIoctls : f.kind === 'device' ? deviceIoctls : undefined;
+      f.kind === 'system'
+        ? systemIoctls
+        : f.kind === 'vm'
+          ? vmIoctls
+          : f.kind === 'vcpu'
+            ? vcpuIoctls
+            : f.kind === 'device'
+              ? deviceIoctls
+              : undefined;
     const archTable = this.config.arch === 'aarch64' ? ARM64_TABLES[f.kind] : undefined;
     const handler = (archTable?.[request] ?? table?.[request]) as MockIoctl | undefined;
     if (!handler) return fail('ENOTTY', name);
@@ -355,7 +372,6 @@ export class MockBackend implements IoctlBackend {
     this.kicks.push({ thread, runAddress });
   }
 }
-
 
 /** Capabilities the mock reports by default: those of this project's PVM host (x86_64), or typical arm64 ones. */
 function defaultCaps(arch: 'x86_64' | 'aarch64'): Record<number, number> {

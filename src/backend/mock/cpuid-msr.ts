@@ -15,7 +15,14 @@
  */
 import { decodeStruct, dv, encodeStruct, offsetOf } from '../../abi/codec';
 import { ioctls } from '../../abi/kvm-constants';
-import { kvm_cpuid2, kvm_cpuid_entry2, kvm_msr_entry, kvm_msr_list, kvm_msrs, type KvmCpuidEntry2 } from '../../abi/layouts';
+import {
+  kvm_cpuid2,
+  kvm_cpuid_entry2,
+  kvm_msr_entry,
+  kvm_msr_list,
+  kvm_msrs,
+  type KvmCpuidEntry2,
+} from '../../abi/layouts';
 import { EMULATED_CPUID, FEATURE_MSRS, MSR_INDEX_LIST, SUPPORTED_CPUID } from './cpuid-data';
 import { fail, type MockContext, type MockFile, type MockIoctl, type MockVcpu } from './state';
 
@@ -40,7 +47,8 @@ function readCpuid(ctx: MockContext, arg: unknown, request: string): { bytes: Ui
 }
 
 function writeCpuid(ctx: MockContext, bytes: Uint8Array, request: string, leaves: readonly KvmCpuidEntry2[]): void {
-  if (bytes.length < CPUID_ENTRIES + leaves.length * kvm_cpuid_entry2.size) fail('EFAULT', request, 'entries buffer too small');
+  if (bytes.length < CPUID_ENTRIES + leaves.length * kvm_cpuid_entry2.size)
+    fail('EFAULT', request, 'entries buffer too small');
   const view = dv(bytes);
   leaves.forEach((e, i) => encodeStruct(kvm_cpuid_entry2, e, view, CPUID_ENTRIES + i * kvm_cpuid_entry2.size));
   view.setUint32(0, leaves.length, true);
@@ -69,7 +77,12 @@ function msrList(list: readonly number[], request: string): MockIoctl<SystemFile
 }
 
 /** The `__msr_io` loop: E2BIG for too many, then `fn` per entry until it returns false. */
-function msrIo(ctx: MockContext, arg: unknown, request: string, fn: (index: number, view: DataView, at: number) => boolean): number {
+function msrIo(
+  ctx: MockContext,
+  arg: unknown,
+  request: string,
+  fn: (index: number, view: DataView, at: number) => boolean,
+): number {
   const head = ctx.bytes(arg as never, request, MSRS_ENTRIES);
   const view = dv(head);
   const n = view.getUint32(0, true);
@@ -122,7 +135,8 @@ export const cpuidMsrVcpuIoctls: Record<number, MockIoctl<VcpuFile>> = {
     if (nent > KVM_MAX_CPUID_ENTRIES) fail('E2BIG', R);
     if (bytes.length < CPUID_ENTRIES + nent * kvm_cpuid_entry2.size) fail('EFAULT', R);
     const leaves: KvmCpuidEntry2[] = [];
-    for (let i = 0; i < nent; i++) leaves.push(decodeStruct<KvmCpuidEntry2>(kvm_cpuid_entry2, dv(bytes), CPUID_ENTRIES + i * kvm_cpuid_entry2.size));
+    for (let i = 0; i < nent; i++)
+      leaves.push(decodeStruct<KvmCpuidEntry2>(kvm_cpuid_entry2, dv(bytes), CPUID_ENTRIES + i * kvm_cpuid_entry2.size));
     const old = (vcpu.extra.get('cpuid') as KvmCpuidEntry2[] | undefined) ?? [];
     if (vcpu.runs > 0 && !sameLeaves(old, leaves)) fail('EINVAL', R, 'CPUID changed after KVM_RUN');
     vcpu.extra.set('cpuid', leaves);

@@ -41,6 +41,9 @@ function deviceAttr(ctx: MockContext, arg: IoctlArg, request: string): KvmDevice
 
 /** KVM_DEV_VFIO_FILE (= GROUP) with ADD or DEL: the only attributes of the x86 VFIO device. */
 function vfioAttr(f: DeviceFile, a: KvmDeviceAttr): boolean {
-  return f.type === kvm.KVM_DEV_TYPE_VFIO && a.group === kvm.KVM_DEV_VFIO_GROUP &&
-    (a.attr === BigInt(kvm.KVM_DEV_VFIO_GROUP_ADD) || a.attr === BigInt(kvm.KVM_DEV_VFIO_GROUP_DEL));
+  return (
+    f.type === kvm.KVM_DEV_TYPE_VFIO &&
+    a.group === kvm.KVM_DEV_VFIO_GROUP &&
+    (a.attr === BigInt(kvm.KVM_DEV_VFIO_GROUP_ADD) || a.attr === BigInt(kvm.KVM_DEV_VFIO_GROUP_DEL))
+  );
 }

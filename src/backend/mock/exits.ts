@@ -14,7 +14,13 @@ import type { MockVcpu, ScriptedExit } from './state';
 
 const O = (p: string) => offsetOf(kvm_run, p);
 const EXIT_REASON = O('exit_reason');
-const IO = { direction: O('io.direction'), size: O('io.size'), port: O('io.port'), count: O('io.count'), dataOffset: O('io.data_offset') };
+const IO = {
+  direction: O('io.direction'),
+  size: O('io.size'),
+  port: O('io.port'),
+  count: O('io.count'),
+  dataOffset: O('io.data_offset'),
+};
 const MMIO = { physAddr: O('mmio.phys_addr'), data: O('mmio.data'), len: O('mmio.len'), isWrite: O('mmio.is_write') };
 /** Where the mock puts PIO data: the second page of the mapping, as the kernel does. */
 export const PIO_DATA_OFFSET = 4096;
@@ -36,7 +42,12 @@ export interface ExitOptions {
 }
 
 /** The guest wrote `data` to `port` (`size` bytes per access; `count = data.length / size`). */
-export function ioOut(port: number, data: string | Uint8Array | number[], size = 1, opts: ExitOptions = {}): ScriptedExit {
+export function ioOut(
+  port: number,
+  data: string | Uint8Array | number[],
+  size = 1,
+  opts: ExitOptions = {},
+): ScriptedExit {
   const d = toBytes(data);
   return {
     label: `IoOut(0x${port.toString(16)})`,
@@ -75,7 +86,7 @@ export function ioIn(port: number, size = 1, count = 1, opts: ExitOptions = {}):
       if (count !== 1) return;
       const regs = regsOf(vcpu);
       let v = 0n;
-      for (let i = size - 1; i >= 0; i--) v = (v << 8n) | BigInt(bytes[PIO_DATA_OFFSET + i]!);
+      for (let i = size - 1; i >= 0; i--) v = (v << 8n) | BigInt(bytes[PIO_DATA_OFFSET + i]);
       const mask = (1n << BigInt(8 * size)) - 1n;
       regs.rax = size === 4 ? v : (regs.rax & ~mask) | v;
       setRegsOf(vcpu, regs);

@@ -13,11 +13,16 @@ type SystemFile = Extract<MockFile, { kind: 'system' }>;
 export function checkExtension(ctx: MockContext, cap: bigint): number {
   const c = ctx.config;
   switch (Number(cap)) {
-    case kvm.KVM_CAP_NR_VCPUS: return c.nrVcpus;
-    case kvm.KVM_CAP_MAX_VCPUS: return c.maxVcpus;
-    case kvm.KVM_CAP_MAX_VCPU_ID: return c.maxVcpuId;
-    case kvm.KVM_CAP_NR_MEMSLOTS: return c.nrMemslots;
-    default: return cap > 0xffff_ffffn ? 0 : (c.caps[Number(cap)] ?? 0);
+    case kvm.KVM_CAP_NR_VCPUS:
+      return c.nrVcpus;
+    case kvm.KVM_CAP_MAX_VCPUS:
+      return c.maxVcpus;
+    case kvm.KVM_CAP_MAX_VCPU_ID:
+      return c.maxVcpuId;
+    case kvm.KVM_CAP_NR_MEMSLOTS:
+      return c.nrMemslots;
+    default:
+      return cap > 0xffff_ffffn ? 0 : (c.caps[Number(cap)] ?? 0);
   }
 }
 

@@ -6,9 +6,28 @@
 import { decodeStruct, dv, encodeStruct, offsetOf, structBytes } from '../../abi/codec';
 import { ioctls, kvm } from '../../abi/kvm-constants';
 import {
-  kvm_debugregs, kvm_enable_cap, kvm_fpu, kvm_guest_debug, kvm_lapic_state, kvm_mp_state, kvm_regs, kvm_run, kvm_sregs,
-  kvm_sync_regs, kvm_translation, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
-  type KvmDebugregs, type KvmEnableCap, type KvmMpState, type KvmSregs, type KvmTranslation, type KvmVcpuEvents, type KvmXcrs, type StructDefName,
+  kvm_debugregs,
+  kvm_enable_cap,
+  kvm_fpu,
+  kvm_guest_debug,
+  kvm_lapic_state,
+  kvm_mp_state,
+  kvm_regs,
+  kvm_run,
+  kvm_sregs,
+  kvm_sync_regs,
+  kvm_translation,
+  kvm_vcpu_events,
+  kvm_xcrs,
+  kvm_xsave,
+  type KvmDebugregs,
+  type KvmEnableCap,
+  type KvmMpState,
+  type KvmSregs,
+  type KvmTranslation,
+  type KvmVcpuEvents,
+  type KvmXcrs,
+  type StructDefName,
 } from '../../abi/layouts';
 import { argInt, fail, type MockContext, type MockFile, type MockIoctl, type MockVcpu } from './state';
 import { coalesceExit, guestWrite, hasIrqchip } from './vm';
@@ -19,7 +38,12 @@ type VcpuFile = Extract<MockFile, { kind: 'vcpu' }>;
 const IMMEDIATE_EXIT = offsetOf(kvm_run, 'immediate_exit');
 
 /** A getter and a setter that copy a struct between the argument and `vcpu.state`. */
-export function stateIoctls(name: StructDefName, size: number, get: number, set: number): Record<number, MockIoctl<VcpuFile>> {
+export function stateIoctls(
+  name: StructDefName,
+  size: number,
+  get: number,
+  set: number,
+): Record<number, MockIoctl<VcpuFile>> {
   return {
     [get]: (ctx, { vcpu }, arg) => {
       const out = ctx.bytes(arg, requestOf(get), size);
@@ -86,20 +110,35 @@ function x86State(vcpu: MockVcpu, name: StructDefName): Uint8Array {
   let b = vcpu.state.get(name);
   if (b !== undefined) return b;
   switch (name) {
-    case 'kvm_fpu': b = structBytes(kvm_fpu, { fcw: 0x37f }); break;
+    case 'kvm_fpu':
+      b = structBytes(kvm_fpu, { fcw: 0x37f });
+      break;
     case 'kvm_xsave': {
-      b = new Uint8Array(Math.max(kvm_xsave.size, vcpu.vm.extra.get('xsave2Size') as number | undefined ?? kvm_xsave.size));
+      b = new Uint8Array(
+        Math.max(kvm_xsave.size, (vcpu.vm.extra.get('xsave2Size') as number | undefined) ?? kvm_xsave.size),
+      );
       const w = new Uint32Array(b.buffer);
-      w[0] = 0x37f; w[6] = 0x1f80; w[7] = 0x2ffff; w[116] = 0xe7;
+      w[0] = 0x37f;
+      w[6] = 0x1f80;
+      w[7] = 0x2ffff;
+      w[116] = 0xe7;
       break;
     }
-    case 'kvm_xcrs': b = structBytes(kvm_xcrs, { nrXcrs: 1, xcrs: [{ xcr: 0, value: 1n }] }); break;
-    case 'kvm_debugregs': b = structBytes(kvm_debugregs, { dr6: 0xffff0ff0n, dr7: 0x400n }); break;
+    case 'kvm_xcrs':
+      b = structBytes(kvm_xcrs, { nrXcrs: 1, xcrs: [{ xcr: 0, value: 1n }] });
+      break;
+    case 'kvm_debugregs':
+      b = structBytes(kvm_debugregs, { dr6: 0xffff0ff0n, dr7: 0x400n });
+      break;
     case 'kvm_vcpu_events':
-      b = structBytes(kvm_vcpu_events, { flags: kvm.KVM_VCPUEVENT_VALID_NMI_PENDING | kvm.KVM_VCPUEVENT_VALID_SHADOW | kvm.KVM_VCPUEVENT_VALID_SMM });
+      b = structBytes(kvm_vcpu_events, {
+        flags: kvm.KVM_VCPUEVENT_VALID_NMI_PENDING | kvm.KVM_VCPUEVENT_VALID_SHADOW | kvm.KVM_VCPUEVENT_VALID_SMM,
+      });
       break;
     case 'kvm_mp_state':
-      b = structBytes(kvm_mp_state, { mpState: vcpu.id !== 0 && hasIrqchip(vcpu.vm) ? kvm.KVM_MP_STATE_UNINITIALIZED : kvm.KVM_MP_STATE_RUNNABLE });
+      b = structBytes(kvm_mp_state, {
+        mpState: vcpu.id !== 0 && hasIrqchip(vcpu.vm) ? kvm.KVM_MP_STATE_UNINITIALIZED : kvm.KVM_MP_STATE_RUNNABLE,
+      });
       break;
     case 'kvm_lapic_state': {
       b = new Uint8Array(kvm_lapic_state.size);
@@ -112,13 +151,19 @@ function x86State(vcpu: MockVcpu, name: StructDefName): Uint8Array {
       if (vcpu.id === 0) d.setUint32(0x350, 0x700, true); // LINT0: ExtINT on the BSP
       break;
     }
-    default: b = new Uint8Array(0);
+    default:
+      b = new Uint8Array(0);
   }
   vcpu.state.set(name, b);
   return b;
 }
 
-function getter(name: StructDefName, size: number, request: string, check?: (vcpu: MockVcpu) => void): MockIoctl<VcpuFile> {
+function getter(
+  name: StructDefName,
+  size: number,
+  request: string,
+  check?: (vcpu: MockVcpu) => void,
+): MockIoctl<VcpuFile> {
   return (ctx, { vcpu }, arg) => {
     check?.(vcpu);
     const out = ctx.bytes(arg, request, size);
@@ -127,7 +172,12 @@ function getter(name: StructDefName, size: number, request: string, check?: (vcp
   };
 }
 
-function setter(name: StructDefName, size: number, request: string, check?: (vcpu: MockVcpu, input: Uint8Array) => void): MockIoctl<VcpuFile> {
+function setter(
+  name: StructDefName,
+  size: number,
+  request: string,
+  check?: (vcpu: MockVcpu, input: Uint8Array) => void,
+): MockIoctl<VcpuFile> {
   return (ctx, { vcpu }, arg) => {
     const input = ctx.bytes(arg, request, size);
     check?.(vcpu, input);
@@ -151,16 +201,27 @@ function x86StateIoctls(): Record<number, MockIoctl<VcpuFile>> {
       const out = ctx.bytes(arg, 'KVM_GET_FPU', kvm_fpu.size);
       out.set(x86State(vcpu, 'kvm_fpu'));
       // This host never reports MXCSR through KVM_GET_FPU (the guest has no SSE in its CPUID/XCR0).
-      dv(out).setUint32(kvm_fpu.fields.mxcsr!.offset, 0, true);
+      dv(out).setUint32(kvm_fpu.fields.mxcsr.offset, 0, true);
       return 0;
     },
     [ioctls.KVM_SET_FPU]: setter('kvm_fpu', kvm_fpu.size, 'KVM_SET_FPU'),
-    [ioctls.KVM_GET_LAPIC]: getter('kvm_lapic_state', kvm_lapic_state.size, 'KVM_GET_LAPIC', needIrqchip('KVM_GET_LAPIC')),
-    [ioctls.KVM_SET_LAPIC]: setter('kvm_lapic_state', kvm_lapic_state.size, 'KVM_SET_LAPIC', needIrqchip('KVM_SET_LAPIC')),
+    [ioctls.KVM_GET_LAPIC]: getter(
+      'kvm_lapic_state',
+      kvm_lapic_state.size,
+      'KVM_GET_LAPIC',
+      needIrqchip('KVM_GET_LAPIC'),
+    ),
+    [ioctls.KVM_SET_LAPIC]: setter(
+      'kvm_lapic_state',
+      kvm_lapic_state.size,
+      'KVM_SET_LAPIC',
+      needIrqchip('KVM_SET_LAPIC'),
+    ),
     [ioctls.KVM_GET_MP_STATE]: getter('kvm_mp_state', kvm_mp_state.size, 'KVM_GET_MP_STATE'),
     [ioctls.KVM_SET_MP_STATE]: setter('kvm_mp_state', kvm_mp_state.size, 'KVM_SET_MP_STATE', (vcpu, input) => {
       const { mpState } = decodeStruct<KvmMpState>(kvm_mp_state, dv(input));
-      if (!hasIrqchip(vcpu.vm) && mpState !== kvm.KVM_MP_STATE_RUNNABLE) fail('EINVAL', 'KVM_SET_MP_STATE', 'needs the in-kernel LAPIC');
+      if (!hasIrqchip(vcpu.vm) && mpState !== kvm.KVM_MP_STATE_RUNNABLE)
+        fail('EINVAL', 'KVM_SET_MP_STATE', 'needs the in-kernel LAPIC');
       if (mpState > kvm.KVM_MP_STATE_SIPI_RECEIVED) fail('EINVAL', 'KVM_SET_MP_STATE');
     }),
     [ioctls.KVM_GET_XSAVE]: getter('kvm_xsave', kvm_xsave.size, 'KVM_GET_XSAVE'),
@@ -216,7 +277,10 @@ function x86StateIoctls(): Record<number, MockIoctl<VcpuFile>> {
       return 0;
     },
     [ioctls.KVM_SET_GUEST_DEBUG]: (ctx, { vcpu }, arg) => {
-      vcpu.extra.set('guestDebug', ctx.bytes(arg, 'KVM_SET_GUEST_DEBUG', kvm_guest_debug.size).slice(0, kvm_guest_debug.size));
+      vcpu.extra.set(
+        'guestDebug',
+        ctx.bytes(arg, 'KVM_SET_GUEST_DEBUG', kvm_guest_debug.size).slice(0, kvm_guest_debug.size),
+      );
       return 0;
     },
     // The guest has not enabled kvmclock (no MSR write), so the kernel refuses.
@@ -238,17 +302,21 @@ function x86StateIoctls(): Record<number, MockIoctl<VcpuFile>> {
       const INVALID = 0xffff_ffff_ffff_ffffn;
       // Paging off: identity (the mock does not walk page tables: with paging on nothing is valid).
       const gpa = sregs.cr0 & 0x8000_0000n ? INVALID : t.linearAddress;
-      encodeStruct(kvm_translation, { physicalAddress: gpa, valid: gpa !== INVALID ? 1 : 0, writeable: 1, usermode: 0 }, dv(buf));
+      encodeStruct(
+        kvm_translation,
+        { physicalAddress: gpa, valid: gpa !== INVALID ? 1 : 0, writeable: 1, usermode: 0 },
+        dv(buf),
+      );
       return 0;
     },
     [ioctls.KVM_SMI]: (ctx, { vcpu }) => {
       if (!ctx.config.caps[kvm.KVM_CAP_X86_SMM]) fail('ENOTTY', 'KVM_SMI');
       const st = x86State(vcpu, 'kvm_vcpu_events');
-      st[kvm_vcpu_events.fields.smi!.offset + 1] = 1;
+      st[kvm_vcpu_events.fields.smi.offset + 1] = 1;
       return 0;
     },
     [ioctls.KVM_NMI]: (_ctx, { vcpu }) => {
-      x86State(vcpu, 'kvm_vcpu_events')[kvm_vcpu_events.fields.nmi!.offset + 1] = 1; // nmi.pending
+      x86State(vcpu, 'kvm_vcpu_events')[kvm_vcpu_events.fields.nmi.offset + 1] = 1; // nmi.pending
       return 0;
     },
     [ioctls.KVM_GET_NESTED_STATE]: (ctx) => {
@@ -294,10 +362,11 @@ function stateFor(vcpu: MockVcpu, name: StructDefName): Uint8Array {
 function syncRegsIn(vcpu: MockVcpu, view: DataView): void {
   const valid = view.getBigUint64(RUN_VALID_REGS, true);
   let dirty = view.getBigUint64(RUN_DIRTY_REGS, true);
-  if (valid & ~BigInt(SYNC_VALID) || dirty & ~BigInt(SYNC_VALID)) fail('EINVAL', 'KVM_RUN', 'unknown kvm_valid_regs/kvm_dirty_regs bits');
+  if (valid & ~BigInt(SYNC_VALID) || dirty & ~BigInt(SYNC_VALID))
+    fail('EINVAL', 'KVM_RUN', 'unknown kvm_valid_regs/kvm_dirty_regs bits');
   for (const [bit, field, name] of SYNC_PARTS) {
     if (!(dirty & BigInt(bit))) continue;
-    const f = kvm_sync_regs.fields[field]!;
+    const f = kvm_sync_regs.fields[field];
     stateFor(vcpu, name).set(new Uint8Array(view.buffer, RUN_SYNC + f.offset, f.size));
     dirty &= ~BigInt(bit);
   }
@@ -310,7 +379,7 @@ function syncRegsOut(vcpu: MockVcpu, view: DataView): void {
   if (valid & ~BigInt(SYNC_VALID)) return;
   for (const [bit, field, name] of SYNC_PARTS) {
     if (!(valid & BigInt(bit))) continue;
-    const f = kvm_sync_regs.fields[field]!;
+    const f = kvm_sync_regs.fields[field];
     new Uint8Array(view.buffer, RUN_SYNC + f.offset, f.size).set(stateFor(vcpu, name).subarray(0, f.size));
   }
 }

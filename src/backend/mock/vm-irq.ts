@@ -9,11 +9,31 @@ import { decodeStruct, dv, offsetOf, structBytes } from '../../abi/codec';
 import { KvmError } from '../../abi/errors';
 import { ioctls, kvm } from '../../abi/kvm-constants';
 import {
-  kvm_clock_data, kvm_create_device, kvm_create_guest_memfd, kvm_ioeventfd, kvm_irq_level, kvm_irq_routing,
-  kvm_irq_routing_entry, kvm_irqchip, kvm_irqfd, kvm_memory_attributes, kvm_msi, kvm_msr_filter, kvm_pit_state2,
-  kvm_userspace_memory_region, kvm_userspace_memory_region2,
-  type KvmClockData, type KvmCreateDevice, type KvmCreateGuestMemfd, type KvmIoeventfd, type KvmIrqLevel,
-  type KvmIrqRoutingEntry, type KvmIrqfd, type KvmMemoryAttributes, type KvmMsi, type KvmMsrFilter,
+  kvm_clock_data,
+  kvm_create_device,
+  kvm_create_guest_memfd,
+  kvm_ioeventfd,
+  kvm_irq_level,
+  kvm_irq_routing,
+  kvm_irq_routing_entry,
+  kvm_irqchip,
+  kvm_irqfd,
+  kvm_memory_attributes,
+  kvm_msi,
+  kvm_msr_filter,
+  kvm_pit_state2,
+  kvm_userspace_memory_region,
+  kvm_userspace_memory_region2,
+  type KvmClockData,
+  type KvmCreateDevice,
+  type KvmCreateGuestMemfd,
+  type KvmIoeventfd,
+  type KvmIrqLevel,
+  type KvmIrqRoutingEntry,
+  type KvmIrqfd,
+  type KvmMemoryAttributes,
+  type KvmMsi,
+  type KvmMsrFilter,
   type KvmUserspaceMemoryRegion2,
 } from '../../abi/layouts';
 import type { IoctlArg } from '../types';
@@ -24,9 +44,23 @@ type VmFile = Extract<MockFile, { kind: 'vm' }>;
 type EventFdFile = Extract<MockFile, { kind: 'eventfd' }>;
 
 /** What the mock keeps in `vm.extra` for these ioctls (keys below). */
-interface Irqchip { chips: Uint8Array[]; lines: Map<number, boolean> }
-interface Irqfd { evt: EventFdFile; gsi: number; resample?: EventFdFile }
-interface Ioevent { evt: EventFdFile; pio: boolean; addr: bigint; len: number; wildcard: boolean; datamatch: bigint }
+interface Irqchip {
+  chips: Uint8Array[];
+  lines: Map<number, boolean>;
+}
+interface Irqfd {
+  evt: EventFdFile;
+  gsi: number;
+  resample?: EventFdFile;
+}
+interface Ioevent {
+  evt: EventFdFile;
+  pio: boolean;
+  addr: bigint;
+  len: number;
+  wildcard: boolean;
+  datamatch: bigint;
+}
 
 const MAX_IRQ_ROUTES = 4096;
 
@@ -52,9 +86,9 @@ function eventfdOf(ctx: MockContext, fd: number, request: string): EventFdFile {
 function newIrqchip(): Irqchip {
   const chips = [0, 1, 2].map(() => new Uint8Array(kvm_irqchip.size - 8));
   const pic = offsetOf(kvm_irqchip, 'chip.pic.elcr_mask') - 8;
-  chips[0]![pic] = 0xf8;
-  chips[1]![pic] = 0xde;
-  const io = dv(chips[2]!);
+  chips[0][pic] = 0xf8;
+  chips[1][pic] = 0xde;
+  const io = dv(chips[2]);
   io.setBigUint64(offsetOf(kvm_irqchip, 'chip.ioapic.base_address') - 8, 0xfec0_0000n, true);
   const tbl = offsetOf(kvm_irqchip, 'chip.ioapic.redirtbl') - 8;
   for (let i = 0; i < kvm.KVM_IOAPIC_NUM_PINS; i++) io.setBigUint64(tbl + i * 8, 0x1_0000n, true); // masked
@@ -89,8 +123,15 @@ function ioeventfd(ctx: MockContext, vm: MockVm, arg: IoctlArg): number {
   const list_ = list<Ioevent>(vm, 'ioeventfds');
   if (a.flags & kvm.KVM_IOEVENTFD_FLAG_DEASSIGN) {
     const evt = eventfdOf(ctx, a.fd, R);
-    const i = list_.findIndex((p) => p.pio === pio && p.evt === evt && p.addr === a.addr && p.len === a.len &&
-      p.wildcard === wildcard && (wildcard || p.datamatch === a.datamatch));
+    const i = list_.findIndex(
+      (p) =>
+        p.pio === pio &&
+        p.evt === evt &&
+        p.addr === a.addr &&
+        p.len === a.len &&
+        p.wildcard === wildcard &&
+        (wildcard || p.datamatch === a.datamatch),
+    );
     if (i < 0) fail('ENOENT', R, 'no such ioeventfd');
     list_.splice(i, 1);
     return 0;
@@ -99,8 +140,12 @@ function ioeventfd(ctx: MockContext, vm: MockVm, arg: IoctlArg): number {
   if (a.addr + BigInt(a.len) > 0xffff_ffff_ffff_ffffn) fail('EINVAL', R, 'address wraps');
   if (a.len === 0 && !wildcard) fail('EINVAL', R, 'datamatch needs a length');
   const evt = eventfdOf(ctx, a.fd, R);
-  const clash = list_.some((p) => p.pio === pio && p.addr === a.addr &&
-    (p.len === 0 || a.len === 0 || (p.len === a.len && (p.wildcard || wildcard || p.datamatch === a.datamatch))));
+  const clash = list_.some(
+    (p) =>
+      p.pio === pio &&
+      p.addr === a.addr &&
+      (p.len === 0 || a.len === 0 || (p.len === a.len && (p.wildcard || wildcard || p.datamatch === a.datamatch))),
+  );
   if (clash) fail('EEXIST', R, 'an overlapping ioeventfd exists');
   list_.push({ evt, pio, addr: a.addr, len: a.len, wildcard, datamatch: wildcard ? 0n : a.datamatch });
   return 0;
@@ -135,17 +180,26 @@ function userMemoryRegion2(ctx: MockContext, f: VmFile, arg: IoctlArg): number {
   const useGmem = (r.flags & kvm.KVM_MEM_GUEST_MEMFD) !== 0;
   if (useGmem && r.memorySize !== 0n) {
     const g = ctx.file(r.guestMemfd);
-    if (!g || g.kind !== 'other' || g.name !== 'guest_memfd' || g.extra.get('vm') !== f.vm) fail('EINVAL', R, 'not a guest_memfd of this VM');
+    if (!g || g.kind !== 'other' || g.name !== 'guest_memfd' || g.extra.get('vm') !== f.vm)
+      fail('EINVAL', R, 'not a guest_memfd of this VM');
     const size = g.extra.get('size') as bigint;
-    if (r.guestMemfdOffset % page !== 0n || r.guestMemfdOffset + r.memorySize > size) fail('EINVAL', R, 'range outside the guest_memfd');
+    if (r.guestMemfdOffset % page !== 0n || r.guestMemfdOffset + r.memorySize > size)
+      fail('EINVAL', R, 'range outside the guest_memfd');
     const end = r.guestMemfdOffset + r.memorySize;
-    if (bindings.some((b) => b.gmem === g && b.slot !== r.slot && b.offset < end && r.guestMemfdOffset < b.offset + b.size)) {
+    if (
+      bindings.some(
+        (b) => b.gmem === g && b.slot !== r.slot && b.offset < end && r.guestMemfdOffset < b.offset + b.size,
+      )
+    ) {
       fail('EINVAL', R, 'guest_memfd range already bound');
     }
   }
   const v1 = structBytes(kvm_userspace_memory_region, {
-    slot: r.slot, flags: r.flags & ~kvm.KVM_MEM_GUEST_MEMFD, guestPhysAddr: r.guestPhysAddr,
-    memorySize: r.memorySize, userspaceAddr: r.userspaceAddr,
+    slot: r.slot,
+    flags: r.flags & ~kvm.KVM_MEM_GUEST_MEMFD,
+    guestPhysAddr: r.guestPhysAddr,
+    memorySize: r.memorySize,
+    userspaceAddr: r.userspaceAddr,
   });
   try {
     vmIrqIoctls.v1(ctx, f, v1);
@@ -158,7 +212,8 @@ function userMemoryRegion2(ctx: MockContext, f: VmFile, arg: IoctlArg): number {
   const s = f.vm.slots.get(r.slot);
   if (s && useGmem) {
     s.flags |= kvm.KVM_MEM_GUEST_MEMFD;
-    if (i < 0) bindings.push({ slot: r.slot, gmem: ctx.file(r.guestMemfd)!, offset: r.guestMemfdOffset, size: r.memorySize });
+    if (i < 0)
+      bindings.push({ slot: r.slot, gmem: ctx.file(r.guestMemfd)!, offset: r.guestMemfdOffset, size: r.memorySize });
   }
   return 0;
 }
@@ -169,7 +224,8 @@ export const vmIrqIoctls: { v1: MockIoctl<VmFile> } = { v1: () => 0 };
 /** @section x86 platform */
 export const x86PlatformIoctls: Record<number, MockIoctl<VmFile>> = {
   [ioctls.KVM_SET_TSS_ADDR]: (_ctx, _f, arg) => {
-    if (argInt(arg) > 0xffff_ffffn - 3n * 4096n + 1n) fail('EINVAL', 'KVM_SET_TSS_ADDR', 'the 3 pages must end below 4 GiB');
+    if (argInt(arg) > 0xffff_ffffn - 3n * 4096n + 1n)
+      fail('EINVAL', 'KVM_SET_TSS_ADDR', 'the 3 pages must end below 4 GiB');
     return 0;
   },
   [ioctls.KVM_SET_IDENTITY_MAP_ADDR]: (ctx, { vm }, arg) => {
@@ -191,7 +247,7 @@ export const x86PlatformIoctls: Record<number, MockIoctl<VmFile>> = {
     if (!chip) fail('ENXIO', R, 'no in-kernel irqchip');
     const id = dv(b).getUint32(0, true);
     if (id > 2) fail('EINVAL', R, 'bad chip id');
-    b.set(chip.chips[id]!, 8);
+    b.set(chip.chips[id], 8);
     return 0;
   },
   [ioctls.KVM_SET_IRQCHIP]: (ctx, { vm }, arg) => {
@@ -202,7 +258,7 @@ export const x86PlatformIoctls: Record<number, MockIoctl<VmFile>> = {
     const id = dv(b).getUint32(0, true);
     if (id > 2) fail('EINVAL', R, 'bad chip id');
     const size = id === 2 ? offsetOf(kvm_irqchip, 'chip.ioapic.redirtbl') - 8 + 8 * kvm.KVM_IOAPIC_NUM_PINS : 16;
-    chip.chips[id]!.fill(0).set(b.subarray(8, 8 + size));
+    chip.chips[id].fill(0).set(b.subarray(8, 8 + size));
     return 0;
   },
   [ioctls.KVM_CREATE_PIT2]: (ctx, { vm }, arg) => {
@@ -246,12 +302,15 @@ export const x86PlatformIoctls: Record<number, MockIoctl<VmFile>> = {
     if (f.flags & ~kvm.KVM_MSR_FILTER_DEFAULT_DENY) fail('EINVAL', R, 'unknown flags');
     const empty = f.ranges.every((r) => r.nmsrs === 0);
     if (empty && f.flags & kvm.KVM_MSR_FILTER_DEFAULT_DENY) fail('EINVAL', R, 'DENY with no ranges');
-    const ranges = f.ranges.filter((r) => r.nmsrs !== 0).map((r) => {
-      if (r.flags & ~(kvm.KVM_MSR_FILTER_READ | kvm.KVM_MSR_FILTER_WRITE) || r.flags === 0) fail('EINVAL', R, 'bad range flags');
-      const size = Math.ceil(r.nmsrs / 64) * 8;
-      if (size > kvm.KVM_MSR_FILTER_MAX_BITMAP_SIZE) fail('EINVAL', R, 'bitmap too large');
-      return { flags: r.flags, base: r.base, nmsrs: r.nmsrs, bitmap: ctx.userMemory(r.bitmap, size, R).slice() };
-    });
+    const ranges = f.ranges
+      .filter((r) => r.nmsrs !== 0)
+      .map((r) => {
+        if (r.flags & ~(kvm.KVM_MSR_FILTER_READ | kvm.KVM_MSR_FILTER_WRITE) || r.flags === 0)
+          fail('EINVAL', R, 'bad range flags');
+        const size = Math.ceil(r.nmsrs / 64) * 8;
+        if (size > kvm.KVM_MSR_FILTER_MAX_BITMAP_SIZE) fail('EINVAL', R, 'bitmap too large');
+        return { flags: r.flags, base: r.base, nmsrs: r.nmsrs, bitmap: ctx.userMemory(r.bitmap, size, R).slice() };
+      });
     vm.extra.set('msrFilter', { defaultDeny: (f.flags & 1) !== 0, ranges });
     return 0;
   },
@@ -286,10 +345,19 @@ export const interruptIoctls: Record<number, MockIoctl<VmFile>> = {
     const bytes = ctx.bytes(arg, R, kvm_irq_routing.size + nr * kvm_irq_routing_entry.size);
     const entries: KvmIrqRoutingEntry[] = [];
     for (let i = 0; i < nr; i++) {
-      const e = decodeStruct<KvmIrqRoutingEntry>(kvm_irq_routing_entry, dv(bytes), kvm_irq_routing.size + i * kvm_irq_routing_entry.size);
+      const e = decodeStruct<KvmIrqRoutingEntry>(
+        kvm_irq_routing_entry,
+        dv(bytes),
+        kvm_irq_routing.size + i * kvm_irq_routing_entry.size,
+      );
       if (!routingEntryValid(e)) fail('EINVAL', R, `bad entry ${i}`);
-      const clash = entries.some((x) => x.gsi === e.gsi && (x.type !== kvm.KVM_IRQ_ROUTING_IRQCHIP ||
-        e.type !== kvm.KVM_IRQ_ROUTING_IRQCHIP || x.u.irqchip.irqchip === e.u.irqchip.irqchip));
+      const clash = entries.some(
+        (x) =>
+          x.gsi === e.gsi &&
+          (x.type !== kvm.KVM_IRQ_ROUTING_IRQCHIP ||
+            e.type !== kvm.KVM_IRQ_ROUTING_IRQCHIP ||
+            x.u.irqchip.irqchip === e.u.irqchip.irqchip),
+      );
       if (clash) fail('EINVAL', R, `GSI ${e.gsi} mapped twice`);
       entries.push(e);
     }
@@ -318,21 +386,43 @@ export const deviceMemoryIoctls: Record<number, MockIoctl<VmFile>> = {
   [ioctls.KVM_SET_USER_MEMORY_REGION2]: (ctx, f, arg) => userMemoryRegion2(ctx, f, arg),
   [ioctls.KVM_CREATE_GUEST_MEMFD]: (ctx, { vm }, arg) => {
     const R = 'KVM_CREATE_GUEST_MEMFD';
-    const g = decodeStruct<KvmCreateGuestMemfd>(kvm_create_guest_memfd, dv(ctx.bytes(arg, R, kvm_create_guest_memfd.size)));
+    const g = decodeStruct<KvmCreateGuestMemfd>(
+      kvm_create_guest_memfd,
+      dv(ctx.bytes(arg, R, kvm_create_guest_memfd.size)),
+    );
     if (checkExtension(ctx, BigInt(kvm.KVM_CAP_GUEST_MEMFD)) === 0) fail('ENOTTY', R);
     // GUEST_MEMFD_FLAG_MMAP (1) and GUEST_MEMFD_FLAG_INIT_SHARED (2) are accepted here.
     if (g.flags & ~3n) fail('EINVAL', R, 'unknown flags');
-    if (g.size === 0n || g.size % BigInt(ctx.config.pageSize) !== 0n) fail('EINVAL', R, 'size must be a non-zero page multiple');
-    return ctx.install({ kind: 'other', name: 'guest_memfd', extra: new Map<string, unknown>([['vm', vm], ['size', g.size], ['flags', g.flags]]) });
+    if (g.size === 0n || g.size % BigInt(ctx.config.pageSize) !== 0n)
+      fail('EINVAL', R, 'size must be a non-zero page multiple');
+    return ctx.install({
+      kind: 'other',
+      name: 'guest_memfd',
+      extra: new Map<string, unknown>([
+        ['vm', vm],
+        ['size', g.size],
+        ['flags', g.flags],
+      ]),
+    });
   },
   [ioctls.KVM_SET_MEMORY_ATTRIBUTES]: (ctx, { vm }, arg) => {
     const R = 'KVM_SET_MEMORY_ATTRIBUTES';
     const supported = checkExtension(ctx, BigInt(kvm.KVM_CAP_MEMORY_ATTRIBUTES));
     // A default VM has no memory attributes: the kernel answers ENOTTY (measured).
     if (supported === 0) fail('ENOTTY', R);
-    const a = decodeStruct<KvmMemoryAttributes>(kvm_memory_attributes, dv(ctx.bytes(arg, R, kvm_memory_attributes.size)));
+    const a = decodeStruct<KvmMemoryAttributes>(
+      kvm_memory_attributes,
+      dv(ctx.bytes(arg, R, kvm_memory_attributes.size)),
+    );
     const page = BigInt(ctx.config.pageSize);
-    if (a.flags !== 0n || a.attributes & ~BigInt(supported) || a.size === 0n || a.address % page !== 0n || a.size % page !== 0n) fail('EINVAL', R);
+    if (
+      a.flags !== 0n ||
+      a.attributes & ~BigInt(supported) ||
+      a.size === 0n ||
+      a.address % page !== 0n ||
+      a.size % page !== 0n
+    )
+      fail('EINVAL', R);
     list<KvmMemoryAttributes>(vm, 'memoryAttributes').push(a);
     return 0;
   },
@@ -344,5 +434,8 @@ export const deviceMemoryIoctls: Record<number, MockIoctl<VmFile>> = {
 
 /** Helpers for tests: the ioeventfds/irqfds a mock VM holds. */
 export function mockVmEvents(vm: MockVm): { ioeventfds: number; irqfds: Array<{ gsi: number }> } {
-  return { ioeventfds: list<Ioevent>(vm, 'ioeventfds').length, irqfds: list<Irqfd>(vm, 'irqfds').map((x) => ({ gsi: x.gsi })) };
+  return {
+    ioeventfds: list<Ioevent>(vm, 'ioeventfds').length,
+    irqfds: list<Irqfd>(vm, 'irqfds').map((x) => ({ gsi: x.gsi })),
+  };
 }

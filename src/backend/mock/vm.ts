@@ -6,8 +6,19 @@
 import { decodeStruct, dv, structBytes } from '../../abi/codec';
 import { ioctls, kvm } from '../../abi/kvm-constants';
 import {
-  kvm_coalesced_mmio, kvm_coalesced_mmio_ring, kvm_coalesced_mmio_zone, kvm_dirty_log, kvm_enable_cap, kvm_regs, kvm_run, kvm_sregs,
-  kvm_userspace_memory_region, type KvmCoalescedMmioZone, type KvmDirtyLog, type KvmEnableCap, type KvmUserspaceMemoryRegion,
+  kvm_coalesced_mmio,
+  kvm_coalesced_mmio_ring,
+  kvm_coalesced_mmio_zone,
+  kvm_dirty_log,
+  kvm_enable_cap,
+  kvm_regs,
+  kvm_run,
+  kvm_sregs,
+  kvm_userspace_memory_region,
+  type KvmCoalescedMmioZone,
+  type KvmDirtyLog,
+  type KvmEnableCap,
+  type KvmUserspaceMemoryRegion,
 } from '../../abi/layouts';
 import { offsetOf } from '../../abi/codec';
 import { checkExtension } from './system';
@@ -17,7 +28,18 @@ import { argInt, fail, type MockContext, type MockFile, type MockIoctl, type Moc
 type VmFile = Extract<MockFile, { kind: 'vm' }>;
 
 const seg = (base: bigint, selector: number, type: number, s: number) => ({
-  base, limit: 0xffff, selector, type, present: 1, dpl: 0, db: 0, s, l: 0, g: 0, avl: 0, unusable: 0,
+  base,
+  limit: 0xffff,
+  selector,
+  type,
+  present: 1,
+  dpl: 0,
+  db: 0,
+  s,
+  l: 0,
+  g: 0,
+  avl: 0,
+  unusable: 0,
 });
 
 /** A vCPU in its reset state, as the host kernel reports it (real mode at f000:fff0). */
@@ -27,15 +49,31 @@ export function newVcpu(ctx: MockContext, vm: MockVm, id: number): MockVcpu {
   state.set(
     'kvm_sregs',
     structBytes(kvm_sregs, {
-      cs: seg(0xffff0000n, 0xf000, 11, 1), ds: seg(0n, 0, 3, 1), es: seg(0n, 0, 3, 1), fs: seg(0n, 0, 3, 1),
-      gs: seg(0n, 0, 3, 1), ss: seg(0n, 0, 3, 1), tr: seg(0n, 0, 11, 0), ldt: seg(0n, 0, 2, 0),
-      gdt: { base: 0n, limit: 0xffff }, idt: { base: 0n, limit: 0xffff },
-      cr0: 0x60000010n, apicBase: vm.vcpus.size === 0 ? 0xfee00900n : 0xfee00800n,
+      cs: seg(0xffff0000n, 0xf000, 11, 1),
+      ds: seg(0n, 0, 3, 1),
+      es: seg(0n, 0, 3, 1),
+      fs: seg(0n, 0, 3, 1),
+      gs: seg(0n, 0, 3, 1),
+      ss: seg(0n, 0, 3, 1),
+      tr: seg(0n, 0, 11, 0),
+      ldt: seg(0n, 0, 2, 0),
+      gdt: { base: 0n, limit: 0xffff },
+      idt: { base: 0n, limit: 0xffff },
+      cr0: 0x60000010n,
+      apicBase: vm.vcpus.size === 0 ? 0xfee00900n : 0xfee00800n,
     }),
   );
   return {
-    id, fd: -1, vm, state, run: new ArrayBuffer(ctx.config.vcpuMmapSize), script: [], pending: undefined,
-    answers: [], runs: 0, extra: new Map(),
+    id,
+    fd: -1,
+    vm,
+    state,
+    run: new ArrayBuffer(ctx.config.vcpuMmapSize),
+    script: [],
+    pending: undefined,
+    answers: [],
+    runs: 0,
+    extra: new Map(),
   };
 }
 
@@ -67,12 +105,17 @@ export const vmIoctls: Record<number, MockIoctl<VmFile>> = {
 
   [ioctls.KVM_SET_USER_MEMORY_REGION]: (ctx, { vm }, arg) => {
     const R = 'KVM_SET_USER_MEMORY_REGION';
-    const r = decodeStruct<KvmUserspaceMemoryRegion>(kvm_userspace_memory_region, dv(ctx.bytes(arg, R, kvm_userspace_memory_region.size)));
+    const r = decodeStruct<KvmUserspaceMemoryRegion>(
+      kvm_userspace_memory_region,
+      dv(ctx.bytes(arg, R, kvm_userspace_memory_region.size)),
+    );
     const page = BigInt(ctx.config.pageSize);
     const valid = kvm.KVM_MEM_LOG_DIRTY_PAGES | kvm.KVM_MEM_READONLY;
     if (r.flags & ~valid) fail('EINVAL', R, 'unknown flags');
-    if ((r.slot & 0xffff) >= ctx.config.nrMemslots || r.slot >> 16 >= ctx.config.addressSpaces) fail('EINVAL', R, 'bad slot');
-    if (r.memorySize % page !== 0n || r.guestPhysAddr % page !== 0n || r.userspaceAddr % page !== 0n) fail('EINVAL', R, 'unaligned');
+    if ((r.slot & 0xffff) >= ctx.config.nrMemslots || r.slot >> 16 >= ctx.config.addressSpaces)
+      fail('EINVAL', R, 'bad slot');
+    if (r.memorySize % page !== 0n || r.guestPhysAddr % page !== 0n || r.userspaceAddr % page !== 0n)
+      fail('EINVAL', R, 'unaligned');
     if (r.guestPhysAddr + r.memorySize > 1n << 64n) fail('EINVAL', R, 'wraps');
     const old = vm.slots.get(r.slot);
     if (r.memorySize === 0n) {
@@ -84,11 +127,17 @@ export const vmIoctls: Record<number, MockIoctl<VmFile>> = {
     const as = r.slot >> 16;
     for (const s of vm.slots.values()) {
       if (s.slot === r.slot || s.slot >> 16 !== as) continue;
-      if (r.guestPhysAddr < s.guestPhysAddr + s.memorySize && s.guestPhysAddr < r.guestPhysAddr + r.memorySize) fail('EEXIST', R);
+      if (r.guestPhysAddr < s.guestPhysAddr + s.memorySize && s.guestPhysAddr < r.guestPhysAddr + r.memorySize)
+        fail('EEXIST', R);
     }
     vm.slots.set(r.slot, {
-      slot: r.slot, flags: r.flags, guestPhysAddr: r.guestPhysAddr, memorySize: r.memorySize,
-      userspaceAddr: r.userspaceAddr, dirty: old && old.flags & kvm.KVM_MEM_LOG_DIRTY_PAGES && r.flags & kvm.KVM_MEM_LOG_DIRTY_PAGES ? old.dirty : new Set(),
+      slot: r.slot,
+      flags: r.flags,
+      guestPhysAddr: r.guestPhysAddr,
+      memorySize: r.memorySize,
+      userspaceAddr: r.userspaceAddr,
+      dirty:
+        old && old.flags & kvm.KVM_MEM_LOG_DIRTY_PAGES && r.flags & kvm.KVM_MEM_LOG_DIRTY_PAGES ? old.dirty : new Set(),
     });
     return 0;
   },
@@ -114,7 +163,7 @@ export const vmIoctls: Record<number, MockIoctl<VmFile>> = {
     const words = Math.ceil(pages / 64);
     const out = ctx.userMemory(d.dirtyBitmap, words * 8, R);
     out.fill(0);
-    for (const p of s.dirty) out[p >> 3]! |= 1 << (p & 7);
+    for (const p of s.dirty) out[p >> 3] |= 1 << (p & 7);
     s.dirty.clear();
     return 0;
   },
@@ -140,7 +189,11 @@ export function hasIrqchip(vm: MockVm): boolean {
 }
 
 /** A registered coalesced zone. */
-interface Zone { addr: bigint; size: number; pio: number }
+interface Zone {
+  addr: bigint;
+  size: number;
+  pio: number;
+}
 
 function zones(vm: MockVm): Zone[] {
   let z = vm.extra.get('coalescedZones') as Zone[] | undefined;
@@ -172,7 +225,11 @@ export function coalesceExit(ctx: MockContext, vm: MockVm, view: DataView, bytes
   let addr: bigint;
   let data: Uint8Array;
   let pio: number;
-  if (reason === kvm.KVM_EXIT_IO && view.getUint8(RUN_O('io.direction')) === kvm.KVM_EXIT_IO_OUT && view.getUint32(RUN_O('io.count'), true) === 1) {
+  if (
+    reason === kvm.KVM_EXIT_IO &&
+    view.getUint8(RUN_O('io.direction')) === kvm.KVM_EXIT_IO_OUT &&
+    view.getUint32(RUN_O('io.count'), true) === 1
+  ) {
     const size = view.getUint8(RUN_O('io.size'));
     const off = Number(view.getBigUint64(RUN_O('io.data_offset'), true));
     addr = BigInt(view.getUint16(RUN_O('io.port'), true));
@@ -186,21 +243,27 @@ export function coalesceExit(ctx: MockContext, vm: MockVm, view: DataView, bytes
     return false;
   }
   const len = data.length;
-  if (!zones(vm).some((z) => z.pio === pio && addr >= z.addr && addr + BigInt(len) <= z.addr + BigInt(z.size))) return false;
+  if (!zones(vm).some((z) => z.pio === pio && addr >= z.addr && addr + BigInt(len) <= z.addr + BigInt(z.size)))
+    return false;
   const ring = new DataView(coalescedRing(vm, ctx.config.pageSize));
   const max = Math.floor((ring.byteLength - kvm_coalesced_mmio_ring.size) / kvm_coalesced_mmio.size);
   const first = ring.getUint32(0, true);
   const last = ring.getUint32(4, true);
   if ((last + 1) % max === first) return false; // full: the write exits to userspace
   const at = kvm_coalesced_mmio_ring.size + last * kvm_coalesced_mmio.size;
-  new Uint8Array(ring.buffer, at, kvm_coalesced_mmio.size).set(structBytes(kvm_coalesced_mmio, { physAddr: addr, len, pio, data }));
+  new Uint8Array(ring.buffer, at, kvm_coalesced_mmio.size).set(
+    structBytes(kvm_coalesced_mmio, { physAddr: addr, len, pio, data }),
+  );
   ring.setUint32(4, (last + 1) % max, true);
   return true;
 }
 
 function vmCapsAndCoalescedIoctls(): Record<number, MockIoctl<VmFile>> {
   const zoneOf = (ctx: MockContext, arg: unknown, R: string): KvmCoalescedMmioZone => {
-    const z = decodeStruct<KvmCoalescedMmioZone>(kvm_coalesced_mmio_zone, dv(ctx.bytes(arg as never, R, kvm_coalesced_mmio_zone.size)));
+    const z = decodeStruct<KvmCoalescedMmioZone>(
+      kvm_coalesced_mmio_zone,
+      dv(ctx.bytes(arg as never, R, kvm_coalesced_mmio_zone.size)),
+    );
     if (z.pio !== 0 && z.pio !== 1) fail('EINVAL', R, 'pio must be 0 or 1');
     return z;
   };
@@ -211,17 +274,17 @@ function vmCapsAndCoalescedIoctls(): Record<number, MockIoctl<VmFile>> {
       if (c.flags !== 0 || !ctx.config.caps[c.cap]) fail('EINVAL', R);
       switch (c.cap) {
         case kvm.KVM_CAP_SPLIT_IRQCHIP:
-          if (c.args[0]! > BigInt(kvm.KVM_IOAPIC_NUM_PINS)) fail('EINVAL', R);
+          if (c.args[0] > BigInt(kvm.KVM_IOAPIC_NUM_PINS)) fail('EINVAL', R);
           if (hasIrqchip(vm)) fail('EEXIST', R);
           if (vm.vcpus.size > 0) fail('EINVAL', R);
           vm.extra.set('irqchip', 'split');
           return 0;
         case kvm.KVM_CAP_X86_USER_SPACE_MSR:
-          if (c.args[0]! & ~7n) fail('EINVAL', R);
+          if (c.args[0] & ~7n) fail('EINVAL', R);
           vm.extra.set('userSpaceMsr', Number(c.args[0]));
           return 0;
         case kvm.KVM_CAP_EXIT_HYPERCALL:
-          if (c.args[0]! & ~BigInt(ctx.config.caps[c.cap]!)) fail('EINVAL', R);
+          if (c.args[0] & ~BigInt(ctx.config.caps[c.cap])) fail('EINVAL', R);
           vm.extra.set('exitHypercall', c.args[0]);
           return 0;
         default:
@@ -237,7 +300,9 @@ function vmCapsAndCoalescedIoctls(): Record<number, MockIoctl<VmFile>> {
       const z = zoneOf(ctx, arg, 'KVM_UNREGISTER_COALESCED_MMIO');
       const list = zones(vm);
       // Removes every zone of the same kind inside the range; nothing registered is not an error.
-      const keep = list.filter((x) => !(x.pio === z.pio && x.addr >= z.addr && x.addr + BigInt(x.size) <= z.addr + BigInt(z.size)));
+      const keep = list.filter(
+        (x) => !(x.pio === z.pio && x.addr >= z.addr && x.addr + BigInt(x.size) <= z.addr + BigInt(z.size)),
+      );
       list.splice(0, list.length, ...keep);
       return 0;
     },
