@@ -26,6 +26,7 @@ import {
   State,
   THREAD_SLOT,
   W,
+  postedExit,
   type TaskOutcome,
 } from '../workers/protocol';
 
@@ -323,23 +324,11 @@ export class VcpuRun implements AsyncDisposable {
     while (r < w) {
       const at = (r % RING_RECORDS) * RECORD_BYTES;
       const kind = this.#ring.getUint8(at + R.kind);
-      const len = this.#ring.getUint8(at + R.len);
-      const data = this.#ringBytes.slice(at + R.data, at + R.data + len);
-      const size = this.#ring.getUint8(at + R.size);
-      if (kind === Rec.postedIo) {
-        const exit: VcpuExit = {
-          kind: 'IoOut',
-          port: this.#ring.getUint16(at + R.port, true),
-          size,
-          count: this.#ring.getUint32(at + R.count, true),
-          data,
-        };
-        this.#deliverPosted(exit);
-      } else if (kind === Rec.postedMmio) {
-        this.#deliverPosted({ kind: 'MmioWrite', addr: this.#ring.getBigUint64(at + R.addr, true), data });
-      }
-      if (kind === Rec.monitor || kind === Rec.postedIo || kind === Rec.postedMmio) {
-        if (Atomics.load(this.#ctrl, W.monitor) !== 0) this.#monitor.next(this.#record(at, data, kind));
+      const posted = postedExit(this.#ring, this.#ringBytes, at);
+      if (posted !== undefined) this.#deliverPosted(posted);
+      if (Atomics.load(this.#ctrl, W.monitor) !== 0 && (posted !== undefined || kind === Rec.monitor)) {
+        const data = posted?.data ?? this.#ringBytes.slice(at + R.data, at + R.data + this.#ring.getUint8(at + R.len));
+        this.#monitor.next(this.#record(at, data, kind));
       }
       r++;
       Atomics.store(this.#ctrl, W.ringRead, r);

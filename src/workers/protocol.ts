@@ -18,6 +18,7 @@
 
 import type { MessagePort } from 'node:worker_threads';
 import type { RecordedExit } from '../observables/recording';
+import type { IoOutExit, MmioWriteExit } from '../wrappers/vcpu-exit';
 
 /** Int32 word indices of the control block. */
 export const W = {
@@ -116,4 +117,22 @@ export interface TaskOutcome {
   error?: { name: string; message: string; code?: string; stack?: string; props?: Record<string, unknown> };
   /** Every exit and its answer, when the run was started with `record: true`. */
   recording?: RecordedExit[];
+}
+
+/**
+ * The exit a posted-write record stands for (an `IoOut` or `MmioWrite` with a copy of the data),
+ * or `undefined` for any other record. `view` and `bytes` cover the ring; `at` is the record.
+ */
+export function postedExit(view: DataView, bytes: Uint8Array, at: number): IoOutExit | MmioWriteExit | undefined {
+  const kind = view.getUint8(at + R.kind);
+  if (kind !== Rec.postedIo && kind !== Rec.postedMmio) return undefined;
+  const data = bytes.slice(at + R.data, at + R.data + view.getUint8(at + R.len));
+  if (kind === Rec.postedMmio) return { kind: 'MmioWrite', addr: view.getBigUint64(at + R.addr, true), data };
+  return {
+    kind: 'IoOut',
+    port: view.getUint16(at + R.port, true),
+    size: view.getUint8(at + R.size),
+    count: view.getUint32(at + R.count, true),
+    data,
+  };
 }

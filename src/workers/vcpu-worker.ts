@@ -33,6 +33,7 @@ import {
   State,
   THREAD_SLOT,
   W,
+  postedExit,
   Where,
   type PostedRange,
   type TaskOutcome,
@@ -326,24 +327,15 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
     // With `postedTo: 'worker'`, the fast path fills a ring of this thread's own instead, which
     // the loop drains into the pipeline (in guest order, before the exit that ended the batch).
     const toWorker = task.postedTo === 'worker';
-    const localCtl = new Int32Array(CONTROL_BYTES / 4);
-    const localRing = new Uint8Array(RING_RECORDS * RECORD_BYTES);
+    const localCtl = new Int32Array(toWorker ? CONTROL_BYTES / 4 : 0);
+    const localRing = new Uint8Array(toWorker ? RING_RECORDS * RECORD_BYTES : 0);
     const localView = new DataView(localRing.buffer);
-    const drainLocal = (): VcpuExit[] => {
-      const out: VcpuExit[] = [];
+    const drainLocal = (into: VcpuExit[]): void => {
       for (let r = localCtl[W.ringRead]; r < localCtl[W.ringWrite]; r++) {
-        const at = (r % RING_RECORDS) * RECORD_BYTES;
-        const len = localView.getUint8(at + R.len);
-        out.push({
-          kind: 'IoOut',
-          port: localView.getUint16(at + R.port, true),
-          size: localView.getUint8(at + R.size),
-          count: localView.getUint32(at + R.count, true),
-          data: localRing.slice(at + R.data, at + R.data + len),
-        });
+        const exit = postedExit(localView, localRing, (r % RING_RECORDS) * RECORD_BYTES);
+        if (exit !== undefined) into.push(exit);
       }
       localCtl[W.ringRead] = localCtl[W.ringWrite]!;
-      return out;
     };
     let batch: VcpuExit[] = [];
     // The kernel's coalesced MMIO/PIO ring (zones registered with vm.registerCoalescedMmio): writes
@@ -359,14 +351,6 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
         );
       }
     };
-    const nextExit = (): VcpuExit | undefined => {
-      if (task.coalescedRing) {
-        const exit = nextExitInner();
-        drainCoalesced();
-        return exit;
-      }
-      return nextExitInner();
-    };
     const nextExitInner = (): VcpuExit | undefined => {
       if (bitmap === undefined) return vcpu.run();
       const r = toWorker
@@ -377,12 +361,20 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
         outcome.exits += fast;
         outcome.lastExit = 'IoOut';
         if (toWorker) {
-          batch.push(...drainLocal());
+          drainLocal(batch);
           Atomics.add(ctrl, W.exits, fast);
         } else ring_doorbell();
       }
       return r % 2 === 1 ? decodeExit(runView, runBytes) : undefined;
     };
+    // Chosen once: the hot loop does not test the option on every exit.
+    const nextExit: () => VcpuExit | undefined = task.coalescedRing
+      ? () => {
+          const exit = nextExitInner();
+          drainCoalesced();
+          return exit;
+        }
+      : nextExitInner;
 
     const recorded: RecordedExit[] | undefined = task.record ? [] : undefined;
     if (recorded) outcome.recording = recorded;
