@@ -10,7 +10,7 @@
  * @module
  */
 import { KvmError, errnoOf } from '../../abi/errors';
-import { ioctls, kvm, sys } from '../../abi/kvm-constants';
+import { kvm, sys } from '../../abi/kvm-constants';
 import type { IoctlArg, IoctlBackend, MmapFlags } from '../types';
 import { offsetOf } from '../../abi/codec';
 import { kvm_run } from '../../abi/layouts';
@@ -18,7 +18,8 @@ import { ARM64_CAPS, ARM64_TABLES } from './arm64';
 import { HOST_CAPS } from './caps';
 import { deviceIoctls } from './device';
 import { eventfdRead, eventfdWrite } from './eventfd';
-import { fail } from './state';
+import { fail, requestName } from './state';
+export { requestName } from './state';
 import type {
   MockContext,
   MockFile,
@@ -45,13 +46,6 @@ const DEFAULTS: Required<MockKernelConfig> = {
   pageSize: 4096,
   arch: 'x86_64',
 };
-
-const names = new Map<number, string>(Object.entries(ioctls).map(([k, v]) => [v, k]));
-
-/** The name of an ioctl request number, or its hex. */
-export function requestName(request: number): string {
-  return names.get(request) ?? `0x${(request >>> 0).toString(16)}`;
-}
 
 /**
  * A scriptable stand-in for a vCPU: queue exits before or after the vCPU exists, read what the

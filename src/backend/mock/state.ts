@@ -5,6 +5,7 @@
  * @module
  */
 import { KvmError, errnoOf } from '../../abi/errors';
+import { ioctls } from '../../abi/kvm-constants';
 import type { IoctlArg } from '../types';
 
 /** Throws the KvmError the kernel would give for `code` on `request`. */
@@ -136,4 +137,11 @@ export function argInt(arg: IoctlArg): bigint {
   if (typeof arg === 'number') return BigInt(arg);
   if (arg === undefined) return 0n;
   return 0n;
+}
+
+const names = new Map<number, string>(Object.entries(ioctls).map(([k, v]) => [v, k]));
+
+/** The name of an ioctl request number, or its hex. */
+export function requestName(request: number): string {
+  return names.get(request) ?? `0x${(request >>> 0).toString(16)}`;
 }

@@ -29,7 +29,7 @@ import {
   type KvmXcrs,
   type StructDefName,
 } from '../../abi/layouts';
-import { argInt, fail, type MockContext, type MockFile, type MockIoctl, type MockVcpu } from './state';
+import { argInt, fail, requestName, type MockContext, type MockFile, type MockIoctl, type MockVcpu } from './state';
 import { coalesceExit, guestWrite, hasIrqchip } from './vm';
 import { cpuidMsrVcpuIoctls } from './cpuid-msr';
 
@@ -44,22 +44,20 @@ export function stateIoctls(
   get: number,
   set: number,
 ): Record<number, MockIoctl<VcpuFile>> {
+  const getName = requestName(get);
+  const setName = requestName(set);
   return {
     [get]: (ctx, { vcpu }, arg) => {
-      const out = ctx.bytes(arg, requestOf(get), size);
+      const out = ctx.bytes(arg, getName, size);
       out.set(vcpu.state.get(name) ?? new Uint8Array(size));
       return 0;
     },
     [set]: (ctx, { vcpu }, arg) => {
-      const input = ctx.bytes(arg, requestOf(set), size);
+      const input = ctx.bytes(arg, setName, size);
       vcpu.state.set(name, input.slice(0, size));
       return 0;
     },
   };
-}
-
-function requestOf(n: number): string {
-  return Object.entries(ioctls).find(([, v]) => v === n)?.[0] ?? `0x${n.toString(16)}`;
 }
 
 /** KVM_RUN: collect the previous exit's answer, then report the next scripted exit. */
