@@ -29,6 +29,7 @@ import { Kvm } from '../src/wrappers/kvm';
 import type { VcpuFd } from '../src/wrappers/vcpu-fd';
 import type { VmFd } from '../src/wrappers/vm-fd';
 import ioPipeline, { ioHandlers, ioState } from './pipelines/io';
+import { enterRealMode } from '../src/testing/real-mode';
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -137,11 +138,7 @@ class Guest {
       memory: this.mem,
     });
     this.vcpu = this.vm.createVcpu(0);
-    const sregs = this.vcpu.getSregs();
-    sregs.cs.base = 0n;
-    sregs.cs.selector = 0;
-    this.vcpu.setSregs(sregs);
-    this.vcpu.setRegs({ rip: 0n, rflags: 2n });
+    enterRealMode(this.vcpu, { rip: 0n });
   }
   close(ownKvm = true): void {
     this.vm.close();

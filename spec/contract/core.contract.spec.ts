@@ -11,6 +11,7 @@ import { GuestMemory } from '../../src/wrappers/guest-memory';
 import { Kvm } from '../../src/wrappers/kvm';
 import { KvmRunWrapper } from '../../src/wrappers/kvm-run';
 import { contractBackends, expectCode, expectKvmError } from '../helpers/kvm';
+import { enterRealMode } from '../../src/testing/real-mode';
 
 describe.each(contractBackends())('core contract: %s', (_name, make) => {
   let backend: IoctlBackend;
@@ -110,11 +111,7 @@ describe.each(contractBackends())('core contract: %s', (_name, make) => {
     vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x1000n, memory: mem });
     if (backend instanceof MockBackend) backend.vcpu(0).script([hlt()]);
     const vcpu = vm.createVcpu(0);
-    const sregs = vcpu.getSregs();
-    sregs.cs.base = 0n;
-    sregs.cs.selector = 0;
-    vcpu.setSregs(sregs);
-    vcpu.setRegs({ ...vcpu.getRegs(), rip: 0x1000n, rflags: 2n });
+    enterRealMode(vcpu, { rip: 0x1000n });
     expect(vcpu.getKvmRun().immediateExit).toBe(0);
     vcpu.setKvmImmediateExit(1);
     expect(vcpu.getKvmRun().immediateExit).toBe(1);

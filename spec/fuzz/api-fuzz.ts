@@ -45,6 +45,7 @@ import { Worker } from 'node:worker_threads';
 import * as lib from '../../src/index';
 import { MockBackend } from '../../src/backend/mock/index';
 import type { IoctlBackend } from '../../src/backend/types';
+import { enterRealMode } from '../../src/testing/real-mode';
 
 // ---------------------------------------------------------------- options
 
@@ -309,11 +310,7 @@ function buildPool(backend: IoctlBackend): Pool {
   const vm = kvm.createVm();
   vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
   const vcpu = vm.createVcpu(0);
-  const sregs = vcpu.getSregs();
-  sregs.cs.base = 0n;
-  sregs.cs.selector = 0;
-  vcpu.setSregs(sregs);
-  vcpu.setRegs({ ...vcpu.getRegs(), rip: 0x100n, rflags: 2n });
+  enterRealMode(vcpu, { rip: 0x100n });
   const run = vcpu.getKvmRun();
   add('kvm', kvm);
   add('vm', vm);

@@ -9,6 +9,7 @@ import { CpuId, famBuffer, famCount, RegList } from '../../src/wrappers/fam';
 import { GuestMemory } from '../../src/wrappers/guest-memory';
 import { Kvm } from '../../src/wrappers/kvm';
 import { describeKvm, expectKvmError } from '../helpers/kvm';
+import { enterRealMode } from '../../src/testing/real-mode';
 
 describeKvm('cpuid/msr on the real kernel', () => {
   let kvm: Kvm;
@@ -45,11 +46,7 @@ describeKvm('cpuid/msr on the real kernel', () => {
     vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x1000n, memory: mem });
     const vcpu = vm.createVcpu(0);
     vcpu.setCpuid2(kvm.getSupportedCpuid(256));
-    const sregs = vcpu.getSregs();
-    sregs.cs.base = 0n;
-    sregs.cs.selector = 0;
-    vcpu.setSregs(sregs);
-    vcpu.setRegs({ ...vcpu.getRegs(), rip: 0x1000n, rflags: 2n });
+    enterRealMode(vcpu, { rip: 0x1000n });
     expect(vcpu.run().kind).toBe('Hlt');
     const stored = vcpu.getCpuid2(256);
     vcpu.setCpuid2(stored); // identical to what the vCPU holds

@@ -12,6 +12,7 @@ import { nativeBackend } from '../../src/backend/native';
 import { GuestMemory } from '../../src/wrappers/guest-memory';
 import { Kvm } from '../../src/wrappers/kvm';
 import { describeKvm } from '../helpers/kvm';
+import { enterRealMode } from '../../src/testing/real-mode';
 
 // The worker loads the addon itself (each thread needs its own instance and its own view of
 // kvm_run) and runs KVM_RUN on the vCPU fd until it is interrupted.
@@ -41,11 +42,7 @@ describeKvm('vCPU kick (immediate_exit + real-time signal)', () => {
     mem.bytes.set([0xeb, 0xfe]); // jmp $
     vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x0n, memory: mem });
     const vcpu = vm.createVcpu(0);
-    const sregs = vcpu.getSregs();
-    sregs.cs.base = 0n;
-    sregs.cs.selector = 0;
-    vcpu.setSregs(sregs);
-    vcpu.setRegs({ rip: 0n, rflags: 2n });
+    enterRealMode(vcpu, { rip: 0n });
     const run = vcpu.getKvmRun();
     const worker = new Worker(WORKER, {
       eval: true,

@@ -11,6 +11,7 @@ import { GuestMemory } from '../../src/wrappers/guest-memory';
 import { Kvm } from '../../src/wrappers/kvm';
 import { describeKvm } from '../helpers/kvm';
 import { count, timeout } from '../helpers/stress';
+import { enterRealMode } from '../../src/testing/real-mode';
 
 /** 200 in `npm test`, 1,000 in `npm run stress`. */
 const CYCLES = count(200, 1000);
@@ -29,11 +30,7 @@ function cycle(backend: IoctlBackend, beforeRun?: () => void): void {
     for (const id of [0, 1]) {
       beforeRun?.();
       const vcpu = vm.createVcpu(id);
-      const sregs = vcpu.getSregs();
-      sregs.cs.base = 0n;
-      sregs.cs.selector = 0;
-      vcpu.setSregs(sregs);
-      vcpu.setRegs({ ...vcpu.getRegs(), rip: GUEST_ADDR, rflags: 2n });
+      enterRealMode(vcpu, { rip: GUEST_ADDR });
       expect(vcpu.run().kind).toBe('Hlt');
     }
     vm.close();

@@ -14,6 +14,7 @@ import type { VmFd } from '../../src/wrappers/vm-fd';
 import { KVM_MEM_LOG_DIRTY_PAGES } from '../../src/index';
 import { describeKvm, expectCode, expectKvmError } from '../helpers/kvm';
 import { count } from '../helpers/stress';
+import { enterRealMode } from '../../src/testing/real-mode';
 
 const PIPELINE = join(__dirname, '../fixtures/reliability-pipeline.ts');
 const CRASH = join(__dirname, '../fixtures/crash-pipeline.ts');
@@ -23,12 +24,7 @@ const fdCount = (): number => readdirSync('/proc/self/fd').length;
 function realMode(vm: VmFd, mem: GuestMemory, code: number[], id = 0): VcpuFd {
   mem.bytes.set(code);
   const vcpu = vm.createVcpu(id);
-  const sregs = vcpu.getSregs();
-  sregs.cs.base = 0n;
-  sregs.cs.selector = 0;
-  vcpu.setSregs(sregs);
-  vcpu.setRegs({ rip: 0n, rflags: 2n });
-  return vcpu;
+  return enterRealMode(vcpu, { rip: 0n });
 }
 
 /**

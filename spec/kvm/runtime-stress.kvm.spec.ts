@@ -10,14 +10,10 @@ import { Kvm } from '../../src/wrappers/kvm';
 import type { VcpuFd } from '../../src/wrappers/vcpu-fd';
 import type { VmFd } from '../../src/wrappers/vm-fd';
 import { describeKvm } from '../helpers/kvm';
+import { enterRealMode } from '../../src/testing/real-mode';
 
 function realMode(vcpu: VcpuFd, rip: bigint): VcpuFd {
-  const sregs = vcpu.getSregs();
-  sregs.cs.base = 0n;
-  sregs.cs.selector = 0;
-  vcpu.setSregs(sregs);
-  vcpu.setRegs({ rip, rflags: 2n });
-  return vcpu;
+  return enterRealMode(vcpu, { rip });
 }
 
 // Each vCPU writes its id (from BL) to port 0x10 `count` times, then halts:

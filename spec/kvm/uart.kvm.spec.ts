@@ -13,6 +13,7 @@ import type { VcpuExit } from '../../src/wrappers/vcpu-exit';
 import type { VcpuFd } from '../../src/wrappers/vcpu-fd';
 import type { VmFd } from '../../src/wrappers/vm-fd';
 import { describeKvm } from '../helpers/kvm';
+import { enterRealMode } from '../../src/testing/real-mode';
 
 // prettier-ignore
 const HI_THEN_READ = [
@@ -96,12 +97,7 @@ describeKvm('16550A UART model', () => {
     vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x1000n, memory: mem });
     mem.bytes.set(code);
     const vcpu = vm.createVcpu(0);
-    const sregs = vcpu.getSregs();
-    sregs.cs.base = 0n;
-    sregs.cs.selector = 0;
-    vcpu.setSregs(sregs);
-    vcpu.setRegs({ ...vcpu.getRegs(), rip: 0x1000n, rax: 0n, rbx: 0n, rflags: 2n, rsp: 0x4000n });
-    return vcpu;
+    return enterRealMode(vcpu, { rip: 0x1000n, rax: 0n, rbx: 0n, rsp: 0x4000n });
   }
 
   it('transmits "Hi" after polling THRE and receives a byte injected once the guest polls DR', async () => {
@@ -165,11 +161,7 @@ describeKvm('16550A UART model', () => {
     mem.bytes.set(IRQ_ISR, 0x1100);
     mem.bytes.set([0x00, 0x11, 0x00, 0x00], 12 * 4); // IVT[12] = 0000:1100
     const vcpu = vm.createVcpu(0);
-    const sregs = vcpu.getSregs();
-    sregs.cs.base = 0n;
-    sregs.cs.selector = 0;
-    vcpu.setSregs(sregs);
-    vcpu.setRegs({ ...vcpu.getRegs(), rip: 0x1000n, rflags: 2n, rsp: 0x4000n });
+    enterRealMode(vcpu, { rip: 0x1000n, rsp: 0x4000n });
 
     const levels: boolean[] = [];
     const tx: number[] = [];

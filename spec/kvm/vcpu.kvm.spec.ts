@@ -14,6 +14,7 @@ import { Kvm } from '../../src/wrappers/kvm';
 import { SyncReg, type VcpuFd } from '../../src/wrappers/vcpu-fd';
 import type { VmFd } from '../../src/wrappers/vm-fd';
 import { describeKvm, expectKvmError } from '../helpers/kvm';
+import { enterRealMode } from '../../src/testing/real-mode';
 
 describeKvm('VcpuFd x86 (guests)', () => {
   let kvm: Kvm;
@@ -35,12 +36,7 @@ describeKvm('VcpuFd x86 (guests)', () => {
     vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x1000n, memory: mem });
     mem.bytes.set(code);
     vcpu = vm.createVcpu(0);
-    const sregs = vcpu.getSregs();
-    sregs.cs.base = 0n;
-    sregs.cs.selector = 0;
-    vcpu.setSregs(sregs);
-    vcpu.setRegs({ ...vcpu.getRegs(), rip: 0x1000n, rax: 2n, rbx: 3n, rflags: 2n, rsp: 0x4000n });
-    return vcpu;
+    return enterRealMode(vcpu, { rip: 0x1000n, rax: 2n, rbx: 3n, rsp: 0x4000n });
   }
 
   it('single-steps: Debug exits at 0x1003, 0x1005, 0x1007 with exception 1, then IoOut', () => {

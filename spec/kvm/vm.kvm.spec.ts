@@ -9,6 +9,7 @@ import { Kvm } from '../../src/wrappers/kvm';
 import type { VcpuFd } from '../../src/wrappers/vcpu-fd';
 import type { VmFd } from '../../src/wrappers/vm-fd';
 import { describeKvm, expectKvmError } from '../helpers/kvm';
+import { enterRealMode } from '../../src/testing/real-mode';
 
 describeKvm('VmFd interrupts and events', () => {
   let kvm: Kvm;
@@ -35,12 +36,7 @@ describeKvm('VmFd interrupts and events', () => {
     mem.write(0, code);
     vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x1000n, memory: mem });
     const vcpu = vm.createVcpu(0);
-    const sregs = vcpu.getSregs();
-    sregs.cs.base = 0n;
-    sregs.cs.selector = 0;
-    vcpu.setSregs(sregs);
-    vcpu.setRegs({ rip: 0x1000n, rflags: 2n });
-    return vcpu;
+    return enterRealMode(vcpu, { rip: 0x1000n });
   }
 
   // mov al, 0x42 ; out 0xf4, al ; mov al, 0x43 ; out 0xf5, al ; hlt

@@ -11,5 +11,6 @@ export * from '../backend/mock/index';
 export { runInThread, vcpuExits } from '../observables/run-in-thread';
 export type { InThreadOptions } from '../observables/run-in-thread';
 export { replayScript } from './replay';
+export { enterRealMode } from './real-mode';
 export type { Replay } from './replay';
 export type { RecordedExit } from '../observables/recording';
