@@ -18,6 +18,7 @@
 
 #include <sched.h>
 
+#include <map>
 #include <set>
 #include <string>
 
@@ -79,7 +80,10 @@ class Addon : public Napi::Addon<Addon> {
         InstanceMethod("cxxAbi", &Addon::CxxAbi),
         InstanceMethod("setAffinity", &Addon::SetAffinity),
     });
-    env.AddCleanupHook([this]() { CloseAllWatchers(); });
+    env.AddCleanupHook([this]() {
+      CloseAllWatchers();
+      UnmapAtExit();
+    });
   }
 
   void Forget(Watcher* w) { watchers_.erase(w); }
@@ -87,6 +91,15 @@ class Addon : public Napi::Addon<Addon> {
  private:
   Napi::FunctionReference kvmError_;
   std::set<Watcher*> watchers_;
+  // Mappings made with { unmapAtExit: true } and not unmapped yet: unmapped when this thread's
+  // environment is torn down (a worker that ends without closing its objects). No JavaScript runs
+  // then, so no view can reach them.
+  std::map<uintptr_t, size_t> unmapAtExit_;
+
+  void UnmapAtExit() {
+    for (const auto& m : unmapAtExit_) munmap(reinterpret_cast<void*>(m.first), m.second);
+    unmapAtExit_.clear();
+  }
 
   // Throws `new KvmError(errno, syscall, { request, path })`, or a plain Error before init().
   void ThrowErrno(Napi::Env env, int err, const char* syscall, const char* request = nullptr,
@@ -320,6 +333,7 @@ class Addon : public Napi::Addon<Addon> {
       ThrowErrno(env, errno, "mmap");
       return env.Undefined();
     }
+    if (f.Get("unmapAtExit").ToBoolean()) unmapAtExit_[reinterpret_cast<uintptr_t>(p)] = static_cast<size_t>(length);
     return Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p)));
   }
 
@@ -330,7 +344,9 @@ class Addon : public Napi::Addon<Addon> {
     if (!GetU64(info, 0, &addr) || !GetInt(info, 1, &length)) return env.Undefined();
     if (munmap(reinterpret_cast<void*>(static_cast<uintptr_t>(addr)), static_cast<size_t>(length)) < 0) {
       ThrowErrno(env, errno, "munmap");
+      return env.Undefined();
     }
+    unmapAtExit_.erase(static_cast<uintptr_t>(addr));
     return env.Undefined();
   }
 

@@ -2,6 +2,7 @@
  * The worker runtime on the real kernel: pipelines in the vCPU's thread, main-thread handling,
  * pull mode, kicks, errors.
  */
+import { readFileSync } from 'node:fs';
 import { firstValueFrom, toArray } from 'rxjs';
 import { join } from 'node:path';
 import { SEED_GUEST, GUEST_ADDR, MEM_SIZE } from '../../examples/seed-example';
@@ -11,18 +12,20 @@ import { Kvm } from '../../src/wrappers/kvm';
 import type { VcpuFd } from '../../src/wrappers/vcpu-fd';
 import type { VmFd } from '../../src/wrappers/vm-fd';
 import { describeKvm, expectCode } from '../helpers/kvm';
+import { enterRealMode } from '../../src/testing/real-mode';
 
 const PIPELINE = join(__dirname, '../fixtures/seed-pipeline.ts');
+
+/** kvm_run mappings (`anon_inode:kvm-vcpu:N`) in this process, all threads'. */
+const kvmRunMappings = () =>
+  readFileSync('/proc/self/maps', 'latin1')
+    .split('\n')
+    .filter((l) => l.includes('anon_inode:kvm-vcpu')).length;
 
 function realModeGuest(vm: VmFd, mem: GuestMemory, code: Uint8Array, id = 0): VcpuFd {
   mem.bytes.set(code);
   const vcpu = vm.createVcpu(id);
-  const sregs = vcpu.getSregs();
-  sregs.cs.base = 0n;
-  sregs.cs.selector = 0;
-  vcpu.setSregs(sregs);
-  vcpu.setRegs({ rip: GUEST_ADDR, rax: 2n, rbx: 3n, rflags: 2n });
-  return vcpu;
+  return enterRealMode(vcpu, { rip: GUEST_ADDR, rax: 2n, rbx: 3n });
 }
 
 describeKvm('VcpuRuntime', () => {
@@ -181,12 +184,15 @@ describeKvm('VcpuRuntime', () => {
     expect(vcpu.getRegs().rip).toBeGreaterThan(GUEST_ADDR);
   });
 
-  it('ends the run with an error when the worker thread dies, and releases the vCPU', async () => {
+  it('ends the run with an error when the worker thread dies, and releases the vCPU and its mapping', async () => {
     const vcpu = realModeGuest(vm, mem, SEED_GUEST);
+    const before = kvmRunMappings();
     const run = runtime.start(vcpu, { pipeline: join(__dirname, '../fixtures/crash-pipeline.ts') });
     await expect(run.done).rejects.toThrow();
     expect(vcpu.running).toBe(false);
     expect(vcpu.getRegs().rip).toBeGreaterThan(GUEST_ADDR);
+    // the dead thread's own kvm_run view went with it (the addon unmaps it at thread teardown)
+    expect(kvmRunMappings()).toBe(before);
     // the pool replaces the thread: the next run works
     const vcpu2 = realModeGuest(vm, mem, SEED_GUEST, 1);
     const r2 = runtime.start(vcpu2, { pipeline: PIPELINE });

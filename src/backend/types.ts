@@ -23,6 +23,12 @@ export interface MmapFlags {
   noreserve?: boolean;
   hugetlb?: boolean;
   populate?: boolean;
+  /**
+   * Unmap it when this thread's environment is torn down, if it is still mapped then (a worker
+   * thread that ends, e.g. by `process.exit()`, without closing its objects). For mappings that
+   * only this thread uses, such as its own kvm_run view.
+   */
+  unmapAtExit?: boolean;
 }
 
 /** The syscall layer. Every method throws `KvmError` when the kernel returns an error. */

@@ -103,7 +103,8 @@ export class KvmRunWrapper implements Disposable {
   static mmapFromFd(backend: IoctlBackend, fd: number, size: number): KvmRunWrapper {
     checkInt('fd', fd, 0, 0x7fff_ffff);
     checkInt('size', size, 1, 1 << 30);
-    const address = backend.mmap(size, { shared: true, anonymous: false }, fd, 0);
+    // Only this thread uses its kvm_run view: unmapped with the thread if nothing closed it.
+    const address = backend.mmap(size, { shared: true, anonymous: false, unmapAtExit: true }, fd, 0);
     try {
       return new KvmRunWrapper(backend, address, size);
     } catch (e) {
