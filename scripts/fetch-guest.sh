@@ -22,6 +22,9 @@ if [ -f vmlinux ] && [ -f initramfs.cpio ] && [ -z "${FORCE:-}" ]; then
   echo "guest already prepared in $dir (FORCE=1 to redo)"; exit 0
 fi
 
+# Stale package lists name an older kernel (on this machine: 6.1.0-50 instead of the 6.1.0-56 the
+# shared notes measured), so refresh them first where we may.
+if [ "$(id -u)" = 0 ]; then apt-get update -qq || echo "apt-get update failed; using the package lists as they are" >&2; fi
 kpkg=$(newest_kernel || true)
 if [ -z "$kpkg" ] || ! download "$kpkg"; then
   echo "download failed; running apt-get update and retrying" >&2

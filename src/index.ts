@@ -87,4 +87,6 @@ export type { BootLinuxOptions, LinuxOutcome, LinuxVm } from './vmm/linux';
 export { runDemo } from './vmm/demo';
 export type { DemoOptions, DemoOutcome } from './vmm/demo';
 export { BootImageError } from './vmm/errors';
+export { hostVirtualization, stockKernelCmdline } from './vmm/host';
+export type { HostVirtualization } from './vmm/host';
 export { EmulationFailureError } from './vmm/emulation-fallback';

@@ -8,11 +8,12 @@ import { parseArgs } from 'node:util';
 import type { ExitStatsSnapshot } from '../operators/ExitStats';
 import { DEFAULT_MEM_SIZE } from '../vmm/boot';
 import { BootImageError } from '../vmm/errors';
+import { BASE_CMDLINE, hostVirtualization, stockKernelCmdline } from '../vmm/host';
 import { bootLinux, type LinuxOutcome } from '../vmm/linux';
 import { attachConsole } from './console';
 
-/** The default kernel command line. */
-export const DEFAULT_CMDLINE = 'console=ttyS0 panic=-1 reboot=k';
+/** The minimal kernel command line (what `--cmdline` should at least contain). */
+export const DEFAULT_CMDLINE = BASE_CMDLINE;
 
 /** Exit statuses of `kvm-rx boot`. */
 export const BOOT_STATUS = { ok: 0, error: 1, usage: 2, timeout: 124 } as const;
@@ -29,7 +30,12 @@ debug console 0x402 (to stderr), and the in-kernel PIC, IOAPIC, LAPIC and PIT.
 Options:
   --kernel <file>    The kernel image (required).
   --initrd <file>    An initrd/initramfs (cpio, compressed as the kernel supports).
-  --cmdline <text>   The kernel command line (default: "${DEFAULT_CMDLINE}").
+  --cmdline <text>   The kernel command line. Default: for a stock distribution kernel on
+                     this kind of host: "${DEFAULT_CMDLINE}" plus, on a host without
+                     VMX/SVM (PVM: guest kernel code is emulated), the switches that hide
+                     the instructions KVM's emulator lacks and skip the slowest initcalls;
+                     on VMX/SVM, skipping the i8042 and CMOS probes. The cmdline used is
+                     printed on stderr.
                      Keep reboot=k so a reboot reaches the i8042 and ends the VM.
   --mem <MiB>        Guest RAM in MiB, a multiple of 2 (default: ${DEFAULT_MEM_SIZE >>> 20}).
   --trace            At the end, print exit statistics (counts by kind and by port) on stderr.
@@ -155,7 +161,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
     if (values.kernel === undefined) throw new UsageError('--kernel <file> is required');
     kernelPath = values.kernel;
     initrdPath = values.initrd;
-    cmdline = values.cmdline ?? DEFAULT_CMDLINE;
+    cmdline = values.cmdline ?? stockKernelCmdline(hostVirtualization());
     memMiB = values.mem === undefined ? DEFAULT_MEM_SIZE >>> 20 : Number(values.mem);
     if (!Number.isInteger(memMiB) || memMiB < 16 || memMiB > 3072 || memMiB % 2 !== 0) {
       throw new UsageError(`--mem must be an even number of MiB from 16 to 3072, not ${values.mem}`);

@@ -58,6 +58,8 @@ export {
   EmulationFailureError,
 } from './emulation-fallback';
 export type { EmulationDecision, EmulationFallbackStats } from './emulation-fallback';
+export { hostVirtualization, stockKernelCmdline, BASE_CMDLINE, PVM_CMDLINE, HW_CMDLINE } from './host';
+export type { HostVirtualization } from './host';
 export { cpioNewc } from './cpio';
 export type { CpioEntry } from './cpio';
 export { bootLinux } from './linux';
