@@ -114,8 +114,7 @@ async function loadPipeline(path: string, exportName: string | undefined): Promi
 // would surface in whichever run this thread serves next. This thread runs only vCPU tasks, so
 // RxJS rethrows such errors synchronously here: out of `exits.next(exit)`, into the run loop,
 // which ends the run with that error.
-// A throwing subscriber must fail this vCPU's run at once, not be reported later from a timer (and
-// then land in whichever run the thread has next). Worker threads run only vCPU pipelines.
+// (Deprecated in RxJS 7 and gone in 8: replace it before moving to RxJS 8.)
 // eslint-disable-next-line @typescript-eslint/no-deprecated
 rxConfig.useDeprecatedSynchronousErrorHandling = true;
 
