@@ -9,7 +9,7 @@
  * the time to the reset, CPU and exit counts, and the ratios kvm-rx / C.
  *
  *   npm run bench:boot   (env: GUEST_DIR, CMDLINE, MEM_MIB, RUNS (pairs, default 1),
- *                         TIMEOUT_S (per boot, default 900), SAVE=1 to write bench/results/)
+ *                         TIMEOUT_S (per boot, default 900), SAVE=1 to write bench/results/<start time>-boot.txt)
  *
  * On this PVM host one pair takes 8 minutes or more: guest kernel code runs in KVM's emulator.
  */
@@ -130,6 +130,7 @@ async function main(): Promise<number> {
     console.error(`no kernel at ${kernel}: run \`npm run guest:fetch\` first`);
     return 1;
   }
+  const started = new Date();
   const dir = mkdtempSync(join(tmpdir(), 'kvm-rx-boot-bench-'));
   const lines: string[] = [];
   const say = (l: string) => {
@@ -138,7 +139,7 @@ async function main(): Promise<number> {
   };
   try {
     const exe = buildBaseline(dir);
-    say(`bench:boot ${new Date().toISOString()} host ${mode}, ${memMiB} MiB, kernel ${kernel}`);
+    say(`bench:boot ${started.toISOString()} host ${mode}, ${memMiB} MiB, kernel ${kernel}`);
     say(`cmdline: ${cmdline}`);
     say('run  VMM     Run /init wall (guest)   reset wall   CPU sys+user   exits   result');
     const pairs: { c: BootFigures; k: BootFigures }[] = [];
@@ -157,7 +158,8 @@ async function main(): Promise<number> {
       );
     }
     if (process.env.SAVE === '1') {
-      const out = join(root, 'bench/results', `${new Date().toISOString().slice(0, 10)}-boot.txt`);
+      const stamp = started.toISOString().slice(0, 16).replace(':', '');
+      const out = join(root, 'bench/results', `${stamp}-boot.txt`);
       writeFileSync(out, lines.join('\n') + '\n');
       console.log(`saved to ${out}`);
     }
