@@ -243,6 +243,10 @@ describe('createLinuxMachine on the mock', () => {
       'ERR_OUT_OF_RANGE',
     );
     expectCode(() => createLinuxMachine(k2, { kernel: 'vmlinux' as never }), 'TypeError', 'ERR_INVALID_ARG_VALUE');
+    // a NUL would cut the kernel's line short; a character beyond Latin-1 would become another byte
+    for (const cmdline of ['console=ttyS0\0 init=/bin/sh', 'console=ttyS0 \u2603']) {
+      expectCode(() => createLinuxMachine(k2, { kernel: kernel(), cmdline }), 'TypeError', 'ERR_INVALID_ARG_VALUE');
+    }
     // every VM created on the way was closed again: only the /dev/kvm fd remains open
     expect(backend.openFds).toHaveLength(1);
     k2.close();

@@ -148,5 +148,7 @@ describe('loader fuzz (seeded mutations of valid inputs)', () => {
     }
     expect(seen.has('ok')).toBe(true);
     expect(seen.has('ERR_OUT_OF_RANGE')).toBe(true); // a cmdline longer than cmdline_size
+    expect(load(elf, undefined, 'console=ttyS0 \u2603')).toBe('ERR_INVALID_ARG_VALUE');
+    expect(load(elf, undefined, 'console=ttyS0\0')).toBe('ERR_INVALID_ARG_VALUE');
   });
 });

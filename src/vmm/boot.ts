@@ -445,7 +445,8 @@ export interface LinuxMachine extends Disposable {
  * kernel, zero page, command line, initrd, GDT and page tables.
  *
  * @throws {@link BootImageError} for a bad kernel or initrd; `RangeError` for a command line
- *   longer than the kernel's `cmdline_size`
+ *   longer than the kernel's `cmdline_size`; `TypeError` (`ERR_INVALID_ARG_VALUE`) for a command line
+ *   with a NUL or a character beyond U+00FF
  */
 export function layoutGuest(
   memory: PhysWriter,
@@ -459,6 +460,16 @@ export function layoutGuest(
   }
   if (kernel.low < BOOT_LAYOUT.highMemStart)
     badKernel(`the kernel loads at ${hex(kernel.low)}, below 1 MiB where the boot structures live`);
+  if (typeof cmdline !== 'string') invalidValue('cmdline', 'must be a string', cmdline);
+  // The kernel reads bytes up to a NUL: a NUL inside would cut the line short, and a character
+  // beyond Latin-1 would be written as some other byte.
+  const bad = /[\0\u0100-\uffff]/.exec(cmdline);
+  if (bad) {
+    invalidValue(
+      'cmdline',
+      `must contain only characters U+0001–U+00FF (it has U+${bad[0].charCodeAt(0).toString(16).padStart(4, '0').toUpperCase()} at ${bad.index})`,
+    );
+  }
   const cmd = Buffer.from(cmdline + '\0', 'latin1');
   if (cmd.length - 1 > kernel.cmdlineSize)
     outOfRange('cmdline.length', `<= ${kernel.cmdlineSize} (the kernel's cmdline_size)`, cmd.length - 1);
