@@ -84,6 +84,7 @@ export * from './devices/index';
 // argument checks are not complete yet, so they are not public API).
 export { bootLinux } from './vmm/linux';
 export type { BootLinuxOptions, LinuxOutcome, LinuxVm } from './vmm/linux';
+export type { LinuxDeviceStage } from './vmm/linux-devices';
 export { runDemo } from './vmm/demo';
 export type { DemoOptions, DemoOutcome } from './vmm/demo';
 export { BootImageError } from './vmm/errors';

@@ -2,6 +2,7 @@
  * The Linux VM's worker pipeline (src/vmm/linux-devices.ts) on the mock, through `runInThread`
  * with scripted exits: the same pipeline `bootLinux()` loads in the vCPU's worker thread.
  */
+import { join } from 'node:path';
 import { of } from 'rxjs';
 import { kvm as K } from '../../src/abi/kvm-constants';
 import { MockBackend } from '../../src/backend/mock/index';
@@ -181,6 +182,39 @@ describe('linux-devices pipeline (mock, runInThread)', () => {
     await expect(run()).rejects.toMatchObject({
       code: 'ERR_KVM_UNHANDLED_EXIT',
       message: 'unhandled Hypercall exit: nr 0x9, rip 0x1000010',
+    });
+  });
+
+  describe("your own devices (options.devices), in front of the VM's", () => {
+    const FIXTURE = join(__dirname, '../fixtures/linux-extra-device.ts');
+
+    it('see exits first: port 0x510 is theirs (reads, writes, events), COM1 and the reset still work', async () => {
+      backend.vcpu(0).script([ioOut(0x510, [7]), ioIn(0x510), ioOut(0x3f8, 'ok'), ioIn(0x511), ioOut(0x64, [0xfe])]);
+      const outcome = await run({
+        options: { ...options, devices: { module: FIXTURE, options: { value: 0x5a } } },
+      });
+      expect(outcome).toMatchObject({ reason: 'completed', exits: 5 });
+      expect(events.filter((e) => e.channel === 'mydev').map((e) => e.data)).toEqual([7]);
+      const ins = outcome.recording!.filter((r) => r.kind === 'IoIn').map((r) => (r as { answer: number[] }).answer);
+      expect(ins).toEqual([[0x5a], [0xff]]); // 0x510 answered by the stage; 0x511 is nobody's: open bus
+      expect(text('tx')).toBe('ok');
+      expect(statsEvent().openBus).toBe(1);
+      expect(events.filter((e) => e.channel === 'reset').map((e) => e.data)).toEqual(['i8042']);
+    });
+
+    it('a module without that export, or that cannot be loaded, fails the run with the reason', async () => {
+      backend.vcpu(0).script([ioOut(0x3f8, 'never')]);
+      await expect(
+        run({ options: { ...options, devices: { module: FIXTURE, export: 'notAFunction' } } }),
+      ).rejects.toMatchObject({
+        name: 'TypeError',
+        code: 'ERR_INVALID_ARG_VALUE',
+        message: expect.stringMatching(/has no notAFunction export that is a function/),
+      });
+      await expect(
+        run({ options: { ...options, devices: { module: join(__dirname, 'no-such-module.js') } } }),
+      ).rejects.toMatchObject({ code: 'MODULE_NOT_FOUND' });
+      expect(backend.vcpu(0).remaining).toBe(1); // the guest never ran
     });
   });
 });

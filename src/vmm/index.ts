@@ -64,4 +64,5 @@ export { cpioNewc } from './cpio';
 export type { CpioEntry } from './cpio';
 export { bootLinux } from './linux';
 export type { BootLinuxOptions, LinuxOutcome, LinuxVm } from './linux';
-export type { LinuxDevicesOptions, LinuxDevicesStats, LinuxResetCause } from './linux-devices';
+export { LINUX_EVENT_CHANNELS } from './linux-devices';
+export type { LinuxDeviceStage, LinuxDevicesOptions, LinuxDevicesStats, LinuxResetCause } from './linux-devices';

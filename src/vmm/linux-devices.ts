@@ -15,6 +15,9 @@
  * - port I/O and MMIO nobody models read as an open bus (all ones) and writes are dropped: Linux
  *   probes COM2–COM4, parallel ports, VGA and the like; every other exit is an error.
  *
+ * Your own device models go in front of these (`devices` option, {@link LinuxDeviceStage}): they
+ * see every exit first and pass on the ones they do not handle.
+ *
  * At the end it sends a `stats` event: the emulation fallbacks applied and, when `trace` is on,
  * the exit statistics (`ExitStats.snapshot()`).
  *
@@ -38,6 +41,53 @@ export interface LinuxDevicesOptions {
   trace?: boolean;
   /** COM1's IRQ line on the in-kernel irqchip (default 4); `false` without an irqchip. */
   com1Irq?: number | false;
+  /** Your device models: a module loaded in the vCPU's thread (see {@link LinuxDeviceStage}). */
+  devices?: {
+    /** Absolute path of a CommonJS module (or an ES module without top-level await). */
+    module: string;
+    /** Its export that is the stage (default: `default`, then `devices`). */
+    export?: string;
+    /** Given to the stage as `ctx.options` (structured-cloned). */
+    options?: unknown;
+  };
+}
+
+/**
+ * A pipeline stage with your own device models, run in the vCPU's worker thread in front of the
+ * Linux VM's devices: it sees every exit first, answers the ones its devices own (with the
+ * operators: `onIoIn`, `onMmioWrite`, …) and passes every other exit on. `ctx.options` is
+ * `devices.options`; `ctx.emit(channel, data)` reaches `LinuxVm.events$` and
+ * `LinuxVm.post(channel, data)` reaches `ctx.receive(channel)`.
+ *
+ * @example
+ * ```ts
+ * // my-devices.ts: a register at port 0x510 that reads 0x5a and reports writes
+ * export default (exits$: Observable<VcpuExit>, ctx: VcpuContext) =>
+ *   exits$.pipe(
+ *     onIoIn(0x510, () => 0x5a),
+ *     onIoOut(0x510, (exit) => ctx.emit('mydev', exit.data[0])),
+ *   );
+ * ```
+ */
+export type LinuxDeviceStage = (exits$: Observable<VcpuExit>, ctx: VcpuContext) => Observable<VcpuExit>;
+
+/** Channels the Linux pipeline itself emits on; a device stage should use others. */
+export const LINUX_EVENT_CHANNELS: readonly string[] = ['tx', 'reset', 'halt', 'stats', 'debugcon'];
+
+/** Loads the `devices` stage in this (the vCPU's) thread. */
+function loadDeviceStage(devices: NonNullable<LinuxDevicesOptions['devices']>): LinuxDeviceStage {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const mod = require(devices.module) as Record<string, unknown>;
+  const fn = devices.export !== undefined ? mod[devices.export] : (mod.default ?? mod.devices);
+  if (typeof fn !== 'function') {
+    throw Object.assign(
+      new TypeError(
+        `devices module ${devices.module} has no ${devices.export ?? 'default (or devices)'} export that is a function`,
+      ),
+      { code: 'ERR_INVALID_ARG_VALUE' },
+    );
+  }
+  return fn as LinuxDeviceStage;
 }
 
 /** How the guest ended the run, as sent in the `reset` / `halt` events. */
@@ -112,8 +162,21 @@ export default function linuxDevices(exits$: Observable<VcpuExit>, ctx: VcpuCont
   const input$ = ctx
     .receive('stdin')
     .pipe(map((d) => (d instanceof Uint8Array ? d : new Uint8Array(d as ArrayBuffer))));
+  const devices = options.devices;
+  const stage = devices === undefined ? undefined : loadDeviceStage(devices);
+  const stageCtx: VcpuContext | undefined = devices && {
+    vcpuId: ctx.vcpuId,
+    vcpu: ctx.vcpu,
+    vm: ctx.vm,
+    memory: ctx.memory,
+    options: devices.options,
+    emit: (channel, data) => ctx.emit(channel, data),
+    signal: ctx.signal,
+    receive: (channel) => ctx.receive(channel),
+  };
   return exits$.pipe(
     exitStats ? traceExits(exitStats) : identity,
+    stage ? (source: Observable<VcpuExit>) => stage(source, stageCtx!) : identity,
     legacyPc({
       com1: {
         ...(irqLine === false ? {} : { irq: (level: boolean) => ctx.vm.setIrqLine(irqLine, level) }),

@@ -5,9 +5,10 @@
  *
  * @module
  */
-import { extname, join } from 'node:path';
+import { extname, isAbsolute, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Subject, type Observable } from 'rxjs';
-import { checkObject, invalidType } from '../abi/validate';
+import { checkObject, checkString, invalidType, invalidValue } from '../abi/validate';
 import type { ExitStatsSnapshot } from '../operators/ExitStats';
 import { VcpuRuntime } from '../workers/runtime';
 import { Kvm } from '../wrappers/kvm';
@@ -27,6 +28,13 @@ export interface BootLinuxOptions extends LinuxMachineConfig {
   runtime?: VcpuRuntime;
   /** The `Kvm` to create the VM with (default: a new one, closed at the end). */
   kvm?: Kvm;
+  /**
+   * Your own device models, in front of the VM's: a module (path or file URL) whose export (default
+   * `default`, then `devices`) is a `LinuxDeviceStage` (`linux-devices.ts`), loaded in the vCPU's worker thread.
+   * A module that cannot be loaded, or has no such function, ends the run with that error.
+   * Its `ctx.emit()` values arrive on {@link LinuxVm.events$}.
+   */
+  devices?: { pipeline: string | URL; export?: string; options?: unknown };
 }
 
 /** How a Linux guest's run ended. */
@@ -61,8 +69,19 @@ export interface LinuxVm {
   readonly memSize: number;
   /** What the guest writes to COM1, one chunk per exit. Completes at the end. */
   readonly output$: Observable<Uint8Array>;
+  /**
+   * Everything the vCPU's pipeline emits (`ctx.emit(channel, data)`): your `devices` stage's
+   * channels, and the VM's own (`tx`, `reset`, `halt`, `stats`, `debugcon`). Completes at the end.
+   */
+  readonly events$: Observable<{ channel: string; data: unknown }>;
   /** Types `bytes` into COM1 (delivered even while the guest sleeps in `hlt`). */
   send(bytes: Uint8Array | string): void;
+  /**
+   * Sends `data` to your `devices` stage (`ctx.receive(channel)`), delivered between exits.
+   *
+   * @throws `TypeError` (`ERR_INVALID_ARG_VALUE`) for a channel the VM itself uses (`stdin`)
+   */
+  post(channel: string, data: unknown): void;
   /** Stops the VM; resolves with the outcome. */
   stop(): Promise<LinuxOutcome>;
   /** Resolves with the outcome once the VM has ended and everything is closed. Never rejects. */
@@ -91,6 +110,7 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
   checkObject('options', options);
   if (options.output !== undefined && typeof options.output !== 'function')
     invalidType('options.output', 'of type function', options.output);
+  const devices = options.devices === undefined ? undefined : checkDevices(options.devices);
   const ownKvm = options.kvm === undefined;
   const kvm = options.kvm ?? new Kvm();
   let machine;
@@ -107,8 +127,10 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
     memSize: machine.memSize,
     trace: options.trace === true,
     com1Irq: irqchip ? 4 : false,
+    ...(devices ? { devices } : {}),
   };
   const output = new Subject<Uint8Array>();
+  const events = new Subject<{ channel: string; data: unknown }>();
   const t0 = performance.now();
   let run;
   try {
@@ -123,6 +145,7 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
   let halted = false;
   let stats: LinuxDevicesStats | undefined;
   run.events$.subscribe(({ channel, data }) => {
+    events.next({ channel, data });
     if (channel === 'tx') {
       const bytes = data as Uint8Array;
       options.output?.(bytes);
@@ -148,6 +171,7 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
     if (ownKvm) kvm.close();
     if (ownRuntime) await runtime.close();
     output.complete();
+    events.complete();
     let reason: LinuxOutcome['reason'];
     if (error !== undefined) reason = 'error';
     else if (completed && resetBy !== undefined) reason = 'reset';
@@ -170,12 +194,37 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
     boot: machine.boot,
     memSize: machine.memSize,
     output$: output.asObservable(),
+    events$: events.asObservable(),
     send: (bytes) =>
       run.send('stdin', typeof bytes === 'string' ? new Uint8Array(Buffer.from(bytes, 'latin1')) : bytes),
+    post: (channel, data) => {
+      checkString('channel', channel);
+      if (channel === 'stdin') invalidValue('channel', "is the VM's own (COM1 input: use send())", channel);
+      run.send(channel, data);
+    },
     stop: async () => {
       await run.stop();
       return done;
     },
     done,
+  };
+}
+
+function checkDevices(devices: NonNullable<BootLinuxOptions['devices']>): NonNullable<LinuxDevicesOptions['devices']> {
+  checkObject('options.devices', devices);
+  const p = devices.pipeline;
+  const module =
+    p instanceof URL
+      ? fileURLToPath(p)
+      : typeof p === 'string' && p.length > 0
+        ? isAbsolute(p)
+          ? p
+          : resolve(p)
+        : invalidValue('options.devices.pipeline', 'must be a path or a file URL', p);
+  if (devices.export !== undefined) checkString('options.devices.export', devices.export);
+  return {
+    module,
+    ...(devices.export !== undefined ? { export: devices.export } : {}),
+    ...(devices.options !== undefined ? { options: devices.options } : {}),
   };
 }
