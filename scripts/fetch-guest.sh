@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Downloads Debian's cloud kernel and busybox-static, extracts the uncompressed vmlinux from the
-# bzImage's LZ4 payload, and builds an uncompressed initramfs. Output: .guest/ (git-ignored).
+# bzImage's LZ4 payload (kvm-rx's own decoder: no lz4 tool needed), and builds an uncompressed
+# initramfs. Output: .guest/ (git-ignored).
 #   npm run guest:fetch            (set GUEST_DIR to put it elsewhere)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,14 +42,10 @@ dpkg-deb -x "$(ls -t busybox-static_*.deb | head -1)" bbpkg
 cp kpkg/boot/vmlinuz-* bzImage
 
 tsnode() { (cd "$root" && npx --no-install ts-node --transpile-only "$@"); }
-tsnode scripts/guest-prepare.ts payload "$dir/bzImage" "$dir/payload.lz4"
-# lz4 exits 1 because of the 4-byte size trailer the kernel build appends; the output is complete.
-lz4 -dc payload.lz4 > vmlinux 2>lz4.err || true
-head -c 4 vmlinux | od -An -tx1 | grep -q '7f 45 4c 46' || { echo "lz4 did not produce an ELF vmlinux:" >&2; cat lz4.err >&2; exit 1; }
-expected=$(tail -c 4 payload.lz4 | od -An -tu4 | tr -d ' ')
-actual=$(stat -c %s vmlinux)
-[ "$expected" = "$actual" ] || { echo "vmlinux is $actual bytes, the payload trailer says $expected" >&2; exit 1; }
-rm -f payload.lz4 lz4.err
+# The bzImage's payload is LZ4 (Debian's cloud kernel); kvm-rx's own decoder extracts the vmlinux
+# (and checks it against the size trailer the kernel build appends).
+tsnode scripts/guest-prepare.ts vmlinux "$dir/bzImage" "$dir/vmlinux"
+head -c 4 vmlinux | od -An -tx1 | grep -q '7f 45 4c 46' || { echo "the extracted vmlinux is not an ELF file" >&2; exit 1; }
 tsnode scripts/guest-prepare.ts initramfs "$dir/bbpkg/bin/busybox" "$dir/initramfs.cpio"
 echo "$kpkg" > kernel-package
 ls -l "$dir/vmlinux" "$dir/bzImage" "$dir/initramfs.cpio"

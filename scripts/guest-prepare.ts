@@ -1,11 +1,13 @@
 /**
  * Helper of scripts/fetch-guest.sh (run with ts-node):
- *   payload <bzImage> <out>          writes the bzImage's compressed payload (for `lz4 -dc`)
+ *   vmlinux <bzImage> <out>          writes the vmlinux inside the bzImage (its LZ4 or gzip payload
+ *                                    decompressed by kvm-rx's own decoder, size trailer checked)
  *   initramfs <busybox> <out.cpio>   builds an uncompressed newc initramfs whose /init prints
  *                                    "BOOT-OK <uptime>" and reboots
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { bzImagePayload, parseBzImage } from '../src/vmm/bzimage';
+import { decompressPayload } from '../src/vmm/decompress';
 import { cpioNewc } from '../src/vmm/cpio';
 
 const INIT = `#!/bin/busybox sh
@@ -17,11 +19,17 @@ echo "BOOT-OK $up"
 
 function main(argv: string[]): void {
   const [cmd, input, out] = argv;
-  if (cmd === 'payload' && input && out) {
+  if (cmd === 'vmlinux' && input && out) {
     const bz = parseBzImage(readFileSync(input));
-    writeFileSync(out, bzImagePayload(bz));
+    const raw = bzImagePayload(bz);
+    const vmlinux = bz.payloadFormat === 'elf' ? raw : decompressPayload(bz.payloadFormat, raw);
+    if (vmlinux === undefined) {
+      console.error(`the payload is ${bz.payloadFormat}-compressed: not decoded here (LZ4, gzip and plain ELF are)`);
+      process.exit(1);
+    }
+    writeFileSync(out, vmlinux);
     console.log(
-      `bzImage: protocol 0x${bz.protocol.toString(16)}, setup_sects ${bz.setupSects}, payload ${bz.payloadFormat} ${bz.payloadLength} B at +0x${bz.payloadOffset.toString(16)}`,
+      `bzImage: protocol 0x${bz.protocol.toString(16)}, setup_sects ${bz.setupSects}, payload ${bz.payloadFormat} ${bz.payloadLength} B at +0x${bz.payloadOffset.toString(16)} → vmlinux ${vmlinux.length} B`,
     );
   } else if (cmd === 'initramfs' && input && out) {
     const cpio = cpioNewc([
@@ -37,7 +45,7 @@ function main(argv: string[]): void {
     writeFileSync(out, cpio);
     console.log(`initramfs: ${cpio.length} B (uncompressed newc)`);
   } else {
-    console.error('usage: guest-prepare.ts payload <bzImage> <out> | initramfs <busybox> <out.cpio>');
+    console.error('usage: guest-prepare.ts vmlinux <bzImage> <out> | initramfs <busybox> <out.cpio>');
     process.exit(2);
   }
 }

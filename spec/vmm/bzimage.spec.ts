@@ -7,7 +7,9 @@ import { join } from 'node:path';
 import { prepareKernel } from '../../src/vmm/boot';
 import { bzImagePayload, isBzImage, parseBzImage, payloadFormat } from '../../src/vmm/bzimage';
 import { BootImageError } from '../../src/vmm/errors';
-import { LZ4_PAYLOAD, buildBzImage, buildElf } from './images';
+import { LZ4_PAYLOAD, XZ_PAYLOAD, buildBzImage, buildElf, lz4LegacyCompress } from './images';
+import { decompressPayload } from '../../src/vmm/decompress';
+import { gzipSync } from 'node:zlib';
 
 function bootError(fn: () => unknown): BootImageError {
   try {
@@ -149,20 +151,63 @@ describe('prepareKernel with a bzImage', () => {
     expect(k.setupHeader?.[0x202 - 0x1f1]).toBe(0x48); // 'H' of HdrS
   });
 
-  it('refuses a compressed payload by default, saying the decompressor is slow here and what to do', () => {
-    const e = bootError(() => prepareKernel(buildBzImage({ payload: LZ4_PAYLOAD })));
+  it('decompresses an LZ4 or gzip payload on the host and loads the vmlinux inside, with the setup header', () => {
+    const elf = buildElf({ entry: 0x1000000n, segments: [{ paddr: 0x1000000, data: Uint8Array.of(0xf4, 1, 2, 3) }] });
+    for (const [format, payload] of [
+      ['lz4', lz4LegacyCompress(elf)],
+      ['gzip', new Uint8Array(gzipSync(elf))],
+    ] as const) {
+      const k = prepareKernel(buildBzImage({ payload, cmdlineSize: 511 }));
+      expect(k).toMatchObject({ kind: 'bzimage', payload: format, entry: 0x1000000, low: 0x1000000, cmdlineSize: 511 });
+      expect(k.guestDecompresses).toBeUndefined();
+      const writes: Array<[bigint, number[]]> = [];
+      k.load({ write: (gpa, data) => void writes.push([gpa, Array.from(data)]) }, 0x2000000);
+      expect(writes[0]).toEqual([0x1000000n, [0xf4, 1, 2, 3]]);
+    }
+  });
+
+  it('a payload that decompresses to something else, or is corrupt, is a bad kernel', () => {
+    const notElf = bootError(() => prepareKernel(buildBzImage({ payload: lz4LegacyCompress(new Uint8Array(64)) })));
+    expect(notElf.code).toBe('ERR_KVM_BAD_KERNEL');
+    expect(notElf.detail).toMatch(
+      /lz4 payload decompressed to something that is not an ELF vmlinux \(starts with 00 00 00 00\)/,
+    );
+    const corrupt = bootError(() => prepareKernel(buildBzImage({ payload: LZ4_PAYLOAD })));
+    expect(corrupt.code).toBe('ERR_KVM_BAD_KERNEL');
+    expect(corrupt.detail).toMatch(/LZ4/);
+    const badGzip = bootError(() => prepareKernel(buildBzImage({ payload: Uint8Array.of(0x1f, 0x8b, 8, 0, 1, 2, 3) })));
+    expect(badGzip.detail).toMatch(/^corrupt gzip payload: /);
+  });
+
+  it('refuses a payload it does not decompress (xz, or any with decompressOnHost: false), saying why and what to do', () => {
+    const e = bootError(() => prepareKernel(buildBzImage({ payload: XZ_PAYLOAD })));
     expect(e.code).toBe('ERR_KVM_UNSUPPORTED_KERNEL');
-    expect(e.detail).toMatch(/payload is lz4-compressed/);
+    expect(e.detail).toMatch(/payload is xz-compressed/);
+    expect(e.detail).toMatch(/does LZ4 and gzip/);
     expect(e.detail).toMatch(/slow/);
     expect(e.detail).toMatch(/uncompressed vmlinux/);
-    expect(e.detail).toMatch(/npm run guest:fetch/);
     expect(e.detail).toMatch(/allowDecompressor: true/);
+    const lz4 = buildBzImage({
+      payload: lz4LegacyCompress(
+        buildElf({ entry: 0x1000000n, segments: [{ paddr: 0x1000000, data: Uint8Array.of(0xf4) }] }),
+      ),
+    });
+    expect(bootError(() => prepareKernel(lz4, { decompressOnHost: false })).detail).toMatch(
+      /payload is lz4-compressed/,
+    );
   });
 
   it('with allowDecompressor, enters the 64-bit entry at 0x100200 and loads the protected-mode part at 1 MiB', () => {
-    const img = buildBzImage({ payload: LZ4_PAYLOAD, initSize: 0x800000 });
+    const img = buildBzImage({ payload: XZ_PAYLOAD, initSize: 0x800000 });
     const k = prepareKernel(img, { allowDecompressor: true });
-    expect(k).toMatchObject({ kind: 'bzimage', entry: 0x100200, low: 0x100000, high: 0x900000 });
+    expect(k).toMatchObject({
+      kind: 'bzimage',
+      payload: 'xz',
+      guestDecompresses: true,
+      entry: 0x100200,
+      low: 0x100000,
+      high: 0x900000,
+    });
     const writes: Array<[bigint, number]> = [];
     k.load({ write: (gpa, data) => void writes.push([gpa, data.length]) }, 0x1000000);
     expect(writes).toEqual([[0x100000n, img.length - 5 * 512]]);
@@ -173,7 +218,7 @@ describe('prepareKernel with a bzImage', () => {
 
   it('refuses a compressed kernel without the 64-bit entry (XLF_KERNEL_64)', () => {
     const e = bootError(() =>
-      prepareKernel(buildBzImage({ payload: LZ4_PAYLOAD, xloadflags: 0 }), { allowDecompressor: true }),
+      prepareKernel(buildBzImage({ payload: XZ_PAYLOAD, xloadflags: 0 }), { allowDecompressor: true }),
     );
     expect(e.detail).toMatch(/no 64-bit entry point/);
   });
@@ -193,7 +238,15 @@ const bzPath = join(__dirname, '../../.guest/bzImage');
     it('is protocol 2.15 with an LZ4 payload and a 64-bit entry (as measured in the shared notes)', () => {
       const bz = parseBzImage(readFileSync(bzPath));
       expect(bz).toMatchObject({ protocol: 0x20f, setupSects: 39, payloadFormat: 'lz4', has64BitEntry: true });
-      expect(bootError(() => prepareKernel(readFileSync(bzPath))).code).toBe('ERR_KVM_UNSUPPORTED_KERNEL');
+    });
+
+    it('decompresses on the host to exactly the vmlinux that lz4 -dc extracted (guest:fetch)', () => {
+      const k = prepareKernel(readFileSync(bzPath));
+      expect(k).toMatchObject({ kind: 'bzimage', payload: 'lz4', entry: 0x1000000 });
+      const vmlinux = readFileSync(join(__dirname, '../../.guest/vmlinux'));
+      const mine = decompressPayload('lz4', bzImagePayload(parseBzImage(readFileSync(bzPath))))!;
+      expect(mine.length).toBe(vmlinux.length);
+      expect(Buffer.compare(Buffer.from(mine), vmlinux)).toBe(0);
     });
   },
 );

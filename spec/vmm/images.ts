@@ -113,6 +113,63 @@ export function buildBzImage(spec: BzSpec): Uint8Array {
 
 export const LZ4_PAYLOAD = Uint8Array.of(0x02, 0x21, 0x4c, 0x18, 1, 2, 3, 4);
 
+/** An xz magic and a few bytes: a payload format the loader does not decompress on the host. */
+export const XZ_PAYLOAD = Uint8Array.of(0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00, 1, 2);
+
+/** One LZ4 block (greedy, 4-byte hash matches), obeying the format's end-of-block rules. */
+function lz4BlockCompress(src: Uint8Array): number[] {
+  const out: number[] = [];
+  const n = src.length;
+  const lengthBytes = (len: number) => {
+    for (len -= 15; len >= 255; len -= 255) out.push(255);
+    out.push(len);
+  };
+  const sequence = (litFrom: number, litTo: number, matchLen?: number, offset?: number) => {
+    const lit = litTo - litFrom;
+    const ml = matchLen === undefined ? 0 : matchLen - 4;
+    out.push((Math.min(lit, 15) << 4) | Math.min(ml, 15));
+    if (lit >= 15) lengthBytes(lit);
+    for (let k = litFrom; k < litTo; k++) out.push(src[k]);
+    if (matchLen === undefined || offset === undefined) return;
+    out.push(offset & 0xff, offset >>> 8);
+    if (ml >= 15) lengthBytes(ml);
+  };
+  const seen = new Map<number, number>();
+  let anchor = 0;
+  let i = 0;
+  while (i + 12 < n) {
+    // a match may start no later than 12 bytes before the end, and ends 5 bytes before it
+    const key = src[i] | (src[i + 1] << 8) | (src[i + 2] << 16) | (src[i + 3] << 24);
+    const cand = seen.get(key);
+    seen.set(key, i);
+    if (cand !== undefined && i - cand <= 0xffff) {
+      let len = 4;
+      while (i + len < n - 5 && src[cand + len] === src[i + len]) len++;
+      sequence(anchor, i, len, i - cand);
+      i += len;
+      anchor = i;
+    } else i++;
+  }
+  sequence(anchor, n);
+  return out;
+}
+
+/**
+ * `data` as the kernel's build compresses it (`lz4 -l` + the 4-byte size trailer): the LZ4
+ * legacy frame, blocks of at most 8 MiB, then the uncompressed size.
+ */
+export function lz4LegacyCompress(data: Uint8Array, blockSize = 8 << 20): Uint8Array {
+  const parts: number[] = [0x02, 0x21, 0x4c, 0x18];
+  const u32 = (v: number) => parts.push(v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, v >>> 24);
+  for (let s = 0; s < data.length; s += blockSize) {
+    const block = lz4BlockCompress(data.subarray(s, Math.min(s + blockSize, data.length)));
+    u32(block.length);
+    for (const b of block) parts.push(b);
+  }
+  u32(data.length);
+  return Uint8Array.from(parts);
+}
+
 /**
  * The tiny 64-bit kernel, loaded at physical 0x200000 (IDT page at 0x201000):
  *

@@ -1,6 +1,6 @@
 /**
- * Mutation fuzzing of the Linux loader's inputs: kernel images (ELF vmlinux, bzImage with an ELF
- * or a compressed payload), initrds and command lines, mutated from valid ones with a seeded PRNG
+ * Mutation fuzzing of the Linux loader's inputs: kernel images (ELF vmlinux, bzImage with an ELF,
+ * LZ4, gzip or xz payload), initrds and command lines, mutated from valid ones with a seeded PRNG
  * (so a failure reproduces). Whatever the bytes, preparing and laying out a guest either works,
  * with everything written inside guest RAM, or throws one of the documented errors:
  * `BootImageError` (`ERR_KVM_BAD_KERNEL`, `ERR_KVM_UNSUPPORTED_KERNEL`, `ERR_KVM_BAD_INITRD`) or a
@@ -9,7 +9,8 @@
  */
 import { BootImageError } from '../../src/vmm/errors';
 import { layoutGuest, prepareKernel } from '../../src/vmm/boot';
-import { buildBzImage, buildElf, LZ4_PAYLOAD, pvhNote, tinyKernel } from './images';
+import { gzipSync } from 'node:zlib';
+import { buildBzImage, buildElf, lz4LegacyCompress, pvhNote, tinyKernel, XZ_PAYLOAD } from './images';
 
 const MEM = 64 << 20;
 const ITERATIONS = 1500;
@@ -116,14 +117,18 @@ describe('loader fuzz (seeded mutations of valid inputs)', () => {
     ],
   });
   const bzElf = buildBzImage({ payload: elf });
-  const bzLz4 = buildBzImage({ payload: LZ4_PAYLOAD });
+  const bzLz4 = buildBzImage({ payload: lz4LegacyCompress(elf) });
+  const bzGzip = buildBzImage({ payload: new Uint8Array(gzipSync(elf)) });
+  const bzXz = buildBzImage({ payload: XZ_PAYLOAD });
   const initrd = Uint8Array.from({ length: 4096 }, (_, i) => i & 0xff);
 
   it.each([
     ['an ELF vmlinux', elf, 0x5eed01],
     ['an ELF with a PVH note', elfWithPvh, 0x5eed02],
     ['a bzImage with an ELF payload', bzElf, 0x5eed03],
-    ['a bzImage with an LZ4 payload', bzLz4, 0x5eed04],
+    ['a bzImage with an LZ4 payload (decompressed on the host)', bzLz4, 0x5eed04],
+    ['a bzImage with a gzip payload (decompressed on the host)', bzGzip, 0x5eed06],
+    ['a bzImage with an xz payload (the guest decompresses)', bzXz, 0x5eed07],
   ])('%s: every mutation loads or gives a documented error', (_name, base, seed) => {
     expect(load(base, initrd, 'console=ttyS0')).toBe('ok'); // the unmutated input loads
     const next = prng(seed);

@@ -6,7 +6,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { ExitStatsSnapshot } from '../operators/ExitStats';
-import { DEFAULT_MEM_SIZE } from '../vmm/boot';
+import { DEFAULT_MEM_SIZE, type BootInfo } from '../vmm/boot';
 import { BootImageError } from '../vmm/errors';
 import { BASE_CMDLINE, hostVirtualization, stockKernelCmdline } from '../vmm/host';
 import { bootLinux, type LinuxOutcome } from '../vmm/linux';
@@ -22,7 +22,8 @@ export const BOOT_USAGE = `Usage: kvm-rx boot --kernel <file> [options]
 
 Boots a Linux kernel directly in 64-bit mode (no firmware, no bootloader) with its serial
 console (COM1, ttyS0) on this terminal. The kernel is an ELF vmlinux, or a bzImage whose payload
-is uncompressed (extract a compressed one first: the error message says how).
+is uncompressed or compressed with LZ4 or gzip (decompressed here, on the host; for other
+compressions the error message says how to extract the vmlinux).
 
 Devices: COM1 16550A (IRQ 4), i8042 (reset only), CMOS/RTC, PCI bus with no device, port 0x80,
 debug console 0x402 (to stderr), and the in-kernel PIC, IOAPIC, LAPIC and PIT.
@@ -56,6 +57,12 @@ Exit status:
 `;
 
 class UsageError extends Error {}
+
+function describeKernel(b: BootInfo): string {
+  if (b.kind === 'elf') return 'ELF vmlinux';
+  if (b.payload === 'elf' || b.payload === undefined) return 'bzImage (uncompressed vmlinux inside)';
+  return `bzImage (${b.payload.toUpperCase()} payload decompressed on the host)`;
+}
 
 function readImage(what: 'kernel' | 'initrd', path: string): Uint8Array {
   let size: number;
@@ -208,7 +215,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
     );
     process.stderr.write(`[kvm-rx] cmdline: ${cmdline}\n`);
     process.stderr.write(
-      `[kvm-rx] ${b.kind === 'elf' ? 'ELF vmlinux' : 'bzImage'} at ${hex(b.kernel.low)}–${hex(b.kernel.high)}, entry ${hex(b.entry)}` +
+      `[kvm-rx] ${describeKernel(b)} at ${hex(b.kernel.low)}–${hex(b.kernel.high)}, entry ${hex(b.entry)}` +
         `${b.initrd ? `, initrd at ${hex(b.initrd.addr)}` : ''}; ${process.stdin.isTTY ? 'Ctrl-A x quits' : 'booting'}\n`,
     );
   } catch (e) {

@@ -207,12 +207,12 @@ export function bzImagePayload(bz: BzImage): Uint8Array {
  */
 export function compressedPayloadAdvice(bz: BzImage): string {
   return (
-    `the payload is ${bz.payloadFormat}-compressed (${bz.payloadLength} bytes). Booting it runs the kernel's own ` +
-    'decompressor inside the guest, which is extremely slow where guest kernel code is emulated (a PVM host: minutes ' +
-    'for LZ4, longer for XZ). Boot the uncompressed vmlinux instead (`npm run guest:fetch` extracts it: ' +
-    'payload at file offset ' +
+    `the payload is ${bz.payloadFormat}-compressed (${bz.payloadLength} bytes), which kvm-rx does not decompress on the ` +
+    "host (it does LZ4 and gzip). Booting it runs the kernel's own decompressor inside the guest, which is extremely " +
+    'slow where guest kernel code is emulated (a PVM host: many minutes for XZ). Boot the uncompressed vmlinux ' +
+    'instead: the payload is at file offset ' +
     hex(bz.protectedModeOffset + bz.payloadOffset) +
-    ', then `lz4 -dc`/`xz -dc`), ' +
+    ` (${bz.payloadLength} bytes; e.g. \`xz -dc\`, \`zstd -dc\`), ` +
     'or pass `allowDecompressor: true` to boot the bzImage through its 64-bit entry anyway'
   );
 }
