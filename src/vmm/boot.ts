@@ -152,7 +152,7 @@ export interface PreparedKernel {
 export interface PrepareKernelOptions {
   /**
    * Decompress an LZ4 or gzip bzImage payload on the host and load the vmlinux inside it, as for
-   * an uncompressed payload (default `true`): well under a second, where the kernel's own
+   * an uncompressed payload (default `true`): about half a second for a Debian kernel, where the kernel's own
    * decompressor takes minutes on an emulating (PVM) host. The boot then starts at the vmlinux's
    * entry, not at the bzImage's.
    */
