@@ -167,6 +167,24 @@ describeKvm('kvm-rx on the real kernel', () => {
     expect(exits).toBe(com1 + 1);
   });
 
+  it('boot --devices: your device stage answers the guest, its events go to stderr', () => {
+    // 0x200000: mov $0x510,%dx; mov $7,%al; out %al,(%dx); in (%dx),%al; mov $0x3f8,%dx;
+    //           out %al,(%dx); mov $0xfe,%al; out %al,$0x64; hlt
+    const code = Uint8Array.of(
+      0x66, 0xba, 0x10, 0x05, 0xb0, 0x07, 0xee, 0xec, 0x66, 0xba, 0xf8, 0x03, 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4,
+    ); // prettier-ignore
+    const kernel = join(dir, 'dev.elf');
+    writeFileSync(kernel, buildElf({ entry: 0x200000n, segments: [{ paddr: 0x200000, data: code, memsz: 0x1000 }] }));
+    const fixture = join(__dirname, '../fixtures/linux-extra-device.ts');
+    const r = cli(['boot', '--kernel', kernel, '--mem', '32', '--timeout', '60', '--devices', fixture]);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toBe('B'); // 0x42 from the stage's register
+    expect(r.stderr).toMatch(/\[kvm-rx\] mydev: 7\n/);
+    const missing = cli(['boot', '--kernel', kernel, '--devices', join(dir, 'nope.js')]);
+    expect(missing.status).toBe(2);
+    expect(missing.stderr).toMatch(/--devices: .*nope\.js does not exist/);
+  });
+
   it('boot --timeout: a kernel that spins is stopped, exit 124', () => {
     const kernel = join(dir, 'spin.elf');
     writeFileSync(

@@ -3,13 +3,15 @@
  *
  * @module
  */
-import { readFileSync, statSync } from 'node:fs';
-import { parseArgs } from 'node:util';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { inspect, parseArgs } from 'node:util';
 import type { ExitStatsSnapshot } from '../operators/ExitStats';
 import { DEFAULT_MEM_SIZE, type BootInfo } from '../vmm/boot';
 import { BootImageError } from '../vmm/errors';
 import { BASE_CMDLINE, hostVirtualization, stockKernelCmdline } from '../vmm/host';
 import { bootLinux, type LinuxOutcome } from '../vmm/linux';
+import { LINUX_EVENT_CHANNELS } from '../vmm/linux-devices';
 import { attachConsole } from './console';
 
 /** The minimal kernel command line (what `--cmdline` should at least contain). */
@@ -41,6 +43,10 @@ Options:
   --mem <MiB>        Guest RAM in MiB, a multiple of 2 (default: ${DEFAULT_MEM_SIZE >>> 20}).
   --trace            At the end, print exit statistics (counts by kind and by port) on stderr.
   --timeout <s>      Stop the VM after this many seconds.
+  --devices <module> Your own device models: a module whose default export is a
+                     LinuxDeviceStage (see docs/vmm.md), run in the vCPU's thread in
+                     front of the VM's devices. What it emits (ctx.emit) is printed on
+                     stderr as "[kvm-rx] <channel>: <data>".
   -h, --help         Show this help.
 
 Keys: Ctrl-A x quits; Ctrl-A Ctrl-A sends Ctrl-A. Everything else goes to the guest.
@@ -141,6 +147,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
   let memMiB: number;
   let trace: boolean;
   let timeoutS: number | undefined;
+  let devicesPath: string | undefined;
   try {
     let values;
     try {
@@ -154,6 +161,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
           mem: { type: 'string' },
           trace: { type: 'boolean' },
           timeout: { type: 'string' },
+          devices: { type: 'string' },
         },
         strict: true,
         allowPositionals: false,
@@ -168,6 +176,10 @@ export async function cmdBoot(argv: string[]): Promise<number> {
     if (values.kernel === undefined) throw new UsageError('--kernel <file> is required');
     kernelPath = values.kernel;
     initrdPath = values.initrd;
+    devicesPath = values.devices;
+    if (devicesPath !== undefined && !existsSync(devicesPath)) {
+      throw new UsageError(`--devices: ${devicesPath} does not exist`);
+    }
     cmdline = values.cmdline ?? stockKernelCmdline(hostVirtualization());
     memMiB = values.mem === undefined ? DEFAULT_MEM_SIZE >>> 20 : Number(values.mem);
     if (!Number.isInteger(memMiB) || memMiB < 16 || memMiB > 3072 || memMiB % 2 !== 0) {
@@ -204,6 +216,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
         trace,
         signal: ac.signal,
         output: (bytes) => process.stdout.write(bytes),
+        ...(devicesPath !== undefined ? { devices: { pipeline: resolve(devicesPath) } } : {}),
       }),
       why: () => why,
       stop,
@@ -233,6 +246,14 @@ export async function cmdBoot(argv: string[]): Promise<number> {
   let outcome: LinuxOutcome;
   try {
     console_.connect((bytes) => vm.handle.send(bytes));
+    if (devicesPath !== undefined) {
+      // The device stage's own channels (the VM's are handled above and by bootLinux).
+      vm.handle.events$.subscribe(({ channel, data }) => {
+        if (!LINUX_EVENT_CHANNELS.includes(channel)) {
+          process.stderr.write(`\r\n[kvm-rx] ${channel}: ${inspect(data, { breakLength: Infinity })}\n`);
+        }
+      });
+    }
     outcome = await vm.handle.done;
   } finally {
     if (timer) clearTimeout(timer);
