@@ -80,9 +80,13 @@ export type { ExitRecord, RunOutcome } from './observables/vcpu-run';
 export { runInThread, vcpuExits } from './observables/run-in-thread';
 export type { InThreadOptions } from './observables/run-in-thread';
 export * from './devices/index';
-// The VMM, at its high level (the loader's building blocks stay in src/vmm/ for now: their
-// argument checks are not complete yet, so they are not public API).
+// The VMM: bootLinux at the high level; createLinuxMachine for your own run loop; cpioNewc for
+// initramfs images. (The loader's smaller building blocks stay in src/vmm/: not public API.)
 export { bootLinux } from './vmm/linux';
+export { createLinuxMachine } from './vmm/boot';
+export type { BootInfo, LinuxMachine, LinuxMachineConfig, PrepareKernelOptions } from './vmm/boot';
+export { cpioNewc } from './vmm/cpio';
+export type { CpioEntry } from './vmm/cpio';
 export type { BootLinuxOptions, LinuxOutcome, LinuxVm } from './vmm/linux';
 export type { LinuxDeviceStage } from './vmm/linux-devices';
 export { runDemo } from './vmm/demo';

@@ -17,6 +17,7 @@ import {
   identityPageTables,
   longModeSregs,
   placeInitrd,
+  prepareKernel,
   readE820,
   segmentFromGdt,
   type LinuxMachine,
@@ -243,6 +244,14 @@ describe('createLinuxMachine on the mock', () => {
       'ERR_OUT_OF_RANGE',
     );
     expectCode(() => createLinuxMachine(k2, { kernel: 'vmlinux' as never }), 'TypeError', 'ERR_INVALID_ARG_VALUE');
+    expectCode(() => createLinuxMachine({} as never, { kernel: kernel() }), 'TypeError', 'ERR_INVALID_ARG_TYPE');
+    expectCode(
+      () => createLinuxMachine(k2, { kernel: kernel(), irqchip: 'yes' as never }),
+      'TypeError',
+      'ERR_INVALID_ARG_TYPE',
+    );
+    expectCode(() => prepareKernel(kernel(), { allowDecompressor: 1 as never }), 'TypeError', 'ERR_INVALID_ARG_TYPE');
+    expectCode(() => prepareKernel(kernel(), null as never), 'TypeError', 'ERR_INVALID_ARG_TYPE');
     // a NUL would cut the kernel's line short; a character beyond Latin-1 would become another byte
     for (const cmdline of ['console=ttyS0\0 init=/bin/sh', 'console=ttyS0 \u2603']) {
       expectCode(() => createLinuxMachine(k2, { kernel: kernel(), cmdline }), 'TypeError', 'ERR_INVALID_ARG_VALUE');

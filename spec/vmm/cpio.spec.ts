@@ -46,4 +46,43 @@ describe('cpioNewc', () => {
     expect(() => cpioNewc([{ type: 'dir', path: '/bin' }])).toThrow(TypeError);
     expect(() => cpioNewc([{ type: 'dir', path: '' }])).toThrow(/relative and non-empty/);
   });
+
+  it.each([
+    ['not an array', 'init', 'TypeError', 'ERR_INVALID_ARG_TYPE', /"entries"/],
+    ['an entry that is not an object', [null], 'TypeError', 'ERR_INVALID_ARG_TYPE', /entries\[0\]/],
+    ['an unknown type', [{ type: 'fifo', path: 'p' }], 'TypeError', 'ERR_INVALID_ARG_VALUE', /entries\[0\]\.type/],
+    ['a path that is not a string', [{ type: 'dir', path: 7 }], 'TypeError', 'ERR_INVALID_ARG_TYPE', /\.path/],
+    ['a NUL in a path', [{ type: 'dir', path: 'a\0b' }], 'TypeError', 'ERR_INVALID_ARG_VALUE', /\.path/],
+    ['a mode beyond 0o7777', [{ type: 'dir', path: 'd', mode: 0o10000 }], 'RangeError', 'ERR_OUT_OF_RANGE', /\.mode/],
+    ['a fractional mode', [{ type: 'dir', path: 'd', mode: 1.5 }], 'RangeError', 'ERR_OUT_OF_RANGE', /\.mode/],
+    [
+      'file data of the wrong type',
+      [{ type: 'file', path: 'f', data: 5 }],
+      'TypeError',
+      'ERR_INVALID_ARG_TYPE',
+      /\.data/,
+    ],
+    [
+      'a symlink target that is not a string',
+      [{ type: 'symlink', path: 'l' }],
+      'TypeError',
+      'ERR_INVALID_ARG_TYPE',
+      /\.target/,
+    ],
+    [
+      'a device number beyond 32 bits',
+      [{ type: 'chardev', path: 'c', major: 2 ** 32, minor: 0 }],
+      'RangeError',
+      'ERR_OUT_OF_RANGE',
+      /\.major/,
+    ],
+  ])('refuses %s, naming the field', (_what, entries, name, code, message) => {
+    let thrown: unknown;
+    try {
+      cpioNewc(entries as never);
+    } catch (e) {
+      thrown = e;
+    }
+    expect(thrown).toMatchObject({ name, code, message: expect.stringMatching(message) });
+  });
 });

@@ -11,11 +11,11 @@
  * @module
  */
 import type { KvmSegment, KvmSregs } from '../abi/layouts';
-import { checkInt, checkObject, invalidValue, outOfRange } from '../abi/validate';
+import { checkBool, checkInt, checkObject, invalidType, invalidValue, outOfRange } from '../abi/validate';
 import { GuestMemory, type GuestMemoryOptions } from '../wrappers/guest-memory';
 import type { CpuId } from '../wrappers/fam';
 import { KVM_MAX_CPUID_ENTRIES } from '../wrappers/fam';
-import type { Kvm } from '../wrappers/kvm';
+import { Kvm } from '../wrappers/kvm';
 import type { VcpuFd } from '../wrappers/vcpu-fd';
 import type { VmFd } from '../wrappers/vm-fd';
 import {
@@ -174,6 +174,9 @@ export interface PrepareKernelOptions {
  * @throws {@link BootImageError} `ERR_KVM_BAD_KERNEL` / `ERR_KVM_UNSUPPORTED_KERNEL` with details
  */
 export function prepareKernel(image: Uint8Array, options: PrepareKernelOptions = {}): PreparedKernel {
+  checkObject('options', options);
+  if (options.decompressOnHost !== undefined) checkBool('options.decompressOnHost', options.decompressOnHost);
+  if (options.allowDecompressor !== undefined) checkBool('options.allowDecompressor', options.allowDecompressor);
   if (!(image instanceof Uint8Array)) invalidValue('kernel', 'must be a Uint8Array (the file contents)', image);
   if (image.length === 0) badKernel('the file is empty');
   if (isElf(image)) return fromElf(image, parseElf(image));
@@ -572,7 +575,10 @@ export function setupBootVcpu(kvm: Kvm, vcpu: VcpuFd, entry: number, lapic = tru
  *   (checked before any VM is created); {@link KvmError} from the ioctls; `RangeError` for bad sizes
  */
 export function createLinuxMachine(kvm: Kvm, config: LinuxMachineConfig): LinuxMachine {
+  if (!(kvm instanceof Kvm)) invalidType('kvm', 'an instance of Kvm', kvm);
   checkObject('config', config);
+  if (config.irqchip !== undefined) checkBool('config.irqchip', config.irqchip);
+  if (config.memory !== undefined) checkObject('config.memory', config.memory);
   const memSize = checkMemSize(config.memSize ?? DEFAULT_MEM_SIZE);
   const kernel = prepareKernel(config.kernel, config);
   const cmdline = config.cmdline ?? '';

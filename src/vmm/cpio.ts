@@ -5,6 +5,8 @@
  * @module
  */
 
+import { checkInt, checkObject, checkString, invalidType, invalidValue, outOfRange } from '../abi/validate';
+
 /** One archive entry. Directories before their contents; paths without a leading `/`. */
 export type CpioEntry =
   | { type: 'dir'; path: string; mode?: number }
@@ -28,7 +30,10 @@ function field(n: number): string {
  * ```ts
  * const initrd = cpioNewc([{ type: 'dir', path: 'dev' }, { type: 'file', path: 'init', data: '#!/bin/sh\n', mode: 0o755 }]);
  * ```
- * @throws `TypeError` for an empty or absolute path
+ * @throws `TypeError` (`ERR_INVALID_ARG_TYPE`/`ERR_INVALID_ARG_VALUE`) for entries that are not
+ *   objects of a known `type`, an empty or absolute path, a NUL in a path or target, data that is
+ *   not a string or Uint8Array; `RangeError` (`ERR_OUT_OF_RANGE`) for a mode beyond 0o7777, a
+ *   device number beyond 2^32 − 1, or a file of 4 GiB or more (newc sizes have 8 hex digits)
  */
 export function cpioNewc(entries: ReadonlyArray<CpioEntry>): Uint8Array {
   const chunks: Uint8Array[] = [];
@@ -59,28 +64,41 @@ export function cpioNewc(entries: ReadonlyArray<CpioEntry>): Uint8Array {
     if (data.length) push(data);
     pad();
   };
+  if (!Array.isArray(entries)) invalidType('entries', 'an array of cpio entries', entries);
   let ino = 1;
-  for (const e of entries) {
-    if (typeof e.path !== 'string' || e.path === '' || e.path.startsWith('/')) {
-      throw new TypeError(`cpio entry path must be relative and non-empty, got '${e.path}'`);
-    }
+  entries.forEach((e: CpioEntry, i) => {
+    const at = `entries[${i}]`;
+    checkObject(at, e);
+    const path = checkString(`${at}.path`, e.path);
+    if (path === '' || path.startsWith('/')) invalidValue(`${at}.path`, 'must be relative and non-empty', path);
+    const mode = (def: number): number =>
+      'mode' in e && e.mode !== undefined ? checkInt(`${at}.mode`, e.mode, 0, 0o7777) : def;
     switch (e.type) {
       case 'dir':
-        record(ino++, e.path, S_IFDIR | (e.mode ?? 0o755), new Uint8Array(0), [0, 0], 2);
+        record(ino++, path, S_IFDIR | mode(0o755), new Uint8Array(0), [0, 0], 2);
         break;
       case 'file': {
-        const data = typeof e.data === 'string' ? Buffer.from(e.data, 'utf8') : e.data;
-        record(ino++, e.path, S_IFREG | (e.mode ?? 0o644), data);
+        let data: Uint8Array;
+        if (typeof e.data === 'string') data = Buffer.from(e.data, 'utf8');
+        else if (e.data instanceof Uint8Array) data = e.data;
+        else return invalidType(`${at}.data`, 'a string or a Uint8Array', e.data);
+        if (data.length > 0xffff_ffff) outOfRange(`${at}.data.length`, '< 4 GiB (newc sizes)', data.length);
+        record(ino++, path, S_IFREG | mode(0o644), data);
         break;
       }
       case 'symlink':
-        record(ino++, e.path, S_IFLNK | 0o777, Buffer.from(e.target, 'utf8'));
+        record(ino++, path, S_IFLNK | 0o777, Buffer.from(checkString(`${at}.target`, e.target), 'utf8'));
         break;
       case 'chardev':
-        record(ino++, e.path, S_IFCHR | (e.mode ?? 0o600), new Uint8Array(0), [e.major, e.minor]);
+        record(ino++, path, S_IFCHR | mode(0o600), new Uint8Array(0), [
+          checkInt(`${at}.major`, e.major, 0, 0xffff_ffff),
+          checkInt(`${at}.minor`, e.minor, 0, 0xffff_ffff),
+        ]);
         break;
+      default:
+        invalidValue(`${at}.type`, "must be 'dir', 'file', 'symlink' or 'chardev'", (e as { type?: unknown }).type);
     }
-  }
+  });
   record(0, 'TRAILER!!!', 0, new Uint8Array(0), [0, 0], 1);
   const out = new Uint8Array(size);
   let at = 0;
