@@ -1,5 +1,6 @@
 /**
  * End-to-end: boots the Debian cloud vmlinux (+ busybox initramfs) fetched by `npm run guest:fetch`
+ * (run first, here, when the guest is missing: a clean clone needs only `npm run e2e:linux`)
  * with `bootLinux()` (the worker runtime: the vCPU runs in a worker thread with the 16550A UART
  * model and its interrupt, the i8042, CMOS and the emulation-failure fallbacks), with the serial
  * console on stdout, and measures the time to `Run /init as init process`.
@@ -14,6 +15,7 @@
  *   - on a VMX/SVM host: `BOOT-OK <uptime>` printed by /init, then the reset.
  * Exits 0 on success, 1 otherwise.
  */
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { hostVirtualization, stockKernelCmdline } from '../src/vmm/host';
@@ -24,8 +26,20 @@ async function main(): Promise<number> {
   const dir = process.env.GUEST_DIR ?? join(root, '.guest');
   const kernelPath = process.env.KERNEL ?? join(dir, 'vmlinux');
   const initrdPath = process.env.INITRD ?? join(dir, 'initramfs.cpio');
+  if (!existsSync(kernelPath) && process.env.KERNEL === undefined) {
+    // A clean clone: fetch and prepare the guest first (what `npm run guest:fetch` does).
+    console.log(`no guest in ${dir} yet: fetching it (scripts/fetch-guest.sh)`);
+    const fetched = spawnSync('bash', [join(root, 'scripts/fetch-guest.sh')], {
+      stdio: 'inherit',
+      env: { ...process.env, GUEST_DIR: dir },
+    });
+    if (fetched.status !== 0) {
+      console.error(`fetching the guest failed (exit ${fetched.status ?? fetched.signal})`);
+      return 1;
+    }
+  }
   if (!existsSync(kernelPath)) {
-    console.error(`no kernel at ${kernelPath}: run \`npm run guest:fetch\` first`);
+    console.error(`no kernel at ${kernelPath}`);
     return 1;
   }
   const mode = hostVirtualization();
