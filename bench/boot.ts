@@ -18,6 +18,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { hostVirtualization, stockKernelCmdline } from '../src/vmm/host';
+import { runMain } from '../scripts/run-main';
 
 interface BootFigures {
   ok: boolean;
@@ -177,12 +178,4 @@ function row(i: number, who: string, f: BootFigures): string {
   );
 }
 
-main().then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (e: unknown) => {
-    console.error(e);
-    process.exitCode = 1;
-  },
-);
+runMain(main);

@@ -20,6 +20,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { hostVirtualization, stockKernelCmdline } from '../src/vmm/host';
 import { bootLinux, type LinuxVm } from '../src/vmm/linux';
+import { runMain } from './run-main';
 
 async function main(): Promise<number> {
   const root = join(__dirname, '..');
@@ -215,12 +216,4 @@ async function main(): Promise<number> {
   return ok ? 0 : 1;
 }
 
-main().then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (e: unknown) => {
-    console.error(e);
-    process.exitCode = 1;
-  },
-);
+runMain(main);
