@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describeKvm } from '../helpers/kvm';
 import { buildElf } from '../vmm/images';
+import { hostVirtualization, stockKernelCmdline } from '../../src/vmm/host';
 
 const ROOT = join(__dirname, '..', '..');
 const CLI = join(ROOT, 'src', 'cli', 'kvm-rx.ts');
@@ -183,6 +184,34 @@ describeKvm('kvm-rx on the real kernel', () => {
     const missing = cli(['boot', '--kernel', kernel, '--devices', join(dir, 'nope.js')]);
     expect(missing.status).toBe(2);
     expect(missing.stderr).toMatch(/--devices: .*nope\.js does not exist/);
+  });
+
+  it('boot: the kernel gets the default cmdline for this host, or --cmdline, with --append at the end', () => {
+    // 0x200000: mov 0x228(%rsi),%esi (cmd_line_ptr); mov $0x3f8,%dx; 1: lodsb; test %al,%al; jz 2f;
+    //           out %al,(%dx); jmp 1b; 2: mov $0xfe,%al; out %al,$0x64; hlt
+    const code = Uint8Array.of(
+      0x8b, 0xb6, 0x28, 0x02, 0x00, 0x00, 0x66, 0xba, 0xf8, 0x03, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb, 0xf8,
+      0xb0, 0xfe, 0xe6, 0x64, 0xf4,
+    ); // prettier-ignore
+    const kernel = join(dir, 'cmdline.elf');
+    writeFileSync(kernel, buildElf({ entry: 0x200000n, segments: [{ paddr: 0x200000, data: code, memsz: 0x1000 }] }));
+    const byDefault = cli(['boot', '--kernel', kernel, '--mem', '32', '--timeout', '120']);
+    expect(byDefault.status).toBe(0);
+    expect(byDefault.stdout).toBe(stockKernelCmdline(hostVirtualization()));
+    const mine = cli([
+      'boot',
+      '--kernel',
+      kernel,
+      '--mem',
+      '32',
+      '--cmdline',
+      'console=ttyS0 reboot=k',
+      '--append',
+      ' x=1 ',
+    ]);
+    expect(mine.status).toBe(0);
+    expect(mine.stdout).toBe('console=ttyS0 reboot=k x=1');
+    expect(mine.stderr).toContain('[kvm-rx] cmdline: console=ttyS0 reboot=k x=1\n');
   });
 
   it('boot --timeout: a kernel that spins is stopped, exit 124', () => {

@@ -40,6 +40,8 @@ Options:
                      on VMX/SVM, skipping the i8042 and CMOS probes. The cmdline used is
                      printed on stderr.
                      Keep reboot=k so a reboot reaches the i8042 and ends the VM.
+  --append <text>    Added to the end of the command line (the default one, or
+                     --cmdline's), e.g. --append 'loglevel=8 initcall_debug'.
   --mem <MiB>        Guest RAM in MiB, a multiple of 2 (default: ${DEFAULT_MEM_SIZE >>> 20}).
   --trace            At the end, print exit statistics (counts by kind and by port) on stderr.
   --timeout <s>      Stop the VM after this many seconds.
@@ -158,6 +160,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
           kernel: { type: 'string' },
           initrd: { type: 'string' },
           cmdline: { type: 'string' },
+          append: { type: 'string' },
           mem: { type: 'string' },
           trace: { type: 'boolean' },
           timeout: { type: 'string' },
@@ -181,6 +184,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
       throw new UsageError(`--devices: ${devicesPath} does not exist`);
     }
     cmdline = values.cmdline ?? stockKernelCmdline(hostVirtualization());
+    if (values.append !== undefined && values.append.trim() !== '') cmdline = `${cmdline} ${values.append.trim()}`;
     memMiB = values.mem === undefined ? DEFAULT_MEM_SIZE >>> 20 : Number(values.mem);
     if (!Number.isInteger(memMiB) || memMiB < 16 || memMiB > 3072 || memMiB % 2 !== 0) {
       throw new UsageError(`--mem must be an even number of MiB from 16 to 3072, not ${values.mem}`);
