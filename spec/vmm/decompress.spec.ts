@@ -47,6 +47,19 @@ describe('lz4Legacy', () => {
     expect(Buffer.compare(Buffer.from(lz4Legacy(packed)), Buffer.from(data))).toBe(0);
   });
 
+  it('joins concatenated frames, as the kernel does (a block size equal to the magic starts a new frame)', () => {
+    const a = sample(3000, 21);
+    const b = sample(2000, 22);
+    const fa = lz4LegacyCompress(a);
+    const fb = lz4LegacyCompress(b);
+    const joined = Uint8Array.from([
+      ...fa.subarray(0, fa.length - 4),
+      ...fb.subarray(0, fb.length - 4),
+      ...u32le(5000),
+    ]);
+    expect(Buffer.from(lz4Legacy(joined)).equals(Buffer.concat([a, b]))).toBe(true);
+  });
+
   it('joins the blocks of a multi-block frame', () => {
     const data = sample(100_000, 7);
     const packed = lz4LegacyCompress(data, 16 << 10); // 7 blocks

@@ -94,6 +94,7 @@ export function lz4Legacy(payload: Uint8Array): Uint8Array {
   while (i < end) {
     const size = v.getUint32(i, true);
     i += 4;
+    if (size === LZ4_LEGACY_MAGIC) continue; // another legacy frame follows (concatenated streams)
     if (size === 0 || size > end - i) {
       badKernel(`corrupt LZ4 payload: a block of ${size} bytes at ${hex(i - 4)} runs past the end (truncated?)`);
     }
