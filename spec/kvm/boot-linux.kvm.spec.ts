@@ -50,6 +50,11 @@ describeKvm('bootLinux with your own devices', () => {
       'TypeError',
       'ERR_INVALID_ARG_TYPE',
     );
+    expectCode(
+      () => bootLinux({ kernel: kernel(), memSize: 32 << 20, devices: { pipeline: FIXTURE, options: () => 1 } }),
+      'TypeError',
+      'ERR_INVALID_ARG_VALUE',
+    );
     const vm = bootLinux({
       kernel: kernel(),
       memSize: 32 << 20,

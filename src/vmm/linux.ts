@@ -222,6 +222,13 @@ function checkDevices(devices: NonNullable<BootLinuxOptions['devices']>): NonNul
           : resolve(p)
         : invalidValue('options.devices.pipeline', 'must be a path or a file URL', p);
   if (devices.export !== undefined) checkString('options.devices.export', devices.export);
+  if (devices.options !== undefined) {
+    try {
+      structuredClone(devices.options); // it goes to the vCPU's thread
+    } catch (e) {
+      invalidValue('options.devices.options', `must be structured-cloneable (${(e as Error).message})`);
+    }
+  }
   return {
     module,
     ...(devices.export !== undefined ? { export: devices.export } : {}),
