@@ -30,10 +30,13 @@ describeKvm('bootLinux with your own devices', () => {
     const mine = firstValueFrom(vm.events$.pipe(filter((e) => e.channel === 'mydev')));
     const output = firstValueFrom(vm.output$.pipe(toArray()));
     expect(await mine).toEqual({ channel: 'mydev', data: 7 });
-    // the guest spins reading 0x5a from port 0x510 until the register changes
+    // the guest spins reading 0x5a from port 0x510 until the register changes: vm.call() sees it there
+    const { rip } = await vm.call('getRegs');
+    expect(rip >= 0x1000007n && rip <= 0x100000cn).toBe(true);
     vm.post('set', 0x41);
     const outcome = await vm.done;
     expect(outcome).toMatchObject({ reason: 'reset', resetBy: 'i8042', openBus: 0 });
+    await expect(vm.call('getRegs')).rejects.toMatchObject({ code: 'ERR_KVM_CLOSED' });
     expect(Buffer.concat(await output).toString('latin1')).toBe('A');
   });
 

@@ -92,7 +92,7 @@ function readImage(what: 'kernel' | 'initrd', path: string): Uint8Array {
 }
 
 const mb = (n: number) => (n < 1e6 ? `${n} bytes` : `${(n / 1e6).toFixed(1)} MB`);
-const hex = (n: number) => `0x${n.toString(16)}`;
+const hex = (n: number | bigint) => `0x${n.toString(16)}`;
 
 /** The `--trace` report. */
 export function formatTrace(outcome: LinuxOutcome): string {
@@ -245,7 +245,17 @@ export async function cmdBoot(argv: string[]): Promise<number> {
   }
 
   let timer: NodeJS.Timeout | undefined;
-  if (timeoutS !== undefined) timer = setTimeout(() => vm.stop('timeout'), timeoutS * 1000);
+  let stoppedAt: bigint | undefined;
+  if (timeoutS !== undefined) {
+    // Where the guest was when time ran out (a hung kernel's RIP), then stop.
+    timer = setTimeout(() => {
+      vm.handle
+        .call('getRegs')
+        .then((regs) => (stoppedAt = regs.rip))
+        .catch(() => undefined)
+        .finally(() => vm.stop('timeout'));
+    }, timeoutS * 1000);
+  }
   const console_ = attachConsole({ onQuit: () => vm.stop('quit'), quitOnEnd: false });
   let outcome: LinuxOutcome;
   try {
@@ -263,7 +273,8 @@ export async function cmdBoot(argv: string[]): Promise<number> {
     if (timer) clearTimeout(timer);
     console_.close();
   }
-  process.stderr.write(`\r\n[kvm-rx] ${describeEnd(outcome, vm.why())}\n`);
+  const where = outcome.reason === 'stopped' && stoppedAt !== undefined ? `, at rip ${hex(stoppedAt)}` : '';
+  process.stderr.write(`\r\n[kvm-rx] ${describeEnd(outcome, vm.why())}${where}\n`);
   if (trace) process.stderr.write(formatTrace(outcome));
   switch (outcome.reason) {
     case 'reset':

@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { Subject, type Observable } from 'rxjs';
 import { checkObject, checkString, invalidType, invalidValue } from '../abi/validate';
 import type { ExitStatsSnapshot } from '../operators/ExitStats';
+import type { VcpuRun } from '../observables/vcpu-run';
 import { VcpuRuntime } from '../workers/runtime';
 import { Kvm } from '../wrappers/kvm';
 import { createLinuxMachine, type BootInfo, type LinuxMachineConfig } from './boot';
@@ -82,6 +83,13 @@ export interface LinuxVm {
    * @throws `TypeError` (`ERR_INVALID_ARG_VALUE`) for a channel the VM itself uses (`stdin`)
    */
   post(channel: string, data: unknown): void;
+  /**
+   * Calls a method of the running vCPU on its own thread, between two exits (see `VcpuRun.call`):
+   * where the guest is, what it sees. Rejects with `ERR_KVM_CLOSED` once the VM has ended.
+   *
+   * @example `const { rip } = await vm.call('getRegs');`
+   */
+  call: VcpuRun['call'];
   /** Stops the VM; resolves with the outcome. */
   stop(): Promise<LinuxOutcome>;
   /** Resolves with the outcome once the VM has ended and everything is closed. Never rejects. */
@@ -202,6 +210,7 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
       if (channel === 'stdin') invalidValue('channel', "is the VM's own (COM1 input: use send())", channel);
       run.send(channel, data);
     },
+    call: (method, ...args) => run.call(method, ...args),
     stop: async () => {
       await run.stop();
       return done;
