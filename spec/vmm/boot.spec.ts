@@ -23,24 +23,14 @@ import {
   type LinuxMachine,
 } from '../../src/vmm/boot';
 import { HDR } from '../../src/vmm/bzimage';
-import { BootImageError } from '../../src/vmm/errors';
 import { emulationFallbackStats, handleEmulationFailure } from '../../src/vmm/emulation-fallback';
 import { describeKvm, expectCode } from '../helpers/kvm';
 import { buildBzImage, buildElf, tinyKernel } from './images';
+import { bootError } from '../helpers/boot-image';
 
 const MiB = 1 << 20;
 /** A PVM host (no VMX/SVM): guest kernel code goes through KVM's emulator. */
 const emulatingHost = existsSync('/sys/module/kvm_pvm');
-
-function bootError(fn: () => unknown): BootImageError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(BootImageError);
-    return e as BootImageError;
-  }
-  throw new Error('expected a BootImageError');
-}
 
 describe('boot layout (pure)', () => {
   it('e820: RAM below 0x9fc00, the BIOS hole reserved, RAM from 1 MiB to the end', () => {

@@ -6,20 +6,10 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { prepareKernel } from '../../src/vmm/boot';
 import { bzImagePayload, isBzImage, parseBzImage, payloadFormat } from '../../src/vmm/bzimage';
-import { BootImageError } from '../../src/vmm/errors';
 import { LZ4_PAYLOAD, XZ_PAYLOAD, buildBzImage, buildElf, lz4LegacyCompress } from './images';
 import { decompressPayload } from '../../src/vmm/decompress';
 import { gzipSync } from 'node:zlib';
-
-function bootError(fn: () => unknown): BootImageError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(BootImageError);
-    return e as BootImageError;
-  }
-  throw new Error('expected a BootImageError');
-}
+import { bootError } from '../helpers/boot-image';
 
 describe('parseBzImage', () => {
   it('reads the setup header: protocol, setup_sects, payload, cmdline size, initrd max, 64-bit entry', () => {

@@ -7,16 +7,7 @@ import { gzipSync } from 'node:zlib';
 import { BootImageError } from '../../src/vmm/errors';
 import { decompressPayload, lz4Legacy } from '../../src/vmm/decompress';
 import { lz4LegacyCompress } from './images';
-
-function bootError(fn: () => unknown): BootImageError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof BootImageError) return e;
-    throw e;
-  }
-  throw new Error('expected a BootImageError');
-}
+import { bootError } from '../helpers/boot-image';
 
 /** Compressible but varied bytes: text-like runs, repeats at many distances, and noise. */
 function sample(size: number, seed = 1): Uint8Array {

@@ -3,19 +3,9 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { BootImageError } from '../../src/vmm/errors';
 import { isElf, loadElf, parseElf } from '../../src/vmm/elf';
 import { buildElf, pvhNote } from './images';
-
-function bootError(fn: () => unknown): BootImageError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(BootImageError);
-    return e as BootImageError;
-  }
-  throw new Error('expected a BootImageError');
-}
+import { bootError } from '../helpers/boot-image';
 
 const code = Uint8Array.of(0xf4, 0x90, 0x90, 0x90);
 
