@@ -33,7 +33,7 @@
  * addresses (`Kvm.fromRawFd`, `new Kvm(opts, fd)`, `createVmfdFromRawfd`, `createVcpuFromRawfd`,
  * `VmFd.borrow`, `borrowVcpu`, `VcpuFd.borrowed`, `GuestMemory.borrow`, `KvmRunWrapper.mmapFromFd`,
  * the `VmFd`/`VcpuFd`/`DeviceFd`/`GuestMemfd` constructors) and the TypeScript-`protected`/
- * `@internal` members (`ioctl`, `onClosed`, `adopt`, `setOwner`, `attachRun`, `whenEnded`, `kick`, `GuestMemory#retain`, `KvmRunWrapper#pin`).
+ * `@internal` members (`ioctl`, `getStruct`, `onClosed`, `adopt`, `setOwner`, `attachRun`, `whenEnded`, `kick`, `GuestMemory#retain`, `KvmRunWrapper#pin`).
  *
  * Output: one line `FUZZ_RESULT <json>` on stdout.
  *
@@ -69,6 +69,7 @@ type Ctor = new (...a: unknown[]) => unknown;
 /** Members that adopt raw fds/addresses or are internal hooks: the unsafe seam, not fuzzed. */
 const UNSAFE_MEMBERS = new Set([
   'ioctl',
+  'getStruct',
   'onClosed',
   'adopt',
   'borrow',

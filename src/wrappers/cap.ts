@@ -7,6 +7,7 @@
  * @module
  */
 import { kvm } from '../abi/kvm-constants';
+import { checkU64, invalidValue } from '../abi/validate';
 
 /** KVM capabilities (kvm-ioctls `Cap`, all 128 variants). Values are the kernel's `KVM_CAP_*`. */
 export const Cap = {
@@ -195,3 +196,16 @@ export const CapArch: Readonly<Partial<Record<keyof typeof Cap, ReadonlyArray<'x
   ArmPtrAuthAddress: ['aarch64'],
   ArmPtrAuthGeneric: ['aarch64'],
 };
+
+/**
+ * The argument of `KVM_CHECK_EXTENSION` (on the system or a VM fd): any capability number that
+ * fits in 32 bits, as a number or a bigint.
+ *
+ * @throws `TypeError`/`RangeError` for anything else
+ * @internal
+ */
+export function capNumber(cap: number | bigint): bigint {
+  const c = checkU64('cap', cap);
+  if (c > 0xffff_ffffn) invalidValue('cap', 'must fit in 32 bits', cap);
+  return c;
+}

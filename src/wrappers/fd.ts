@@ -4,6 +4,7 @@
  * @module
  */
 import { KvmClosedError } from '../abi/errors';
+import { decodeStruct, dv, type StructDef } from '../abi/codec';
 import type { IoctlArg, IoctlBackend } from '../backend/types';
 
 /** Something a parent closes before itself (vCPUs and devices of a VM, views of a mapping). */
@@ -61,6 +62,12 @@ export abstract class FdOwner implements Closeable {
   protected ioctl(request: number, arg?: IoctlArg): number {
     this.checkOpen();
     return this.backend.ioctl(this.#fd, request, arg);
+  }
+  /** An ioctl that fills a `def` struct, decoded. */
+  protected getStruct<T>(def: StructDef, request: number): T {
+    const buf = new Uint8Array(def.size);
+    this.ioctl(request, buf);
+    return decodeStruct<T>(def, dv(buf));
   }
 
   /** Registers a child closed before this object. Returns a function that unregisters it. */

@@ -19,7 +19,7 @@ import {
 import { nativeBackend } from '../backend/native';
 import type { IoctlBackend } from '../backend/types';
 import type { Cap } from './cap';
-import { Cap as CapValues } from './cap';
+import { Cap as CapValues, capNumber } from './cap';
 import { CpuId, famBuffer, KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRIES, MsrList, Msrs } from './fam';
 import { FdOwner } from './fd';
 import { VmFd } from './vm-fd';
@@ -121,9 +121,7 @@ export class Kvm extends FdOwner {
    * @throws `RangeError` for a capability outside 0..2^32-1
    */
   checkExtensionRaw(cap: number | bigint): number {
-    const c = checkU64('cap', cap);
-    if (c > 0xffff_ffffn) invalidValue('cap', 'must fit in 32 bits', cap);
-    return this.ioctl(ioctls.KVM_CHECK_EXTENSION, c);
+    return this.ioctl(ioctls.KVM_CHECK_EXTENSION, capNumber(cap));
   }
 
   /**

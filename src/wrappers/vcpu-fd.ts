@@ -314,9 +314,7 @@ export class VcpuFd extends FdOwner {
    * @throws {@link KvmError}
    */
   getRegs(): KvmRegs {
-    const buf = new Uint8Array(kvm_regs.size);
-    this.ioctl(ioctls.KVM_GET_REGS, buf);
-    return decodeStruct<KvmRegs>(kvm_regs, dv(buf));
+    return this.getStruct<KvmRegs>(kvm_regs, ioctls.KVM_GET_REGS);
   }
 
   /**
@@ -335,9 +333,7 @@ export class VcpuFd extends FdOwner {
    * @throws {@link KvmError}
    */
   getSregs(): KvmSregs {
-    const buf = new Uint8Array(kvm_sregs.size);
-    this.ioctl(ioctls.KVM_GET_SREGS, buf);
-    return decodeStruct<KvmSregs>(kvm_sregs, dv(buf));
+    return this.getStruct<KvmSregs>(kvm_sregs, ioctls.KVM_GET_SREGS);
   }
 
   /**
@@ -424,12 +420,6 @@ export class VcpuFd extends FdOwner {
 
   // @section x86 state (getFpu, setFpu, setCpuid2, getCpuid2, enableCap, getLapic, setLapic, getMsrs, setMsrs, getMpState, setMpState, getXsave, getXsave2, setXsave, setXsave2, getXcrs, setXcrs, getDebugRegs, setDebugRegs, getVcpuEvents, setVcpuEvents, setGuestDebug, kvmclockCtrl, getTscKhz, setTscKhz, translateGva, smi, nmi, nestedState, setNestedState)
 
-  #getStruct<T>(def: StructDef, request: number): T {
-    const buf = new Uint8Array(def.size);
-    this.ioctl(request, buf);
-    return decodeStruct<T>(def, dv(buf));
-  }
-
   #setStruct(def: StructDef, request: number, value: unknown, name: string): void {
     checkObject(name, value);
     this.checkOpen();
@@ -442,7 +432,7 @@ export class VcpuFd extends FdOwner {
    * @throws {@link KvmError}
    */
   getFpu(): KvmFpu {
-    return this.#getStruct<KvmFpu>(kvm_fpu, ioctls.KVM_GET_FPU);
+    return this.getStruct<KvmFpu>(kvm_fpu, ioctls.KVM_GET_FPU);
   }
 
   /**
@@ -471,7 +461,7 @@ export class VcpuFd extends FdOwner {
    * @throws {@link KvmError} EINVAL (no in-kernel irqchip)
    */
   getLapic(): KvmLapicState {
-    return this.#getStruct<KvmLapicState>(kvm_lapic_state, ioctls.KVM_GET_LAPIC);
+    return this.getStruct<KvmLapicState>(kvm_lapic_state, ioctls.KVM_GET_LAPIC);
   }
 
   /**
@@ -495,7 +485,7 @@ export class VcpuFd extends FdOwner {
    * @throws {@link KvmError}
    */
   getMpState(): KvmMpState {
-    return this.#getStruct<KvmMpState>(kvm_mp_state, ioctls.KVM_GET_MP_STATE);
+    return this.getStruct<KvmMpState>(kvm_mp_state, ioctls.KVM_GET_MP_STATE);
   }
 
   /**
@@ -513,7 +503,7 @@ export class VcpuFd extends FdOwner {
    * @throws {@link KvmError} EINVAL when the guest's XSAVE state does not fit 4 KiB (use {@link getXsave2})
    */
   getXsave(): KvmXsave {
-    const x = this.#getStruct<KvmXsave>(kvm_xsave, ioctls.KVM_GET_XSAVE);
+    const x = this.getStruct<KvmXsave>(kvm_xsave, ioctls.KVM_GET_XSAVE);
     return { region: x.region, extra: [] };
   }
 
@@ -570,7 +560,7 @@ export class VcpuFd extends FdOwner {
    * @throws {@link KvmError}
    */
   getXcrs(): KvmXcrs {
-    const x = this.#getStruct<KvmXcrs>(kvm_xcrs, ioctls.KVM_GET_XCRS);
+    const x = this.getStruct<KvmXcrs>(kvm_xcrs, ioctls.KVM_GET_XCRS);
     return x;
   }
 
@@ -589,7 +579,7 @@ export class VcpuFd extends FdOwner {
    * @throws {@link KvmError}
    */
   getDebugRegs(): KvmDebugregs {
-    return this.#getStruct<KvmDebugregs>(kvm_debugregs, ioctls.KVM_GET_DEBUGREGS);
+    return this.getStruct<KvmDebugregs>(kvm_debugregs, ioctls.KVM_GET_DEBUGREGS);
   }
 
   /**
@@ -607,7 +597,7 @@ export class VcpuFd extends FdOwner {
    * @throws {@link KvmError}
    */
   getVcpuEvents(): KvmVcpuEvents {
-    return this.#getStruct<KvmVcpuEvents>(kvm_vcpu_events, ioctls.KVM_GET_VCPU_EVENTS);
+    return this.getStruct<KvmVcpuEvents>(kvm_vcpu_events, ioctls.KVM_GET_VCPU_EVENTS);
   }
 
   /**

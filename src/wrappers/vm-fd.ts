@@ -55,7 +55,7 @@ import {
   type UserMemoryRegion2,
 } from './vm-args';
 import type { IoctlBackend } from '../backend/types';
-import type { Cap } from './cap';
+import { capNumber, type Cap } from './cap';
 import { deviceAttrBytes, type DeviceAttr } from './device-attr';
 import { FdOwner } from './fd';
 import { GuestMemory, GuestMemoryMap } from './guest-memory';
@@ -315,9 +315,7 @@ export class VmFd extends FdOwner {
    * @example `vm.checkExtensionRaw(Cap.MaxVcpus)`
    */
   checkExtensionRaw(cap: number | bigint): number {
-    const c = checkU64('cap', cap);
-    if (c > 0xffff_ffffn) invalidValue('cap', 'must fit in 32 bits', cap);
-    return this.ioctl(ioctls.KVM_CHECK_EXTENSION, c);
+    return this.ioctl(ioctls.KVM_CHECK_EXTENSION, capNumber(cap));
   }
 
   /** `KVM_CHECK_EXTENSION` on the VM fd, typed. @example `vm.checkExtensionInt(Cap.NrMemslots)` */
@@ -483,9 +481,7 @@ export class VmFd extends FdOwner {
    * @throws {@link KvmError} ENXIO (no PIT)
    */
   getPit2(): KvmPitState2 {
-    const buf = new Uint8Array(kvm_pit_state2.size);
-    this.ioctl(ioctls.KVM_GET_PIT2, buf);
-    return decodeStruct<KvmPitState2>(kvm_pit_state2, dv(buf));
+    return this.getStruct<KvmPitState2>(kvm_pit_state2, ioctls.KVM_GET_PIT2);
   }
 
   /**
@@ -504,9 +500,7 @@ export class VmFd extends FdOwner {
    * @throws {@link KvmError}
    */
   getClock(): KvmClockData {
-    const buf = new Uint8Array(kvm_clock_data.size);
-    this.ioctl(ioctls.KVM_GET_CLOCK, buf);
-    return decodeStruct<KvmClockData>(kvm_clock_data, dv(buf));
+    return this.getStruct<KvmClockData>(kvm_clock_data, ioctls.KVM_GET_CLOCK);
   }
 
   /**
@@ -861,9 +855,7 @@ export class VmFd extends FdOwner {
    * @throws {@link KvmError} ENODEV (no preferred target); ENOTTY on x86
    */
   getPreferredTarget(): KvmVcpuInit {
-    const buf = new Uint8Array(kvm_vcpu_init.size);
-    this.ioctl(arm64Ioctls.KVM_ARM_PREFERRED_TARGET, buf);
-    return decodeStruct<KvmVcpuInit>(kvm_vcpu_init, dv(buf));
+    return this.getStruct<KvmVcpuInit>(kvm_vcpu_init, arm64Ioctls.KVM_ARM_PREFERRED_TARGET);
   }
 
   /**
