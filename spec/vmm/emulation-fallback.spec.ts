@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs';
 import { kvm as K } from '../../src/abi/kvm-constants';
 import { MockBackend } from '../../src/backend/mock/index';
-import { internalError } from '../../src/backend/mock/exits';
+import { emulationFailureData, internalError } from '../../src/backend/mock/exits';
 import { GuestMemory } from '../../src/wrappers/guest-memory';
 import { Kvm } from '../../src/wrappers/kvm';
 import type { VcpuFd } from '../../src/wrappers/vcpu-fd';
@@ -23,19 +23,6 @@ import { describeKvm } from '../helpers/kvm';
 import { buildElf } from './images';
 
 const emulatingHost = existsSync('/sys/module/kvm_pvm');
-
-/** `data` words of an emulation failure carrying instruction bytes, as the kernel fills them. */
-function emulationData(bytes: number[]): bigint[] {
-  const raw = new Uint8Array(16);
-  raw[0] = bytes.length;
-  raw.set(bytes, 1);
-  const v = new DataView(raw.buffer);
-  return [
-    BigInt(K.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES),
-    v.getBigUint64(0, true),
-    v.getBigUint64(8, true),
-  ];
-}
 
 describe('decideEmulationFallback', () => {
   it.each([
@@ -55,10 +42,16 @@ describe('decideEmulationFallback', () => {
 
 describe('insnBytesFromExit', () => {
   it('decodes insn_size and insn_bytes from the data words when the flag says they are there', () => {
-    const exit: InternalErrorExit = { kind: 'InternalError', suberror: 1, data: emulationData([0x0f, 0x01, 0xca]) };
+    const exit: InternalErrorExit = {
+      kind: 'InternalError',
+      suberror: 1,
+      data: emulationFailureData([0x0f, 0x01, 0xca]),
+    };
     expect(Array.from(insnBytesFromExit(exit)!)).toEqual([0x0f, 0x01, 0xca]);
     expect(insnBytesFromExit({ kind: 'InternalError', suberror: 1, data: [0n, 0n, 0n] })).toBeUndefined();
-    expect(insnBytesFromExit({ kind: 'InternalError', suberror: 3, data: emulationData([0xcc]) })).toBeUndefined();
+    expect(
+      insnBytesFromExit({ kind: 'InternalError', suberror: 3, data: emulationFailureData([0xcc]) }),
+    ).toBeUndefined();
     expect(insnBytesFromExit({ kind: 'InternalError', suberror: 1, data: [1n] })).toBeUndefined();
   });
 });
@@ -136,7 +129,7 @@ describe('handleEmulationFailure on the mock', () => {
   });
 
   it("uses the exit's insn_bytes when RIP does not translate (paging on in the mock)", () => {
-    const exit = failAt([0x90], emulationData([0xcc]));
+    const exit = failAt([0x90], emulationFailureData([0xcc]));
     const s = vcpu.getSregs();
     vcpu.setSregs({ ...s, cr0: s.cr0 | 0x8000_0001n });
     expect(vcpu.translateGva(0x1000n).valid).toBe(0);

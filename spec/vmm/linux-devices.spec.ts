@@ -4,9 +4,8 @@
  */
 import { join } from 'node:path';
 import { of } from 'rxjs';
-import { kvm as K } from '../../src/abi/kvm-constants';
 import { MockBackend } from '../../src/backend/mock/index';
-import { hypercall, internalError, ioIn, ioOut, shutdown } from '../../src/backend/mock/exits';
+import { emulationFailure, hypercall, ioIn, ioOut, shutdown } from '../../src/backend/mock/exits';
 import { runInThread } from '../../src/observables/run-in-thread';
 import { Kvm } from '../../src/wrappers/kvm';
 import { createLinuxMachine, type LinuxMachine } from '../../src/vmm/boot';
@@ -15,19 +14,6 @@ import { buildElf } from './images';
 
 const MiB = 1 << 20;
 const ENTRY = 0x1000000;
-
-/** `data` words of an emulation failure carrying instruction bytes, as the kernel fills them. */
-function emulationData(bytes: number[]): bigint[] {
-  const raw = new Uint8Array(16);
-  raw[0] = bytes.length;
-  raw.set(bytes, 1);
-  const v = new DataView(raw.buffer);
-  return [
-    BigInt(K.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES),
-    v.getBigUint64(0, true),
-    v.getBigUint64(8, true),
-  ];
-}
 
 describe('linux-devices pipeline (mock, runInThread)', () => {
   let backend: MockBackend;
@@ -131,13 +117,7 @@ describe('linux-devices pipeline (mock, runInThread)', () => {
 
   it('an emulation failure at int3 is fixed up (RIP + 1, #BP injected) and the run goes on', async () => {
     m.vcpu.setRegs({ ...m.vcpu.getRegs(), rip: 0x1000000n });
-    backend
-      .vcpu(0)
-      .script([
-        internalError(K.KVM_INTERNAL_ERROR_EMULATION, emulationData([0xcc])),
-        ioOut(0x3f8, 'B'),
-        ioOut(0x64, [0xfe]),
-      ]);
+    backend.vcpu(0).script([emulationFailure([0xcc]), ioOut(0x3f8, 'B'), ioOut(0x64, [0xfe])]);
     let ripAfter: bigint | undefined;
     let exception: unknown;
     const outcome = await runInThread(
@@ -162,13 +142,7 @@ describe('linux-devices pipeline (mock, runInThread)', () => {
 
   it('an emulation failure without a fallback ends the run with an error naming RIP and the bytes', async () => {
     m.vcpu.setRegs({ ...m.vcpu.getRegs(), rip: 0x1000040n });
-    backend
-      .vcpu(0)
-      .script([
-        ioOut(0x3f8, 'x'),
-        internalError(K.KVM_INTERNAL_ERROR_EMULATION, emulationData([0x48, 0x0f, 0xc7, 0x0e])),
-        ioOut(0x3f8, 'never'),
-      ]);
+    backend.vcpu(0).script([ioOut(0x3f8, 'x'), emulationFailure([0x48, 0x0f, 0xc7, 0x0e]), ioOut(0x3f8, 'never')]);
     const failure = run();
     await expect(failure).rejects.toMatchObject({ name: 'EmulationFailureError', code: 'ERR_KVM_EMULATION_FAILURE' });
     await expect(failure).rejects.toThrow(/at rip 0x1000040, instruction bytes 48 0f c7 0e: no userspace fallback/);

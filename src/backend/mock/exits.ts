@@ -167,6 +167,29 @@ export function internalError(suberror: number, data: bigint[] = []): ScriptedEx
   };
 }
 
+/**
+ * The `internal.data` words of an emulation failure that carries its instruction bytes, as the
+ * kernel fills them (`flags` = INSTRUCTION_BYTES, then `insn_size` and up to 15 bytes).
+ *
+ * @example `emulationFailureData([0xcc]) // an int3 the emulator could not do`
+ */
+export function emulationFailureData(insn: ReadonlyArray<number>): bigint[] {
+  const raw = new Uint8Array(16);
+  raw[0] = Math.min(insn.length, 15);
+  raw.set(insn.slice(0, 15), 1);
+  const v = new DataView(raw.buffer);
+  return [
+    BigInt(kvm.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES),
+    v.getBigUint64(0, true),
+    v.getBigUint64(8, true),
+  ];
+}
+
+/** `KVM_EXIT_INTERNAL_ERROR`, suberror EMULATION, at the instruction `insn`. */
+export function emulationFailure(insn: ReadonlyArray<number>): ScriptedExit {
+  return internalError(kvm.KVM_INTERNAL_ERROR_EMULATION, emulationFailureData(insn));
+}
+
 /** `KVM_EXIT_SYSTEM_EVENT`. */
 export function systemEvent(type: number, data: bigint[] = []): ScriptedExit {
   return {
