@@ -5,7 +5,7 @@
  */
 import { checkInt, checkObject, checkU64, invalidType } from '../abi/validate';
 import type { PortRange } from '../operators/match';
-import { checkAccess, deviceStage } from './port-device';
+import { byteRegisters, deviceStage } from './port-device';
 import type { DeviceStage, PortDevice } from './port-device';
 
 /** The index port (bit 7: NMI disable). */
@@ -272,28 +272,26 @@ export class Cmos implements PortDevice {
     if (Number.isFinite(target)) this.#offsetMs += target - now.getTime();
   }
 
+  // 0x70 (index, write-only: it reads as all ones, as on QEMU) and 0x71 (data), split into byte
+  // accesses like any ISA device.
+  readonly #ports = byteRegisters(
+    CMOS_INDEX_PORT,
+    2,
+    (off) => (off === CMOS_DATA_PORT - CMOS_INDEX_PORT ? this.readRegister(this.#index) : 0xff),
+    (off, v) => {
+      if (off === 0) {
+        this.#index = v & 0x7f;
+        this.#nmiDisabled = (v & 0x80) !== 0;
+      } else this.writeRegister(this.#index, v);
+    },
+  );
+
   ioRead(port: number, size: number): number {
-    checkAccess(port, size);
-    let v = 0;
-    for (let b = size - 1; b >= 0; b--) {
-      // The index register is write-only; it reads as all ones (as on QEMU).
-      v = v * 256 + (port + b === CMOS_DATA_PORT ? this.readRegister(this.#index) : 0xff);
-    }
-    return v;
+    return this.#ports.ioRead(port, size);
   }
 
   ioWrite(port: number, size: number, value: number): void {
-    checkAccess(port, size, value);
-    for (let b = 0; b < size; b++) {
-      const p = port + b;
-      const v = Math.floor(value / 2 ** (8 * b)) & 0xff;
-      if (p === CMOS_INDEX_PORT) {
-        this.#index = v & 0x7f;
-        this.#nmiDisabled = (v & 0x80) !== 0;
-      } else if (p === CMOS_DATA_PORT) {
-        this.writeRegister(this.#index, v);
-      }
-    }
+    this.#ports.ioWrite(port, size, value);
   }
 }
 

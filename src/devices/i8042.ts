@@ -6,7 +6,7 @@
  */
 import { checkObject, invalidType } from '../abi/validate';
 import type { PortRange } from '../operators/match';
-import { checkAccess, deviceStage } from './port-device';
+import { byteRegisters, deviceStage } from './port-device';
 import type { DeviceStage, PortDevice } from './port-device';
 
 /** The data port. */
@@ -91,24 +91,24 @@ export class I8042 implements PortDevice {
     return STATUS_SYS | STATUS_UNLOCKED | (this.#lastWasCommand ? STATUS_CMD : 0);
   }
 
+  // 0x60 (data) and 0x64 (status/command) in a bank of 5 ports, split into byte accesses like
+  // any ISA device; 0x61–0x63 are not the i8042's and read as all ones.
+  readonly #ports = byteRegisters(
+    I8042_DATA_PORT,
+    I8042_COMMAND_PORT - I8042_DATA_PORT + 1,
+    (off) => (off === 0 ? 0 : off === I8042_COMMAND_PORT - I8042_DATA_PORT ? this.status : 0xff),
+    (off, v) => {
+      if (off === I8042_COMMAND_PORT - I8042_DATA_PORT) this.#command(v);
+      else if (off === 0) this.#data(v);
+    },
+  );
+
   ioRead(port: number, size: number): number {
-    checkAccess(port, size);
-    let v = 0;
-    for (let b = size - 1; b >= 0; b--) {
-      const p = port + b;
-      v = v * 256 + (p === I8042_DATA_PORT ? 0 : p === I8042_COMMAND_PORT ? this.status : 0xff);
-    }
-    return v;
+    return this.#ports.ioRead(port, size);
   }
 
   ioWrite(port: number, size: number, value: number): void {
-    checkAccess(port, size, value);
-    for (let b = 0; b < size; b++) {
-      const p = port + b;
-      const v = Math.floor(value / 2 ** (8 * b)) & 0xff;
-      if (p === I8042_COMMAND_PORT) this.#command(v);
-      else if (p === I8042_DATA_PORT) this.#data(v);
-    }
+    this.#ports.ioWrite(port, size, value);
   }
 
   #command(cmd: number): void {
