@@ -164,19 +164,10 @@ export default function linuxDevices(exits$: Observable<VcpuExit>, ctx: VcpuCont
     .pipe(map((d) => (d instanceof Uint8Array ? d : new Uint8Array(d as ArrayBuffer))));
   const devices = options.devices;
   const stage = devices === undefined ? undefined : loadDeviceStage(devices);
-  const stageCtx: VcpuContext | undefined = devices && {
-    vcpuId: ctx.vcpuId,
-    vcpu: ctx.vcpu,
-    vm: ctx.vm,
-    memory: ctx.memory,
-    options: devices.options,
-    emit: (channel, data) => ctx.emit(channel, data),
-    signal: ctx.signal,
-    receive: (channel) => ctx.receive(channel),
-  };
+  const stageCtx: VcpuContext = { ...ctx, options: devices?.options };
   return exits$.pipe(
     exitStats ? traceExits(exitStats) : identity,
-    stage ? (source: Observable<VcpuExit>) => stage(source, stageCtx!) : identity,
+    stage ? (source: Observable<VcpuExit>) => stage(source, stageCtx) : identity,
     legacyPc({
       com1: {
         ...(irqLine === false ? {} : { irq: (level: boolean) => ctx.vm.setIrqLine(irqLine, level) }),
