@@ -5,13 +5,12 @@
  *
  * @module
  */
-import { extname, isAbsolute, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { extname, join } from 'node:path';
 import { Subject, type Observable } from 'rxjs';
 import { checkObject, checkString, invalidType, invalidValue } from '../abi/validate';
 import type { ExitStatsSnapshot } from '../operators/ExitStats';
 import type { VcpuRun } from '../observables/vcpu-run';
-import { VcpuRuntime } from '../workers/runtime';
+import { VcpuRuntime, modulePath } from '../workers/runtime';
 import { Kvm } from '../wrappers/kvm';
 import { createLinuxMachine, type BootInfo, type LinuxMachineConfig } from './boot';
 import { emulationFallbackStats, type EmulationFallbackStats } from './emulation-fallback';
@@ -221,15 +220,7 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
 
 function checkDevices(devices: NonNullable<BootLinuxOptions['devices']>): NonNullable<LinuxDevicesOptions['devices']> {
   checkObject('options.devices', devices);
-  const p = devices.pipeline;
-  const module =
-    p instanceof URL
-      ? fileURLToPath(p)
-      : typeof p === 'string' && p.length > 0
-        ? isAbsolute(p)
-          ? p
-          : resolve(p)
-        : invalidValue('options.devices.pipeline', 'must be a path or a file URL', p);
+  const module = modulePath('options.devices.pipeline', devices.pipeline);
   if (devices.export !== undefined) checkString('options.devices.export', devices.export);
   if (devices.options !== undefined) {
     try {

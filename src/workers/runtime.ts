@@ -77,6 +77,19 @@ function workerFile(): { filename: string; execArgv: string[] } {
 }
 
 /**
+ * The absolute path of a module given as a path (relative to the working directory) or a file URL,
+ * for loading it in a vCPU's thread.
+ *
+ * @throws `TypeError` (`ERR_INVALID_ARG_VALUE`) for anything else
+ * @internal
+ */
+export function modulePath(name: string, p: unknown): string {
+  if (p instanceof URL) return fileURLToPath(p);
+  if (typeof p === 'string' && p.length > 0) return isAbsolute(p) ? p : resolve(p);
+  return invalidValue(name, 'must be a path or a file URL', p);
+}
+
+/**
  * A pool of vCPU threads. `start()` runs a vCPU on its own thread until its pipeline completes,
  * it fails, or it is stopped; `close()` stops every vCPU and ends the threads. Process exit kicks
  * every running vCPU, so a guest spinning in `jmp $` never keeps the process alive.
@@ -148,18 +161,7 @@ export class VcpuRuntime implements AsyncDisposable {
     }
     if (vcpu.backend.kind !== 'native')
       invalidValue('vcpu', 'must use the native backend (the mock runs in-thread: see kvm-rx/testing)');
-    let pipeline: string | undefined;
-    if (options.pipeline !== undefined) {
-      const p = options.pipeline;
-      pipeline =
-        p instanceof URL
-          ? fileURLToPath(p)
-          : typeof p === 'string'
-            ? isAbsolute(p)
-              ? p
-              : resolve(p)
-            : invalidValue('options.pipeline', 'must be a path or a file URL', p);
-    }
+    const pipeline = options.pipeline === undefined ? undefined : modulePath('options.pipeline', options.pipeline);
     if (options.postedTo !== undefined && options.postedTo !== 'main' && options.postedTo !== 'worker') {
       invalidValue('options.postedTo', "must be 'main' or 'worker'", options.postedTo);
     }
