@@ -149,7 +149,11 @@ export class VcpuRun implements AsyncDisposable {
     this.#portEnded = () => portEnded();
     port.on('message', (m: { type?: string; channel?: string; data?: unknown }) => this.#onMessage(m));
     port.on('close', () => portEnded()); // a crashed worker never says 'end'
-    port.unref();
+    // The port stays referenced until #finish closes it: it keeps the process alive until `done`
+    // settles. Piscina's own port is unreferenced as soon as the task's result arrives, and what
+    // `done` still waits on then (Atomics.waitAsync, the worker's 'end' message) keeps nothing
+    // alive: `await run.stop()` at the end of a script let the process exit 0 before it resolved
+    // (caught by spec/kvm/runtime-leaks.kvm.spec.ts, about 1 run in 5).
     this.exits$ = new Observable<VcpuExit>((sub) => {
       this.#exitObservers++;
       const s = this.#exits.subscribe(sub);
