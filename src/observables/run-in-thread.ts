@@ -14,6 +14,29 @@ import { UnhandledExitError, describeExit } from '../workers/describe';
 import type { VcpuContext, VcpuPipeline } from '../workers/vcpu-worker';
 import { recordExit } from './recording';
 import type { RunOutcome } from './vcpu-run';
+import { KvmError } from '../abi/errors';
+
+/**
+ * `vcpu.run()`, going back into the guest when a signal meant for the process (SIGCHLD, SIGWINCH,
+ * a profiler's SIGPROF…) interrupted KVM_RUN on the real kernel: the kernel returns EINTR without an
+ * exit, and `immediate_exit` is still 0. EINTR with `immediate_exit` set (a kick) is thrown, as is
+ * every EINTR of the mock, which uses it on purpose (`runError('EINTR')`, an exhausted script).
+ */
+function runPastStraySignals(vcpu: VcpuFd): VcpuExit {
+  for (;;) {
+    try {
+      return vcpu.run();
+    } catch (e) {
+      if (
+        !(e instanceof KvmError && e.code === 'EINTR') ||
+        vcpu.backend.kind !== 'native' ||
+        vcpu.closed ||
+        vcpu.getKvmRun().immediateExit !== 0
+      )
+        throw e;
+    }
+  }
+}
 
 /**
  * A cold Observable of a vCPU's exits, run on the subscribing thread: each subscription calls
@@ -21,6 +44,8 @@ import type { RunOutcome } from './vcpu-run';
  * emits every exit, until it unsubscribes (e.g. through `untilHalt()` or `takeWhile`) or `run()`
  * throws. Answers written into an exit during `next()` reach the
  * guest on the following `run()`. Async holds are not possible here (use {@link runInThread}).
+ * A signal that interrupts KVM_RUN on the real kernel sends the vCPU back into the guest; a kick
+ * (`immediate_exit` = 1) errors the Observable with EINTR.
  *
  * @example
  * ```ts
@@ -37,7 +62,7 @@ export function vcpuExits(vcpu: VcpuFd): Observable<VcpuExit> {
       while (!subscriber.closed) {
         let exit: VcpuExit;
         try {
-          exit = vcpu.run();
+          exit = runPastStraySignals(vcpu);
         } catch (e) {
           subscriber.error(e);
           break;
@@ -67,7 +92,9 @@ export interface InThreadOptions {
 /**
  * Runs `vcpu` through `pipeline` on this thread, with the same rules as the worker runtime: the
  * vCPU resumes only after every handler (sync or held) has finished; an exit nobody handles is an
- * error naming it. Resolves when the pipeline completes or `signal` aborts.
+ * error naming it. Resolves when the pipeline completes or `signal` aborts. A signal that
+ * interrupts KVM_RUN on the real kernel (this thread handles SIGCHLD, SIGWINCH…) sends the vCPU
+ * back into the guest; a kick (`immediate_exit` = 1) rejects with EINTR.
  *
  * @example
  * ```ts
@@ -115,7 +142,7 @@ export async function runInThread(
   try {
     while (!completed && !opts.signal?.aborted) {
       if (state.failure) throw state.failure.error;
-      const exit = vcpu.run();
+      const exit = runPastStraySignals(vcpu);
       outcome.exits++;
       outcome.lastExit = exit.kind;
       const holds: Array<PromiseLike<unknown>> = [];
