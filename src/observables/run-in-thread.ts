@@ -139,13 +139,14 @@ export async function runInThread(
   });
   const outcome: RunOutcome = { reason: 'stopped', exits: 0 };
   if (opts.record) outcome.recording = [];
+  const holds: Array<PromiseLike<unknown>> = [];
   try {
     while (!completed && !opts.signal?.aborted) {
       if (state.failure) throw state.failure.error;
       const exit = runPastStraySignals(vcpu);
       outcome.exits++;
       outcome.lastExit = exit.kind;
-      const holds: Array<PromiseLike<unknown>> = [];
+      holds.length = 0;
       unhandled = undefined;
       deliverExit(exit, holds, (e) => exits.next(e));
       if (holds.length > 0) await Promise.all(holds);

@@ -35,6 +35,12 @@ export type HandlerResult<T> = T | PromiseLike<T> | Observable<T>;
 export function writeAnswer(data: Uint8Array, answer: ExitAnswer): void {
   checkBytes('data', data);
   if (answer === undefined) return;
+  if (typeof answer === 'number' && data.length <= 4 && Number.isSafeInteger(answer)) {
+    // The common case (a PIO/MMIO read of 1, 2 or 4 bytes) without BigInts: the bitwise operators
+    // take the low 32 bits of the two's complement, as BigInt.asUintN does.
+    for (let i = 0, v = answer | 0; i < data.length; i++, v >>= 8) data[i] = v & 0xff;
+    return;
+  }
   if (typeof answer === 'number' || typeof answer === 'bigint') {
     if (typeof answer === 'number' && !Number.isSafeInteger(answer))
       outOfRange('answer', 'a safe integer or a bigint', answer);

@@ -226,6 +226,21 @@ const BARE: Record<number, BareExit['kind']> = {
   [kvm.KVM_EXIT_HYPERV]: 'Hyperv',
 };
 
+/**
+ * The PIO data view of the last IO exit decoded on this thread, reused while the mapping, offset
+ * and length stay the same (the kernel keeps data_offset fixed): a view of the same bytes either
+ * way, without allocating one per exit. It is detached with the mapping like any other view.
+ */
+let lastIo: { bytes: Uint8Array; off: number; len: number; data: Uint8Array } | undefined;
+
+function ioData(bytes: Uint8Array, off: number, len: number): Uint8Array {
+  const c = lastIo;
+  if (c !== undefined && c.bytes === bytes && c.off === off && c.len === len) return c.data;
+  const data = bytes.subarray(off, off + len);
+  lastIo = { bytes, off, len, data };
+  return data;
+}
+
 function u64s(view: DataView, at: number, n: number): bigint[] {
   const out: bigint[] = [];
   for (let i = 0; i < n; i++) out.push(view.getBigUint64(at + 8 * i, true));
@@ -247,11 +262,12 @@ export function decodeExit(view: DataView, bytes: Uint8Array): VcpuExit {
       const size = view.getUint8(RUN.ioSize);
       const port = view.getUint16(RUN.ioPort, true);
       const count = view.getUint32(RUN.ioCount, true);
-      const off = Number(view.getBigUint64(RUN.ioDataOffset, true));
+      // data_offset is a u64; two u32 reads spare a BigInt per exit.
+      const off = view.getUint32(RUN.ioDataOffset, true) + view.getUint32(RUN.ioDataOffset + 4, true) * 2 ** 32;
       const len = size * count;
       if (off + len > bytes.length)
         throw new KvmError(errnoOf('EINVAL'), 'ioctl', { request: 'KVM_RUN', detail: 'io data outside kvm_run' });
-      const data = bytes.subarray(off, off + len);
+      const data = ioData(bytes, off, len);
       if (direction === kvm.KVM_EXIT_IO_OUT) return { kind: 'IoOut', port, size, count, data };
       if (direction === kvm.KVM_EXIT_IO_IN) return { kind: 'IoIn', port, size, count, data };
       throw new KvmError(errnoOf('EINVAL'), 'ioctl', { request: 'KVM_RUN', detail: `io direction ${direction}` });
