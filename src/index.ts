@@ -93,5 +93,6 @@ export { runDemo } from './vmm/demo';
 export type { DemoOptions, DemoOutcome } from './vmm/demo';
 export { BootImageError } from './vmm/errors';
 export { hostVirtualization, stockKernelCmdline } from './vmm/host';
+export { enterLongMode, LONG_MODE_TABLES } from './vmm/long-mode';
 export type { HostVirtualization } from './vmm/host';
 export { EmulationFailureError } from './vmm/emulation-fallback';

@@ -12,5 +12,6 @@ export { runInThread, vcpuExits } from '../observables/run-in-thread';
 export type { InThreadOptions } from '../observables/run-in-thread';
 export { replayScript } from './replay';
 export { enterRealMode } from './real-mode';
+export { enterLongMode } from '../vmm/long-mode';
 export type { Replay } from './replay';
 export type { RecordedExit } from '../observables/recording';

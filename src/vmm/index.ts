@@ -60,6 +60,7 @@ export {
 export type { EmulationDecision, EmulationFallbackStats } from './emulation-fallback';
 export { hostVirtualization, stockKernelCmdline, BASE_CMDLINE, PVM_CMDLINE, HW_CMDLINE } from './host';
 export type { HostVirtualization } from './host';
+export { enterLongMode, LONG_MODE_TABLES } from './long-mode';
 export { cpioNewc } from './cpio';
 export type { CpioEntry } from './cpio';
 export { bootLinux } from './linux';
