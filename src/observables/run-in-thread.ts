@@ -9,12 +9,12 @@ import { EMPTY, Observable, Subject, asapScheduler, filter, map } from 'rxjs';
 import { deliverExit } from '../operators/hold';
 import type { VcpuExit } from '../wrappers/vcpu-exit';
 import { VcpuFd } from '../wrappers/vcpu-fd';
+import { KvmError } from '../abi/errors';
 import { checkObject, invalidType } from '../abi/validate';
 import { UnhandledExitError, describeExit } from '../workers/describe';
 import type { VcpuContext, VcpuPipeline } from '../workers/vcpu-worker';
 import { recordExit } from './recording';
 import type { RunOutcome } from './vcpu-run';
-import { KvmError } from '../abi/errors';
 
 /**
  * `vcpu.run()`, going back into the guest when a signal meant for the process (SIGCHLD, SIGWINCH,

@@ -210,10 +210,10 @@ export class Kvm extends FdOwner {
 
   /**
    * `KVM_CREATE_VM` with a machine type (e.g. `KVM_X86_SW_PROTECTED_VM`).
-   * @example `kvm.createVmWithType(0n)`
-   * KVM_CREATE_VM fails with EINTR, creating nothing, when a signal arrives while the kernel sets
-   * up the VM's memory notifier (measured here: 6 % of calls while the process received a signal
-   * every millisecond). It is retried, as QEMU and gVisor do, up to 100 times in a row.
+   *
+   * KVM_CREATE_VM can fail with EINTR, creating nothing, when a signal arrives during the call
+   * (measured here: 6 % of calls while the process received a signal every millisecond). It is
+   * retried, as QEMU and gVisor do, up to 100 times in a row.
    *
    * @example `kvm.createVmWithType(0n)`
    * @throws {@link KvmError} EINVAL for an unknown type; EINTR after 100 interrupted attempts
