@@ -79,6 +79,7 @@ export { VcpuRun } from './observables/vcpu-run';
 export type { ExitRecord, RunOutcome } from './observables/vcpu-run';
 export { runInThread, vcpuExits } from './observables/run-in-thread';
 export type { InThreadOptions } from './observables/run-in-thread';
+export { fromIoEvent } from './observables/from-io-event';
 export * from './devices/index';
 // The VMM: bootLinux at the high level; createLinuxMachine for your own run loop; cpioNewc for
 // initramfs images. (The loader's smaller building blocks stay in src/vmm/: not public API.)

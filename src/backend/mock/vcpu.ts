@@ -30,7 +30,8 @@ import {
   type StructDefName,
 } from '../../abi/layouts';
 import { argInt, fail, requestName, type MockContext, type MockFile, type MockIoctl, type MockVcpu } from './state';
-import { coalesceExit, guestWrite, hasIrqchip } from './vm';
+import { coalesceWrite, guestWrite, guestWriteExit, hasIrqchip } from './vm';
+import { signalIoevent } from './vm-irq';
 import { cpuidMsrVcpuIoctls } from './cpuid-msr';
 
 type VcpuFile = Extract<MockFile, { kind: 'vcpu' }>;
@@ -80,8 +81,10 @@ function run(ctx: MockContext, vcpu: MockVcpu): number {
       for (const w of next.writes ?? []) guestWrite(ctx, vcpu.vm, w.gpa, w.data);
       if (next.error !== undefined) fail(next.error, 'KVM_RUN');
       next.write(view, bytes);
-      // A write to a registered coalesced zone lands in the ring instead of exiting.
-      if (coalesceExit(ctx, vcpu.vm, view, bytes)) continue;
+      // A write matching an ioeventfd signals it, and one to a registered coalesced zone lands in
+      // the ring, instead of exiting.
+      const w = guestWriteExit(view, bytes);
+      if (w !== undefined && (signalIoevent(vcpu.vm, w) || coalesceWrite(ctx, vcpu.vm, w))) continue;
       vcpu.pending = next;
       return 0;
     }

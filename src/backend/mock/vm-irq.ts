@@ -38,6 +38,7 @@ import {
 } from '../../abi/layouts';
 import type { IoctlArg } from '../types';
 import { checkExtension } from './system';
+import { eventfdSignal } from './eventfd';
 import { argInt, fail, type MockContext, type MockFile, type MockIoctl, type MockVm } from './state';
 
 type VmFile = Extract<MockFile, { kind: 'vm' }>;
@@ -149,6 +150,26 @@ function ioeventfd(ctx: MockContext, vm: MockVm, arg: IoctlArg): number {
   if (clash) fail('EEXIST', R, 'an overlapping ioeventfd exists');
   list_.push({ evt, pio, addr: a.addr, len: a.len, wildcard, datamatch: wildcard ? 0n : a.datamatch });
   return 0;
+}
+
+/**
+ * If an ioeventfd matches the guest write (same bus and address; its length 0 or the access size;
+ * no datamatch, or the written value equal to it), signals its eventfd and returns true: the kernel
+ * takes such a write without exiting to userspace.
+ */
+export function signalIoevent(vm: MockVm, w: { pio: boolean; addr: bigint; data: Uint8Array }): boolean {
+  let value = 0n;
+  for (let i = w.data.length - 1; i >= 0; i--) value = (value << 8n) | BigInt(w.data[i]);
+  const hit = list<Ioevent>(vm, 'ioeventfds').find(
+    (p) =>
+      p.pio === w.pio &&
+      p.addr === w.addr &&
+      (p.len === 0 || p.len === w.data.length) &&
+      (p.wildcard || p.datamatch === value),
+  );
+  if (hit === undefined) return false;
+  eventfdSignal(hit.evt);
+  return true;
 }
 
 function irqfd(ctx: MockContext, vm: MockVm, arg: IoctlArg): number {

@@ -216,15 +216,16 @@ export function coalescedRing(vm: MockVm, pageSize: number): ArrayBuffer {
 
 const RUN_O = (p: string) => offsetOf(kvm_run, p);
 
-/**
- * If the exit just written into kvm_run is an `out`/MMIO write inside a registered zone, appends
- * it to the ring (as the kernel does instead of exiting) and returns true. A full ring exits.
- */
-export function coalesceExit(ctx: MockContext, vm: MockVm, view: DataView, bytes: Uint8Array): boolean {
+/** A guest write the kernel may take without exiting: an `out` (one, not `rep`) or an MMIO write. */
+export interface GuestWriteExit {
+  pio: boolean;
+  addr: bigint;
+  data: Uint8Array;
+}
+
+/** The write in the exit just written into kvm_run, or `undefined` for any other exit. */
+export function guestWriteExit(view: DataView, bytes: Uint8Array): GuestWriteExit | undefined {
   const reason = view.getUint32(RUN_O('exit_reason'), true);
-  let addr: bigint;
-  let data: Uint8Array;
-  let pio: number;
   if (
     reason === kvm.KVM_EXIT_IO &&
     view.getUint8(RUN_O('io.direction')) === kvm.KVM_EXIT_IO_OUT &&
@@ -232,16 +233,26 @@ export function coalesceExit(ctx: MockContext, vm: MockVm, view: DataView, bytes
   ) {
     const size = view.getUint8(RUN_O('io.size'));
     const off = Number(view.getBigUint64(RUN_O('io.data_offset'), true));
-    addr = BigInt(view.getUint16(RUN_O('io.port'), true));
-    data = bytes.slice(off, off + size);
-    pio = 1;
-  } else if (reason === kvm.KVM_EXIT_MMIO && view.getUint8(RUN_O('mmio.is_write')) !== 0) {
-    addr = view.getBigUint64(RUN_O('mmio.phys_addr'), true);
-    data = bytes.slice(RUN_O('mmio.data'), RUN_O('mmio.data') + Math.min(8, view.getUint32(RUN_O('mmio.len'), true)));
-    pio = 0;
-  } else {
-    return false;
+    return { pio: true, addr: BigInt(view.getUint16(RUN_O('io.port'), true)), data: bytes.slice(off, off + size) };
   }
+  if (reason === kvm.KVM_EXIT_MMIO && view.getUint8(RUN_O('mmio.is_write')) !== 0) {
+    const len = Math.min(8, view.getUint32(RUN_O('mmio.len'), true));
+    return {
+      pio: false,
+      addr: view.getBigUint64(RUN_O('mmio.phys_addr'), true),
+      data: bytes.slice(RUN_O('mmio.data'), RUN_O('mmio.data') + len),
+    };
+  }
+  return undefined;
+}
+
+/**
+ * If `w` lands inside a registered coalesced zone, appends it to the ring (as the kernel does
+ * instead of exiting) and returns true. A full ring exits.
+ */
+export function coalesceWrite(ctx: MockContext, vm: MockVm, w: GuestWriteExit): boolean {
+  const { addr, data } = w;
+  const pio = w.pio ? 1 : 0;
   const len = data.length;
   if (!zones(vm).some((z) => z.pio === pio && addr >= z.addr && addr + BigInt(len) <= z.addr + BigInt(z.size)))
     return false;

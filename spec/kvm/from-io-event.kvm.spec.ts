@@ -1,0 +1,62 @@
+/**
+ * `fromIoEvent` on the real kernel: 100 doorbell writes (`out 0xf4`) never exit to userspace
+ * while subscribed; the Observable counts all of them. Unsubscribed, the same write exits.
+ */
+import { lastValueFrom, reduce } from 'rxjs';
+import { fromIoEvent } from '../../src/observables/from-io-event';
+import { enterRealMode } from '../../src/testing/real-mode';
+import { GuestMemory } from '../../src/wrappers/guest-memory';
+import { IoEventAddress } from '../../src/wrappers/io-event';
+import { Kvm } from '../../src/wrappers/kvm';
+import { describeKvm } from '../helpers/kvm';
+
+const DOORBELLS = 100;
+
+/** mov $DOORBELLS,%ecx ; 1: out %al,$0xf4 ; dec %ecx ; jnz 1b ; out %al,$0x80 ; hlt */
+const GUEST = [0x66, 0xb9, DOORBELLS, 0, 0, 0, 0xe6, 0xf4, 0x66, 0x49, 0x75, 0xfa, 0xe6, 0x80, 0xf4];
+
+describeKvm('fromIoEvent', () => {
+  it(`takes ${DOORBELLS} doorbell writes without a single exit and counts them all`, async () => {
+    using kvm = new Kvm();
+    using mem = GuestMemory.anonymous(0x1000);
+    using vm = kvm.createVm();
+    mem.bytes.set(GUEST);
+    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
+    const vcpu = enterRealMode(vm.createVcpu(0), { rip: 0n });
+    let total = 0n;
+    const counted = new Promise<void>((resolve) => {
+      const sub = fromIoEvent(vm, IoEventAddress.pio(0xf4)).subscribe((n) => {
+        total += n;
+        if (total >= BigInt(DOORBELLS)) {
+          sub.unsubscribe();
+          resolve();
+        }
+      });
+    });
+    expect(vcpu.run()).toMatchObject({ kind: 'IoOut', port: 0x80 }); // the first exit is the last out
+    expect(vcpu.run().kind).toBe('Hlt');
+    await counted;
+    expect(total).toBe(BigInt(DOORBELLS));
+  });
+
+  it('unsubscribed, the doorbell exits again', () => {
+    using kvm = new Kvm();
+    using mem = GuestMemory.anonymous(0x1000);
+    using vm = kvm.createVm();
+    mem.bytes.set(GUEST);
+    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
+    const vcpu = enterRealMode(vm.createVcpu(0), { rip: 0n });
+    fromIoEvent(vm, IoEventAddress.pio(0xf4)).subscribe().unsubscribe();
+    expect(vcpu.run()).toMatchObject({ kind: 'IoOut', port: 0xf4 });
+  });
+
+  it('completes when the VM is closed', async () => {
+    using kvm = new Kvm();
+    const vm = kvm.createVm();
+    const done = lastValueFrom(fromIoEvent(vm, IoEventAddress.pio(0xf4)).pipe(reduce((a, n) => a + n, 0n)), {
+      defaultValue: 0n,
+    });
+    vm.close();
+    await expect(done).resolves.toBe(0n);
+  });
+});
