@@ -3,7 +3,9 @@
  * while subscribed; the Observable counts all of them. Unsubscribed, the same write exits.
  */
 import { lastValueFrom, reduce } from 'rxjs';
+import { join } from 'node:path';
 import { fromIoEvent } from '../../src/observables/from-io-event';
+import { VcpuRuntime } from '../../src/workers/runtime';
 import { enterRealMode } from '../../src/testing/real-mode';
 import { GuestMemory } from '../../src/wrappers/guest-memory';
 import { IoEventAddress } from '../../src/wrappers/io-event';
@@ -58,5 +60,23 @@ describeKvm('fromIoEvent', () => {
     });
     vm.close();
     await expect(done).resolves.toBe(0n);
+  });
+
+  it('a vCPU on the worker runtime reaches its pipeline only for the non-doorbell exits', async () => {
+    using kvm = new Kvm();
+    using mem = GuestMemory.anonymous(0x1000);
+    using vm = kvm.createVm();
+    mem.bytes.set(GUEST);
+    mem.bytes[13] = 0x10; // the last out goes to port 0x10, which the count pipeline handles
+    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
+    const vcpu = enterRealMode(vm.createVcpu(0), { rip: 0n });
+    await using runtime = new VcpuRuntime({ maxVcpus: 1 });
+    let total = 0n;
+    const sub = fromIoEvent(vm, IoEventAddress.pio(0xf4)).subscribe((n) => (total += n));
+    const outcome = await runtime.start(vcpu, { pipeline: join(__dirname, '../fixtures/count-pipeline.ts') }).done;
+    expect(outcome).toEqual({ reason: 'completed', exits: 2, lastExit: 'Hlt' }); // out 0x10, hlt
+    while (total < BigInt(DOORBELLS)) await new Promise((r) => setTimeout(r, 5));
+    sub.unsubscribe();
+    expect(total).toBe(BigInt(DOORBELLS));
   });
 });
