@@ -17,14 +17,29 @@ const DOORBELLS = 100;
 /** mov $DOORBELLS,%ecx ; 1: out %al,$0xf4 ; dec %ecx ; jnz 1b ; out %al,$0x80 ; hlt */
 const GUEST = [0x66, 0xb9, DOORBELLS, 0, 0, 0, 0xe6, 0xf4, 0x66, 0x49, 0x75, 0xfa, 0xe6, 0x80, 0xf4];
 
+/** A VM running GUEST in real mode from 0, its last `out` to `lastPort`; disposing closes it all. */
+function doorbellGuest(lastPort = 0x80) {
+  const kvm = new Kvm();
+  const mem = GuestMemory.anonymous(0x1000);
+  const vm = kvm.createVm();
+  mem.bytes.set(GUEST);
+  mem.bytes[GUEST.length - 2] = lastPort;
+  vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
+  const vcpu = enterRealMode(vm.createVcpu(0), { rip: 0n });
+  return {
+    vm,
+    vcpu,
+    [Symbol.dispose]: () => {
+      kvm.close();
+      mem.close();
+    },
+  };
+}
+
 describeKvm('fromIoEvent', () => {
   it(`takes ${DOORBELLS} doorbell writes without a single exit and counts them all`, async () => {
-    using kvm = new Kvm();
-    using mem = GuestMemory.anonymous(0x1000);
-    using vm = kvm.createVm();
-    mem.bytes.set(GUEST);
-    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
-    const vcpu = enterRealMode(vm.createVcpu(0), { rip: 0n });
+    using guest = doorbellGuest();
+    const { vm, vcpu } = guest;
     let total = 0n;
     const counted = new Promise<void>((resolve) => {
       const sub = fromIoEvent(vm, IoEventAddress.pio(0xf4)).subscribe((n) => {
@@ -42,12 +57,8 @@ describeKvm('fromIoEvent', () => {
   });
 
   it('unsubscribed, the doorbell exits again', () => {
-    using kvm = new Kvm();
-    using mem = GuestMemory.anonymous(0x1000);
-    using vm = kvm.createVm();
-    mem.bytes.set(GUEST);
-    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
-    const vcpu = enterRealMode(vm.createVcpu(0), { rip: 0n });
+    using guest = doorbellGuest();
+    const { vm, vcpu } = guest;
     fromIoEvent(vm, IoEventAddress.pio(0xf4)).subscribe().unsubscribe();
     expect(vcpu.run()).toMatchObject({ kind: 'IoOut', port: 0xf4 });
   });
@@ -63,13 +74,8 @@ describeKvm('fromIoEvent', () => {
   });
 
   it('a vCPU on the worker runtime reaches its pipeline only for the non-doorbell exits', async () => {
-    using kvm = new Kvm();
-    using mem = GuestMemory.anonymous(0x1000);
-    using vm = kvm.createVm();
-    mem.bytes.set(GUEST);
-    mem.bytes[13] = 0x10; // the last out goes to port 0x10, which the count pipeline handles
-    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
-    const vcpu = enterRealMode(vm.createVcpu(0), { rip: 0n });
+    using guest = doorbellGuest(0x10); // the count pipeline handles out 0x10
+    const { vm, vcpu } = guest;
     await using runtime = new VcpuRuntime({ maxVcpus: 1 });
     let total = 0n;
     const sub = fromIoEvent(vm, IoEventAddress.pio(0xf4)).subscribe((n) => (total += n));
