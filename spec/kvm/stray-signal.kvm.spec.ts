@@ -7,9 +7,10 @@
  * How: a child process sends this process the addon's kick signal (a real-time signal whose handler
  * is empty, so it interrupts KVM_RUN; jest's sandboxed `process` cannot install real signal
  * handlers) every 5 ms, without setting `immediate_exit`, while the guest counts down in real mode
- * for about 0.25 s without an exit (this host emulates real mode: about 0.9 s per million
- * iterations). The kernel gives a process-wide signal to a thread that is running: this one,
- * inside KVM_RUN. Without the retry the runners reject with EINTR at once.
+ * for about 0.3 s without an exit (the iterations are calibrated once: this PVM host emulates
+ * real mode at about 0.9 s per million, hardware runs it far faster). The kernel gives a
+ * process-wide signal to a thread that is running: this one, inside KVM_RUN. Without the retry
+ * the runners reject with EINTR at once.
  *
  * KVM_CREATE_VM also fails with EINTR under signals (about 6 % of calls with one signal per ms
  * here): `createVm` retries it. That part is shown on the mock, which fails it on demand.
@@ -30,11 +31,35 @@ import type { VcpuFd } from '../../src/wrappers/vcpu-fd';
 import { enterRealMode } from '../../src/testing/real-mode';
 import { describeKvm } from '../helpers/kvm';
 
-const ITERATIONS = 300_000;
-
-/** mov $ITERATIONS,%ecx ; 1: dec %ecx ; jnz 1b ; hlt */
+/** mov $n,%ecx ; 1: dec %ecx ; jnz 1b ; hlt */
 function countdown(n: number): number[] {
   return [0x66, 0xb9, n & 0xff, (n >>> 8) & 0xff, (n >>> 16) & 0xff, n >>> 24, 0x66, 0x49, 0x75, 0xfc, 0xf4];
+}
+
+/** A VM whose vCPU 0 runs `countdown(n)` in real mode from 0. */
+function countdownVm(n: number) {
+  const kvm = new Kvm();
+  const mem = GuestMemory.anonymous(0x1000);
+  mem.bytes.set(countdown(n));
+  const vm = kvm.createVm();
+  vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
+  return { kvm, mem, vcpu: enterRealMode(vm.createVcpu(0), { rip: 0n }) };
+}
+
+/**
+ * Iterations for a loop of about 0.3 s without an exit on this host: 0.9 s per million where KVM
+ * emulates real mode (this PVM host), microseconds where the CPU runs it. Measured once.
+ */
+function calibrate(): number {
+  for (let n = 10_000; ; n *= 10) {
+    const { kvm, mem, vcpu } = countdownVm(n);
+    const t0 = process.hrtime.bigint();
+    vcpu.run();
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    kvm.close();
+    mem.close();
+    if (ms >= 20 || n >= 100_000_000) return Math.min(0xffff_ffff, Math.ceil((n * 300) / Math.max(ms, 0.001)));
+  }
 }
 
 describeKvm('stray signals during KVM_RUN on the calling thread', () => {
@@ -43,13 +68,14 @@ describeKvm('stray signals during KVM_RUN on the calling thread', () => {
   let mem: GuestMemory;
   let vcpu: VcpuFd;
 
+  let iterations = 0;
+
+  beforeAll(() => {
+    iterations = calibrate();
+  });
+
   beforeEach(() => {
-    kvm = new Kvm();
-    mem = GuestMemory.anonymous(0x1000);
-    mem.bytes.set(countdown(ITERATIONS));
-    const vm = kvm.createVm();
-    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
-    vcpu = enterRealMode(vm.createVcpu(0), { rip: 0n });
+    ({ kvm, mem, vcpu } = countdownVm(iterations));
   });
 
   afterEach(async () => {
