@@ -78,4 +78,30 @@ describeKvm('bootLinux with your own devices', () => {
     expect(outcome.reason).toBe('error');
     expect(outcome.error).toMatchObject({ code: 'ERR_INVALID_ARG_VALUE' });
   });
+
+  it('loads an ES-module devices stage; one with top-level await ends the run with a reason that says so', async () => {
+    const vm = bootLinux({
+      kernel: kernel(),
+      memSize: 32 << 20,
+      devices: { pipeline: join(__dirname, '../fixtures/linux-esm-device.mjs') },
+      signal: AbortSignal.timeout(30_000),
+    });
+    const mine = firstValueFrom(vm.events$.pipe(filter((e) => e.channel === 'mydev')));
+    const output = firstValueFrom(vm.output$.pipe(toArray()));
+    expect(await vm.done).toMatchObject({ reason: 'reset', resetBy: 'i8042', openBus: 0 });
+    expect(await mine).toEqual({ channel: 'mydev', data: 7 });
+    expect(Buffer.concat(await output).toString('latin1')).toBe('A'); // the stage answered 0x41
+
+    const tla = bootLinux({
+      kernel: kernel(),
+      memSize: 32 << 20,
+      devices: { pipeline: join(__dirname, '../fixtures/linux-tla-device.mjs') },
+    });
+    const outcome = await tla.done;
+    expect(outcome.reason).toBe('error');
+    expect(outcome.error).toMatchObject({
+      code: 'ERR_INVALID_ARG_VALUE',
+      message: expect.stringMatching(/top-level await/),
+    });
+  });
 });

@@ -76,8 +76,22 @@ export const LINUX_EVENT_CHANNELS: readonly string[] = ['tx', 'reset', 'halt', '
 
 /** Loads the `devices` stage in this (the vCPU's) thread. */
 function loadDeviceStage(devices: NonNullable<LinuxDevicesOptions['devices']>): LinuxDeviceStage {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const mod = require(devices.module) as Record<string, unknown>;
+  let mod: Record<string, unknown>;
+  try {
+    // CommonJS, or an ES module without top-level await (Node >= 20.19 loads those with require()).
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    mod = require(devices.module) as Record<string, unknown>;
+  } catch (e) {
+    if ((e as { code?: string }).code !== 'ERR_REQUIRE_ASYNC_MODULE') throw e;
+    throw Object.assign(
+      new TypeError(
+        `devices module ${devices.module} uses top-level await, but the Linux pipeline loads it synchronously in the vCPU's thread: ` +
+          'move the asynchronous set-up into the stage (a handler may return a Promise; the vCPU waits for it)',
+        { cause: e },
+      ),
+      { code: 'ERR_INVALID_ARG_VALUE' },
+    );
+  }
   const fn = devices.export !== undefined ? mod[devices.export] : (mod.default ?? mod.devices);
   if (typeof fn !== 'function') {
     throw Object.assign(
