@@ -81,11 +81,20 @@ export { runInThread, vcpuExits } from './observables/run-in-thread';
 export type { InThreadOptions } from './observables/run-in-thread';
 export { fromIoEvent } from './observables/from-io-event';
 export * from './devices/index';
-// The VMM: bootLinux at the high level; createLinuxMachine for your own run loop; cpioNewc for
-// initramfs images. (The loader's smaller building blocks stay in src/vmm/: not public API.)
+// The VMM: bootLinux at the high level; createLinuxMachine for your own run loop; prepareKernel
+// (recognise, decompress and load a kernel image) and e820Map for your own layout; cpioNewc for
+// initramfs images. (The other building blocks stay in src/vmm/: not public API.)
 export { bootLinux } from './vmm/linux';
-export { createLinuxMachine } from './vmm/boot';
-export type { BootInfo, LinuxMachine, LinuxMachineConfig, PrepareKernelOptions } from './vmm/boot';
+export { createLinuxMachine, e820Map, prepareKernel } from './vmm/boot';
+export type {
+  BootInfo,
+  E820Entry,
+  LinuxMachine,
+  LinuxMachineConfig,
+  PreparedKernel,
+  PrepareKernelOptions,
+} from './vmm/boot';
+export type { PhysWriter } from './vmm/elf';
 export { cpioNewc } from './vmm/cpio';
 export type { CpioEntry } from './vmm/cpio';
 export type { BootLinuxOptions, LinuxOutcome, LinuxVm } from './vmm/linux';

@@ -309,3 +309,34 @@ describeKvm('createLinuxMachine boots a crafted 64-bit ELF kernel', () => {
     expect(m.vm.getPit2().channels).toHaveLength(3);
   });
 });
+
+describe('prepareKernel as a building block (your own layout)', () => {
+  const image = () =>
+    buildElf({
+      entry: 0x200000n,
+      segments: [{ paddr: 0x200000, data: Uint8Array.of(0xf4, 0xeb, 0xfd), memsz: 0x2000 }],
+    });
+
+  it('loads an ELF kernel into any memory with write(gpa, bytes), BSS zeroed, and tells its entry and extent', () => {
+    const k = prepareKernel(image());
+    expect(k).toMatchObject({ kind: 'elf', entry: 0x200000, low: 0x200000, high: 0x202000 });
+    const writes = new Map<bigint, Uint8Array>();
+    k.load({ write: (gpa, data) => writes.set(gpa, Uint8Array.from(data)) }, 16 << 20);
+    const bytes = [...writes.entries()].sort(([a], [b]) => Number(a - b));
+    expect(bytes[0]).toEqual([0x200000n, Uint8Array.of(0xf4, 0xeb, 0xfd)]);
+    // the rest of the segment (BSS) is written as zeros
+    const zeroed = bytes.slice(1).reduce((n, [, d]) => n + d.length, 0);
+    expect(zeroed).toBe(0x2000 - 3);
+    expect(bytes.slice(1).every(([, d]) => d.every((b) => b === 0))).toBe(true);
+  });
+
+  it('load() checks its arguments and refuses a kernel that does not fit', () => {
+    const k = prepareKernel(image());
+    expectCode(() => k.load(null as never, 16 << 20), 'TypeError', 'ERR_INVALID_ARG_TYPE');
+    expectCode(() => k.load({} as never, 16 << 20), 'TypeError', 'ERR_INVALID_ARG_TYPE');
+    expectCode(() => k.load({ write: () => undefined }, -1), 'RangeError', 'ERR_OUT_OF_RANGE');
+    expect(() => k.load({ write: () => undefined }, 0x201000)).toThrow(
+      expect.objectContaining({ code: 'ERR_KVM_BAD_KERNEL', message: expect.stringMatching(/does not fit/) }),
+    );
+  });
+});

@@ -141,7 +141,12 @@ export interface PreparedKernel {
   initrdAddrMax: number;
   /** Setup header bytes to copy into the zero page at 0x1f1 (bzImage only). */
   setupHeader?: Uint8Array;
-  /** Writes the kernel into guest memory. */
+  /**
+   * Writes the kernel into guest memory (`vm.guestMemory`, or anything with `write(gpa, bytes)`)
+   * whose RAM ends at `memSize`.
+   * @throws `TypeError` for a `memory` without `write`; `RangeError` for a bad `memSize`;
+   *   {@link BootImageError} `ERR_KVM_BAD_KERNEL` when the kernel does not fit below `memSize`
+   */
   load(memory: PhysWriter, memSize: number): void;
   /** The parsed ELF (a vmlinux, or the uncompressed ELF payload of a bzImage). */
   elf?: ElfKernel;
@@ -174,6 +179,20 @@ export interface PrepareKernelOptions {
  * @throws {@link BootImageError} `ERR_KVM_BAD_KERNEL` / `ERR_KVM_UNSUPPORTED_KERNEL` with details
  */
 export function prepareKernel(image: Uint8Array, options: PrepareKernelOptions = {}): PreparedKernel {
+  const k = recogniseKernel(image, options);
+  return {
+    ...k,
+    load(memory: PhysWriter, memSize: number): void {
+      checkObject('memory', memory);
+      const write: unknown = (memory as { write?: unknown }).write;
+      if (typeof write !== 'function') invalidType('memory.write', 'a function', write);
+      checkInt('memSize', memSize, 0, Number.MAX_SAFE_INTEGER);
+      k.load(memory, memSize);
+    },
+  };
+}
+
+function recogniseKernel(image: Uint8Array, options: PrepareKernelOptions): PreparedKernel {
   checkObject('options', options);
   if (options.decompressOnHost !== undefined) checkBool('options.decompressOnHost', options.decompressOnHost);
   if (options.allowDecompressor !== undefined) checkBool('options.allowDecompressor', options.allowDecompressor);
