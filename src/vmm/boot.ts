@@ -378,6 +378,18 @@ export function identityPageTables(): { pml4: Uint8Array; pdpt: Uint8Array; pd: 
   return { pml4, pdpt, pd };
 }
 
+/**
+ * Writes what {@link longModeSregs} points at: the GDT ({@link gdtBytes}) at `BOOT_LAYOUT.gdt` and
+ * the identity page tables ({@link identityPageTables}) at `BOOT_LAYOUT.pml4`/`pdpt`/`pd`.
+ */
+export function writeLongModeTables(memory: PhysWriter): void {
+  memory.write(BigInt(BOOT_LAYOUT.gdt), gdtBytes());
+  const pt = identityPageTables();
+  memory.write(BigInt(BOOT_LAYOUT.pml4), pt.pml4);
+  memory.write(BigInt(BOOT_LAYOUT.pdpt), pt.pdpt);
+  memory.write(BigInt(BOOT_LAYOUT.pd), pt.pd);
+}
+
 /** A `kvm_segment` from a GDT entry (limit scaled by the granularity bit). */
 export function segmentFromGdt(entry: bigint, selector: number): KvmSegment {
   const base = ((entry >> 16n) & 0xff_ffffn) | (((entry >> 56n) & 0xffn) << 24n);
@@ -543,11 +555,7 @@ export function layoutGuest(
     ...(kernel.setupHeader ? { setupHeader: kernel.setupHeader } : {}),
   });
   memory.write(BigInt(BOOT_LAYOUT.zeroPage), zp);
-  memory.write(BigInt(BOOT_LAYOUT.gdt), gdtBytes());
-  const pt = identityPageTables();
-  memory.write(BigInt(BOOT_LAYOUT.pml4), pt.pml4);
-  memory.write(BigInt(BOOT_LAYOUT.pdpt), pt.pdpt);
-  memory.write(BigInt(BOOT_LAYOUT.pd), pt.pd);
+  writeLongModeTables(memory);
   return {
     kind: kernel.kind,
     ...(kernel.payload !== undefined ? { payload: kernel.payload } : {}),

@@ -7,7 +7,7 @@
 import type { KvmRegs } from '../abi/layouts';
 import { checkObject, invalidType, invalidValue } from '../abi/validate';
 import { VcpuFd } from '../wrappers/vcpu-fd';
-import { BOOT_LAYOUT, GDT_ENTRIES, gdtBytes, identityPageTables, longModeSregs } from './boot';
+import { BOOT_LAYOUT, GDT_ENTRIES, longModeSregs, writeLongModeTables } from './boot';
 
 /** The guest-physical bytes {@link enterLongMode} writes: the GDT and the page tables. */
 export const LONG_MODE_TABLES: ReadonlyArray<{ readonly what: string; readonly addr: number; readonly size: number }> =
@@ -59,11 +59,7 @@ export function enterLongMode(vcpu: VcpuFd, regs: Partial<KvmRegs> & { rip: bigi
     }
   }
   const sregs = longModeSregs(vcpu.getSregs()); // ERR_KVM_CLOSED / ERR_KVM_VCPU_RUNNING before any write
-  memory.write(BigInt(BOOT_LAYOUT.gdt), gdtBytes());
-  const pt = identityPageTables();
-  memory.write(BigInt(BOOT_LAYOUT.pml4), pt.pml4);
-  memory.write(BigInt(BOOT_LAYOUT.pdpt), pt.pdpt);
-  memory.write(BigInt(BOOT_LAYOUT.pd), pt.pd);
+  writeLongModeTables(memory);
   vcpu.setSregs(sregs);
   vcpu.setRegs({ rflags: 2n, ...regs });
   return vcpu;
