@@ -10,7 +10,7 @@
 import { decodeStruct, dv, encodeStruct, offsetOf } from '../../abi/codec';
 import { kvm } from '../../abi/kvm-constants';
 import { kvm_regs, kvm_run, type KvmRegs } from '../../abi/layouts';
-import type { MockVcpu, ScriptedExit } from './state';
+import { leValue, type MockVcpu, type ScriptedExit } from './state';
 
 const O = (p: string) => offsetOf(kvm_run, p);
 const EXIT_REASON = O('exit_reason');
@@ -85,8 +85,7 @@ export function ioIn(port: number, size = 1, count = 1, opts: ExitOptions = {}):
     complete(vcpu, _view, bytes) {
       if (count !== 1) return;
       const regs = regsOf(vcpu);
-      let v = 0n;
-      for (let i = size - 1; i >= 0; i--) v = (v << 8n) | BigInt(bytes[PIO_DATA_OFFSET + i]);
+      const v = leValue(bytes.subarray(PIO_DATA_OFFSET, PIO_DATA_OFFSET + size));
       const mask = (1n << BigInt(8 * size)) - 1n;
       regs.rax = size === 4 ? v : (regs.rax & ~mask) | v;
       setRegsOf(vcpu, regs);

@@ -139,6 +139,13 @@ export function argInt(arg: IoctlArg): bigint {
   return 0n;
 }
 
+/** The unsigned little-endian value of `bytes` (a guest's PIO/MMIO data). */
+export function leValue(bytes: Uint8Array): bigint {
+  let v = 0n;
+  for (let i = bytes.length - 1; i >= 0; i--) v = (v << 8n) | BigInt(bytes[i]);
+  return v;
+}
+
 const names = new Map<number, string>(Object.entries(ioctls).map(([k, v]) => [v, k]));
 
 /** The name of an ioctl request number, or its hex. */

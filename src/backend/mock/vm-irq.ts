@@ -39,7 +39,7 @@ import {
 import type { IoctlArg } from '../types';
 import { checkExtension } from './system';
 import { eventfdSignal } from './eventfd';
-import { argInt, fail, type MockContext, type MockFile, type MockIoctl, type MockVm } from './state';
+import { argInt, fail, leValue, type MockContext, type MockFile, type MockIoctl, type MockVm } from './state';
 
 type VmFile = Extract<MockFile, { kind: 'vm' }>;
 type EventFdFile = Extract<MockFile, { kind: 'eventfd' }>;
@@ -158,8 +158,7 @@ function ioeventfd(ctx: MockContext, vm: MockVm, arg: IoctlArg): number {
  * takes such a write without exiting to userspace.
  */
 export function signalIoevent(vm: MockVm, w: { pio: boolean; addr: bigint; data: Uint8Array }): boolean {
-  let value = 0n;
-  for (let i = w.data.length - 1; i >= 0; i--) value = (value << 8n) | BigInt(w.data[i]);
+  const value = leValue(w.data);
   const hit = list<Ioevent>(vm, 'ioeventfds').find(
     (p) =>
       p.pio === w.pio &&
