@@ -12,7 +12,7 @@
  * process-wide signal to a thread that is running: this one, inside KVM_RUN. Without the retry
  * the runners reject with EINTR at once.
  *
- * KVM_CREATE_VM also fails with EINTR under signals (about 6 % of calls with one signal per ms
+ * KVM_CREATE_VM also fails with EINTR under signals (6–10 % of calls with one signal per ms
  * here): `createVm` retries it. That part is shown on the mock, which fails it on demand.
  */
 import { spawn, type ChildProcess } from 'node:child_process';

@@ -212,8 +212,8 @@ export class Kvm extends FdOwner {
    * `KVM_CREATE_VM` with a machine type (e.g. `KVM_X86_SW_PROTECTED_VM`).
    *
    * KVM_CREATE_VM can fail with EINTR, creating nothing, when a signal arrives during the call
-   * (measured here: 6 % of calls while the process received a signal every millisecond). It is
-   * retried, as QEMU and gVisor do, up to 100 times in a row.
+   * (measured here: 6–10 % of calls while the process received a signal every millisecond;
+   * `bench/create-vm-eintr.ts`). It is retried, as QEMU and gVisor do, up to 100 times in a row.
    *
    * @example `kvm.createVmWithType(0n)`
    * @throws {@link KvmError} EINVAL for an unknown type; EINTR after 100 interrupted attempts
