@@ -8,7 +8,7 @@
  * For what one exit costs against C on real KVM, use `npm run bench`.
  */
 import { Subject, tap } from 'rxjs';
-import { deliverExit } from '../src/operators/hold';
+import { deliverExit } from '../src/runtime/hold';
 import { RUN } from '../src/wrappers/kvm-run';
 import { decodeExit, type VcpuExit } from '../src/wrappers/vcpu-exit';
 import { ioHandlers, ioState } from './pipelines/io';

@@ -30,7 +30,7 @@ export type * from './wrappers/vcpu-exit';
 export const KVM_MEM_LOG_DIRTY_PAGES = constants.KVM_MEM_LOG_DIRTY_PAGES;
 /** `KVM_MEM_READONLY`: guest writes to the slot exit as MMIO. */
 export const KVM_MEM_READONLY = constants.KVM_MEM_READONLY;
-export * from './operators/index';
+export * from './runtime/operators/index';
 // @section exports: VM interrupts, events and devices
 export { DeviceFd } from './wrappers/device-fd';
 export type { DeviceAttr } from './wrappers/device-fd';
@@ -71,15 +71,15 @@ export { regSize } from './abi/arm64';
 export { _IO, _IOR, _IOW, _IOWR, _IOC, iocFields } from './abi/ioc';
 
 // The vCPU runtime: worker threads, Observables, the in-thread runner.
-export { VcpuRuntime } from './workers/runtime';
-export type { StartOptions, VcpuRuntimeOptions } from './workers/runtime';
-export type { VcpuContext, VcpuPipeline } from './workers/vcpu-worker';
-export type { PostedRange } from './workers/protocol';
-export { VcpuRun } from './observables/vcpu-run';
-export type { ExitRecord, RunOutcome } from './observables/vcpu-run';
-export { runInThread, vcpuExits } from './observables/run-in-thread';
-export type { InThreadOptions } from './observables/run-in-thread';
-export { fromIoEvent } from './observables/from-io-event';
+export { VcpuRuntime } from './runtime/pool';
+export type { StartOptions, VcpuRuntimeOptions } from './runtime/pool';
+export type { VcpuContext, VcpuPipeline } from './runtime/vcpu-worker';
+export type { PostedRange } from './runtime/protocol';
+export { VcpuRun } from './runtime/vcpu-run';
+export type { ExitRecord, RunOutcome } from './runtime/vcpu-run';
+export { runInThread, vcpuExits } from './runtime/in-thread';
+export type { InThreadOptions } from './runtime/in-thread';
+export { fromIoEvent } from './runtime/from-io-event';
 export * from './devices/index';
 // The VMM: bootLinux at the high level; createLinuxMachine for your own run loop; prepareKernel
 // (recognise, decompress and load a kernel image) and e820Map for your own layout; cpioNewc for

@@ -7,9 +7,9 @@
  * the measured time to the main thread with `ctx.emit('elapsed', ns)`.
  */
 import { tap, type Observable, type OperatorFunction } from 'rxjs';
-import { failOnUnhandled, onIoIn, onIoOut, untilHalt } from '../../src/operators/index';
+import { failOnUnhandled, onIoIn, onIoOut, untilHalt } from '../../src/runtime/operators/index';
 import type { VcpuExit } from '../../src/wrappers/vcpu-exit';
-import type { VcpuContext } from '../../src/workers/vcpu-worker';
+import type { VcpuContext } from '../../src/runtime/vcpu-worker';
 
 /** What the handlers record. */
 export interface IoState {

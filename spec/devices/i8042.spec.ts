@@ -1,6 +1,6 @@
 import type { TestScheduler } from 'rxjs/testing';
 import { I8042, i8042 } from '../../src/devices/i8042';
-import { runInThread } from '../../src/observables/run-in-thread';
+import { runInThread } from '../../src/runtime/in-thread';
 import { MockBackend, hlt as mockHlt, ioOut as mockIoOut } from '../../src/backend/mock/index';
 import { Kvm } from '../../src/wrappers/kvm';
 import { bytesOf, hlt, ioIn, ioOut, newTestScheduler } from '../helpers/exits';

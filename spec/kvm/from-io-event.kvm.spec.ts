@@ -4,8 +4,8 @@
  */
 import { lastValueFrom, reduce } from 'rxjs';
 import { join } from 'node:path';
-import { fromIoEvent } from '../../src/observables/from-io-event';
-import { VcpuRuntime } from '../../src/workers/runtime';
+import { fromIoEvent } from '../../src/runtime/from-io-event';
+import { VcpuRuntime } from '../../src/runtime/pool';
 import { enterRealMode } from '../../src/testing/real-mode';
 import { GuestMemory } from '../../src/wrappers/guest-memory';
 import { IoEventAddress } from '../../src/wrappers/io-event';

@@ -5,9 +5,9 @@
 import { join } from 'node:path';
 import { GUEST_ADDR, MEM_SIZE, SEED_GUEST, seedVcpu } from '../../examples/seed-example';
 import { MockBackend } from '../../src/backend/mock/index';
-import { runInThread } from '../../src/observables/run-in-thread';
+import { runInThread } from '../../src/runtime/in-thread';
 import { replayScript } from '../../src/testing/replay';
-import { VcpuRuntime } from '../../src/workers/runtime';
+import { VcpuRuntime } from '../../src/runtime/pool';
 import { GuestMemory } from '../../src/wrappers/guest-memory';
 import { Kvm } from '../../src/wrappers/kvm';
 import operatorPipeline from '../fixtures/operator-pipeline';

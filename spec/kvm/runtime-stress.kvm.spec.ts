@@ -4,7 +4,7 @@
 import { spawnSync } from 'node:child_process';
 import { firstValueFrom } from 'rxjs';
 import { join } from 'node:path';
-import { VcpuRuntime, type StartOptions } from '../../src/workers/runtime';
+import { VcpuRuntime, type StartOptions } from '../../src/runtime/pool';
 import { GuestMemory } from '../../src/wrappers/guest-memory';
 import { Kvm } from '../../src/wrappers/kvm';
 import type { VcpuFd } from '../../src/wrappers/vcpu-fd';

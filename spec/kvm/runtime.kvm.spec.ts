@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { firstValueFrom, toArray } from 'rxjs';
 import { join } from 'node:path';
 import { SEED_GUEST, GUEST_ADDR, MEM_SIZE } from '../../examples/seed-example';
-import { VcpuRuntime } from '../../src/workers/runtime';
+import { VcpuRuntime } from '../../src/runtime/pool';
 import { GuestMemory } from '../../src/wrappers/guest-memory';
 import { Kvm } from '../../src/wrappers/kvm';
 import type { VcpuFd } from '../../src/wrappers/vcpu-fd';

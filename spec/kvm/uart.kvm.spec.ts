@@ -3,10 +3,10 @@
  * polls LSR.DR and reads the byte the test puts on the line, all through runInThread.
  */
 import { Observable } from 'rxjs';
-import { runInThread } from '../../src/observables/run-in-thread';
+import { runInThread } from '../../src/runtime/in-thread';
 import { legacyPc } from '../../src/devices/legacy-pc';
 import { uart16550 } from '../../src/devices/uart16550';
-import { untilHalt } from '../../src/operators/untilHalt';
+import { untilHalt } from '../../src/runtime/operators/untilHalt';
 import { GuestMemory } from '../../src/wrappers/guest-memory';
 import { Kvm } from '../../src/wrappers/kvm';
 import type { VcpuExit } from '../../src/wrappers/vcpu-exit';

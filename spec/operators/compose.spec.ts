@@ -1,6 +1,6 @@
 import type { TestScheduler } from 'rxjs/testing';
-import { failOnUnhandled, onIoIn, onIoOut, onMmioRead, untilHalt } from '../../src/operators/index';
-import { attachHold } from '../../src/operators/hold';
+import { failOnUnhandled, onIoIn, onIoOut, onMmioRead, untilHalt } from '../../src/runtime/operators/index';
+import { attachHold } from '../../src/runtime/hold';
 import { bytesOf, hlt, ioIn, ioOut, mmioRead, newTestScheduler } from '../helpers/exits';
 
 /** Device models composed in one pipeline. */

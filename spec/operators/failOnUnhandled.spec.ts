@@ -1,6 +1,6 @@
 import type { TestScheduler } from 'rxjs/testing';
-import { UnhandledExitError } from '../../src/operators/errors';
-import { failOnUnhandled } from '../../src/operators/failOnUnhandled';
+import { UnhandledExitError } from '../../src/runtime/errors';
+import { failOnUnhandled } from '../../src/runtime/operators/failOnUnhandled';
 import type { VcpuExit } from '../../src/wrappers/vcpu-exit';
 import { bytesOf, hlt, ioIn, ioOut, mmioRead, mmioWrite, newTestScheduler } from '../helpers/exits';
 

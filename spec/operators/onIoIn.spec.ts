@@ -1,8 +1,8 @@
 import { EMPTY, map, of } from 'rxjs';
 import type { TestScheduler } from 'rxjs/testing';
-import { attachHold } from '../../src/operators/hold';
-import { onIoIn } from '../../src/operators/onIoIn';
-import type { ExitAnswer } from '../../src/operators/handleExits';
+import { attachHold } from '../../src/runtime/hold';
+import { onIoIn } from '../../src/runtime/operators/onIoIn';
+import type { ExitAnswer } from '../../src/runtime/operators/handleExits';
 import type { VcpuExit } from '../../src/wrappers/vcpu-exit';
 import { bytesOf, hlt, ioIn, ioOut, newTestScheduler } from '../helpers/exits';
 

@@ -1,7 +1,7 @@
 import { of, throwError } from 'rxjs';
 import type { TestScheduler } from 'rxjs/testing';
-import { attachHold } from '../../src/operators/hold';
-import { onIoOut } from '../../src/operators/onIoOut';
+import { attachHold } from '../../src/runtime/hold';
+import { onIoOut } from '../../src/runtime/operators/onIoOut';
 import type { IoOutExit, VcpuExit } from '../../src/wrappers/vcpu-exit';
 import { hlt, ioIn, ioOut, newTestScheduler } from '../helpers/exits';
 

@@ -1,6 +1,6 @@
 import type { TestScheduler } from 'rxjs/testing';
-import { attachHold } from '../../src/operators/hold';
-import { onMmioRead } from '../../src/operators/onMmioRead';
+import { attachHold } from '../../src/runtime/hold';
+import { onMmioRead } from '../../src/runtime/operators/onMmioRead';
 import { bytesOf, hlt, mmioRead, mmioWrite, newTestScheduler } from '../helpers/exits';
 
 /** onMmioRead */

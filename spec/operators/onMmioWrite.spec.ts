@@ -1,6 +1,6 @@
 import type { TestScheduler } from 'rxjs/testing';
-import { attachHold } from '../../src/operators/hold';
-import { onMmioWrite } from '../../src/operators/onMmioWrite';
+import { attachHold } from '../../src/runtime/hold';
+import { onMmioWrite } from '../../src/runtime/operators/onMmioWrite';
 import { hlt, mmioRead, mmioWrite, newTestScheduler } from '../helpers/exits';
 
 /** onMmioWrite */

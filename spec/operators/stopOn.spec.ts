@@ -1,7 +1,7 @@
 import type { TestScheduler } from 'rxjs/testing';
-import { stopOn } from '../../src/operators/stopOn';
-import { untilHalt } from '../../src/operators/untilHalt';
-import { untilShutdown } from '../../src/operators/untilShutdown';
+import { stopOn } from '../../src/runtime/operators/stopOn';
+import { untilHalt } from '../../src/runtime/operators/untilHalt';
+import { untilShutdown } from '../../src/runtime/operators/untilShutdown';
 import { hlt, ioOut, irqWindowOpen, newTestScheduler, shutdown } from '../helpers/exits';
 
 /** stopOn */

@@ -1,6 +1,6 @@
 import type { TestScheduler } from 'rxjs/testing';
-import { ExitStats, LATENCY_BUCKETS_MS } from '../../src/operators/ExitStats';
-import { traceExits } from '../../src/operators/traceExits';
+import { ExitStats, LATENCY_BUCKETS_MS } from '../../src/runtime/operators/ExitStats';
+import { traceExits } from '../../src/runtime/operators/traceExits';
 import { hlt, ioIn, ioOut, mmioRead, mmioWrite, newTestScheduler } from '../helpers/exits';
 
 /** traceExits */

@@ -3,7 +3,7 @@
  * truncated to the access size, two's complement for negative numbers). Numbers into 1-4 bytes
  * take a path without BigInts; every other answer the BigInt one: both must agree.
  */
-import { writeAnswer } from '../../src/operators/handleExits';
+import { writeAnswer } from '../../src/runtime/operators/handleExits';
 
 const bytes = (size: number, answer: Parameters<typeof writeAnswer>[1]) => {
   const data = new Uint8Array(size).fill(0xaa);

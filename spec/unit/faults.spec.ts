@@ -5,8 +5,8 @@
  * reason and CPU, and ends an in-thread run with an error that names it.
  */
 import { MockBackend, failEntry, internalError, shutdown } from '../../src/backend/mock/index';
-import { runInThread } from '../../src/observables/run-in-thread';
-import { untilHalt } from '../../src/operators/untilHalt';
+import { runInThread } from '../../src/runtime/in-thread';
+import { untilHalt } from '../../src/runtime/operators/untilHalt';
 import { Kvm } from '../../src/wrappers/kvm';
 
 describe('guest faults on the mock', () => {

@@ -6,7 +6,7 @@
 import { firstValueFrom, take, toArray } from 'rxjs';
 import { MockBackend, hlt, ioOut, mmioWrite } from '../../src/backend/mock/index';
 import { mockVmEvents } from '../../src/backend/mock/vm-irq';
-import { fromIoEvent } from '../../src/observables/from-io-event';
+import { fromIoEvent } from '../../src/runtime/from-io-event';
 import { IoEventAddress } from '../../src/wrappers/io-event';
 import { Kvm } from '../../src/wrappers/kvm';
 import { expectCode } from '../helpers/kvm';

@@ -3,9 +3,9 @@
  */
 import { Observable, takeWhile, toArray, lastValueFrom, map, firstValueFrom } from 'rxjs';
 import { MockBackend, hlt, ioIn, ioOut, mmioRead } from '../../src/backend/mock/index';
-import { holdVcpu } from '../../src/operators/hold';
-import { runInThread, vcpuExits } from '../../src/observables/run-in-thread';
-import { failOnUnhandled, untilHalt } from '../../src/operators/index';
+import { holdVcpu } from '../../src/runtime/hold';
+import { runInThread, vcpuExits } from '../../src/runtime/in-thread';
+import { failOnUnhandled, untilHalt } from '../../src/runtime/operators/index';
 import { Kvm } from '../../src/wrappers/kvm';
 import type { VcpuExit } from '../../src/wrappers/vcpu-exit';
 

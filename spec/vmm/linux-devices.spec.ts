@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { of } from 'rxjs';
 import { MockBackend } from '../../src/backend/mock/index';
 import { emulationFailure, hypercall, ioIn, ioOut, shutdown } from '../../src/backend/mock/exits';
-import { runInThread } from '../../src/observables/run-in-thread';
+import { runInThread } from '../../src/runtime/in-thread';
 import { Kvm } from '../../src/wrappers/kvm';
 import { createLinuxMachine, type LinuxMachine } from '../../src/vmm/boot';
 import linuxDevices, { type LinuxDevicesOptions, type LinuxDevicesStats } from '../../src/vmm/linux-devices';

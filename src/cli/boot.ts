@@ -6,7 +6,7 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { inspect, parseArgs } from 'node:util';
-import type { ExitStatsSnapshot } from '../operators/ExitStats';
+import type { ExitStatsSnapshot } from '../runtime/operators/ExitStats';
 import { DEFAULT_MEM_SIZE, type BootInfo } from '../vmm/boot';
 import { BootImageError } from '../vmm/errors';
 import { BASE_CMDLINE, hostVirtualization, stockKernelCmdline } from '../vmm/host';

@@ -4,7 +4,7 @@
  * @module
  */
 import { checkInt, checkObject, checkU64, invalidType } from '../abi/validate';
-import type { PortRange } from '../operators/match';
+import type { PortRange } from '../runtime/operators/match';
 import { byteRegisters, deviceStage } from './port-device';
 import type { DeviceStage, PortDevice } from './port-device';
 

@@ -6,7 +6,7 @@
 import { Subject } from 'rxjs';
 import type { Observable } from 'rxjs';
 import { checkObject, checkU16, invalidType, invalidValue } from '../abi/validate';
-import type { PortRange } from '../operators/match';
+import type { PortRange } from '../runtime/operators/match';
 import { checkAccess, deviceStage } from './port-device';
 import type { DeviceStage, PortDevice } from './port-device';
 

@@ -5,7 +5,7 @@
  * @module
  */
 import { checkObject, invalidType } from '../abi/validate';
-import type { PortRange } from '../operators/match';
+import type { PortRange } from '../runtime/operators/match';
 import { byteRegisters, deviceStage } from './port-device';
 import type { DeviceStage, PortDevice } from './port-device';
 

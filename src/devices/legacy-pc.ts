@@ -4,7 +4,7 @@
  * @module
  */
 import { checkObject, invalidType, invalidValue } from '../abi/validate';
-import type { PortRange } from '../operators/match';
+import type { PortRange } from '../runtime/operators/match';
 import { Cmos } from './cmos';
 import type { CmosOptions } from './cmos';
 import { DebugPorts } from './debug-ports';

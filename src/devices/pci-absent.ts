@@ -3,7 +3,7 @@
  *
  * @module
  */
-import type { PortRange } from '../operators/match';
+import type { PortRange } from '../runtime/operators/match';
 import { checkAccess, deviceStage } from './port-device';
 import type { DeviceStage, PortDevice } from './port-device';
 

@@ -10,7 +10,7 @@
  */
 import { defer, filter, finalize, takeWhile } from 'rxjs';
 import type { MonoTypeOperatorFunction, Observable, Unsubscribable } from 'rxjs';
-import type { PortRange } from '../operators/match';
+import type { PortRange } from '../runtime/operators/match';
 import type { VcpuExit } from '../wrappers/vcpu-exit';
 import { checkInt, checkObject, checkU16, invalidType, invalidValue } from '../abi/validate';
 

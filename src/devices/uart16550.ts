@@ -6,7 +6,7 @@
 import { Subject } from 'rxjs';
 import type { Observable, Subscription } from 'rxjs';
 import { checkInt, checkObject, checkU8, invalidType } from '../abi/validate';
-import type { PortRange } from '../operators/match';
+import type { PortRange } from '../runtime/operators/match';
 import { byteRegisters, deviceStage, whileSubscribed } from './port-device';
 import type { DeviceStage, PortDevice } from './port-device';
 

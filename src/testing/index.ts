@@ -8,10 +8,10 @@
  * @packageDocumentation
  */
 export * from '../backend/mock/index';
-export { runInThread, vcpuExits } from '../observables/run-in-thread';
-export type { InThreadOptions } from '../observables/run-in-thread';
+export { runInThread, vcpuExits } from '../runtime/in-thread';
+export type { InThreadOptions } from '../runtime/in-thread';
 export { replayScript } from './replay';
 export { enterRealMode } from './real-mode';
 export { enterLongMode } from '../vmm/long-mode';
 export type { Replay } from './replay';
-export type { RecordedExit } from '../observables/recording';
+export type { RecordedExit } from '../runtime/recording';

@@ -19,7 +19,7 @@ import {
   wrmsr,
 } from '../backend/mock/exits';
 import type { ScriptedExit } from '../backend/mock/state';
-import type { RecordedExit } from '../observables/recording';
+import type { RecordedExit } from '../runtime/recording';
 import { VCPU_EXIT_KINDS } from '../wrappers/vcpu-exit';
 
 const BARE_REASONS: Record<string, number> = {

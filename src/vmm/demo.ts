@@ -6,8 +6,8 @@
  */
 import { extname, join } from 'node:path';
 import { checkObject, invalidType } from '../abi/validate';
-import { VcpuRuntime } from '../workers/runtime';
-import type { RunOutcome } from '../observables/vcpu-run';
+import { VcpuRuntime } from '../runtime/pool';
+import type { RunOutcome } from '../runtime/vcpu-run';
 import { GuestMemory } from '../wrappers/guest-memory';
 import { Kvm } from '../wrappers/kvm';
 import { DEMO_GUEST, DEMO_GUEST_ADDR } from './demo-guest';

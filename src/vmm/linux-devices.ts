@@ -25,12 +25,12 @@
  */
 import { Observable, finalize, identity, map, type MonoTypeOperatorFunction } from 'rxjs';
 import { legacyPc } from '../devices/legacy-pc';
-import { ExitStats, type ExitStatsSnapshot } from '../operators/ExitStats';
-import { UnhandledExitError, describeExit } from '../operators/errors';
-import { failOnUnhandled } from '../operators/failOnUnhandled';
-import { traceExits } from '../operators/traceExits';
+import { ExitStats, type ExitStatsSnapshot } from '../runtime/operators/ExitStats';
+import { UnhandledExitError, describeExit } from '../runtime/errors';
+import { failOnUnhandled } from '../runtime/operators/failOnUnhandled';
+import { traceExits } from '../runtime/operators/traceExits';
 import type { VcpuExit } from '../wrappers/vcpu-exit';
-import type { VcpuContext } from '../workers/vcpu-worker';
+import type { VcpuContext } from '../runtime/vcpu-worker';
 import { emulationFallbackStats, handleEmulationFailure, type EmulationFallbackStats } from './emulation-fallback';
 
 /** `ctx.options` of the Linux device pipeline (structured-cloneable). */

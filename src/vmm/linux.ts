@@ -8,9 +8,9 @@
 import { extname, join } from 'node:path';
 import { Subject, type Observable } from 'rxjs';
 import { checkObject, checkString, invalidType, invalidValue } from '../abi/validate';
-import type { ExitStatsSnapshot } from '../operators/ExitStats';
-import type { VcpuRun } from '../observables/vcpu-run';
-import { VcpuRuntime, modulePath } from '../workers/runtime';
+import type { ExitStatsSnapshot } from '../runtime/operators/ExitStats';
+import type { VcpuRun } from '../runtime/vcpu-run';
+import { VcpuRuntime, modulePath } from '../runtime/pool';
 import { Kvm } from '../wrappers/kvm';
 import { createLinuxMachine, type BootInfo, type LinuxMachineConfig } from './boot';
 import { emulationFallbackStats, type EmulationFallbackStats } from './emulation-fallback';

@@ -9,7 +9,7 @@ import { extname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { availableParallelism } from 'node:os';
 import { checkInt, checkObject, invalidType, invalidValue } from '../abi/validate';
-import { VcpuRun } from '../observables/vcpu-run';
+import { VcpuRun } from './vcpu-run';
 import { VcpuFd } from '../wrappers/vcpu-fd';
 import { SAB_BYTES, type PostedRange, type TaskOutcome, type VcpuTask } from './protocol';
 

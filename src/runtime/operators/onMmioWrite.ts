@@ -1,5 +1,5 @@
 import type { OperatorFunction } from 'rxjs';
-import type { MmioWriteExit, VcpuExit } from '../wrappers/vcpu-exit';
+import type { MmioWriteExit, VcpuExit } from '../../wrappers/vcpu-exit';
 import { handleExits } from './handleExits';
 import type { HandlerResult } from './handleExits';
 import { rangeMatcher } from './match';

@@ -1,8 +1,8 @@
 import { Observable } from 'rxjs';
 import type { OperatorFunction } from 'rxjs';
-import { checkObject, invalidValue } from '../abi/validate';
-import type { VcpuExit } from '../wrappers/vcpu-exit';
-import { UnhandledExitError } from './errors';
+import { checkObject, invalidValue } from '../../abi/validate';
+import type { VcpuExit } from '../../wrappers/vcpu-exit';
+import { UnhandledExitError } from '../errors';
 
 /** What to do with an exit that reached {@link failOnUnhandled}. */
 export type UnhandledPolicy = 'error' | 'ignore' | ((exit: VcpuExit) => 'error' | 'ignore' | undefined | void); // eslint-disable-line @typescript-eslint/no-invalid-void-type -- a policy may return nothing

@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { checkU16, checkU64, invalidType, outOfRange } from '../abi/validate';
+import { checkU16, checkU64, invalidType, outOfRange } from '../../abi/validate';
 
 /** An inclusive range of I/O ports, `[from, to]`. */
 export type PortRange = readonly [from: number, to: number];

@@ -16,9 +16,9 @@ import { RUN } from '../wrappers/kvm-run';
 import { VCPU_EXIT_KINDS, decodeExit, type VcpuExit } from '../wrappers/vcpu-exit';
 import type { VcpuFd } from '../wrappers/vcpu-fd';
 import { VmFd } from '../wrappers/vm-fd';
-import { deliverExit } from '../operators/hold';
-import { recordExit, type RecordedExit } from '../observables/recording';
-import { describeExit, UnhandledExitError } from './describe';
+import { deliverExit } from './hold';
+import { recordExit, type RecordedExit } from './recording';
+import { describeExit, UnhandledExitError } from './errors';
 import {
   CONTROL_BYTES,
   MAILBOX_BYTES,

@@ -1,8 +1,8 @@
 import { Observable } from 'rxjs';
 import type { MonoTypeOperatorFunction } from 'rxjs';
-import { invalidValue } from '../abi/validate';
-import { VCPU_EXIT_KINDS } from '../wrappers/vcpu-exit';
-import type { VcpuExit } from '../wrappers/vcpu-exit';
+import { invalidValue } from '../../abi/validate';
+import { VCPU_EXIT_KINDS } from '../../wrappers/vcpu-exit';
+import type { VcpuExit } from '../../wrappers/vcpu-exit';
 
 /**
  * Completes the output when an exit of one of `kinds` arrives (that exit is consumed, not

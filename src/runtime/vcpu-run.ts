@@ -6,13 +6,13 @@
  */
 import { Observable, Subject, share } from 'rxjs';
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
-import { deliverExit } from '../operators/hold';
+import { deliverExit } from './hold';
 import type { RecordedExit } from './recording';
 import type { IoctlBackend } from '../backend/types';
 import { VCPU_EXIT_KINDS, decodeExit, type VcpuExit } from '../wrappers/vcpu-exit';
 import type { VcpuFd } from '../wrappers/vcpu-fd';
 import { RUN } from '../wrappers/kvm-run';
-import { UnhandledExitError, describeExit } from '../workers/describe';
+import { UnhandledExitError, describeExit } from './errors';
 import {
   CONTROL_BYTES,
   MAILBOX_BYTES,
@@ -28,7 +28,7 @@ import {
   W,
   postedExit,
   type TaskOutcome,
-} from '../workers/protocol';
+} from './protocol';
 
 /** A summary of one exit, from `monitor$`. */
 export interface ExitRecord {

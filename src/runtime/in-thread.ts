@@ -6,13 +6,13 @@
  * @module
  */
 import { EMPTY, Observable, Subject, asapScheduler, filter, map } from 'rxjs';
-import { deliverExit } from '../operators/hold';
+import { deliverExit } from './hold';
 import type { VcpuExit } from '../wrappers/vcpu-exit';
 import { VcpuFd } from '../wrappers/vcpu-fd';
 import { KvmError } from '../abi/errors';
 import { checkObject, invalidType } from '../abi/validate';
-import { UnhandledExitError, describeExit } from '../workers/describe';
-import type { VcpuContext, VcpuPipeline } from '../workers/vcpu-worker';
+import { UnhandledExitError, describeExit } from './errors';
+import type { VcpuContext, VcpuPipeline } from './vcpu-worker';
 import { recordExit } from './recording';
 import type { RunOutcome } from './vcpu-run';
 

@@ -3,8 +3,8 @@
  *
  * @module
  */
-import type { VcpuExit } from '../wrappers/vcpu-exit';
-import { checkObject, invalidType } from '../abi/validate';
+import type { VcpuExit } from '../../wrappers/vcpu-exit';
+import { checkObject, invalidType } from '../../abi/validate';
 
 /** Options of {@link ExitStats}. */
 export interface ExitStatsOptions {

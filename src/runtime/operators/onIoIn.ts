@@ -1,5 +1,5 @@
 import type { OperatorFunction } from 'rxjs';
-import type { IoInExit, VcpuExit } from '../wrappers/vcpu-exit';
+import type { IoInExit, VcpuExit } from '../../wrappers/vcpu-exit';
 import { handleExits, writeAnswer } from './handleExits';
 import type { ExitAnswer, HandlerResult } from './handleExits';
 import { portMatcher } from './match';

@@ -3,11 +3,11 @@
  *
  * @module
  */
-export { HOLD, holdVcpu, attachHold } from './hold';
-export type { HoldableExit } from './hold';
+export { HOLD, holdVcpu, attachHold } from '../hold';
+export type { HoldableExit } from '../hold';
 export { portMatcher, rangeMatcher } from './match';
 export type { PortMatcher, PortRange, AddressRange, RangeMatcher } from './match';
-export { UnhandledExitError, describeExit } from './errors';
+export { UnhandledExitError, describeExit } from '../errors';
 export { writeAnswer } from './handleExits';
 export type { ExitAnswer, HandlerResult } from './handleExits';
 export { onIoOut } from './onIoOut';

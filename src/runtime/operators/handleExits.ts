@@ -7,9 +7,9 @@
  */
 import { EmptyError, Observable, Subscription, isObservable } from 'rxjs';
 import type { OperatorFunction } from 'rxjs';
-import { checkBytes, invalidType, outOfRange } from '../abi/validate';
-import type { VcpuExit } from '../wrappers/vcpu-exit';
-import { holdVcpu } from './hold';
+import { checkBytes, invalidType, outOfRange } from '../../abi/validate';
+import type { VcpuExit } from '../../wrappers/vcpu-exit';
+import { holdVcpu } from '../hold';
 
 /**
  * What a read handler answers: the value the guest reads.

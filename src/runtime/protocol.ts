@@ -17,7 +17,7 @@
  */
 
 import type { MessagePort } from 'node:worker_threads';
-import type { RecordedExit } from '../observables/recording';
+import type { RecordedExit } from './recording';
 import type { IoOutExit, MmioWriteExit } from '../wrappers/vcpu-exit';
 
 /** Int32 word indices of the control block. */

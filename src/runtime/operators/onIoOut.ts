@@ -1,5 +1,5 @@
 import type { OperatorFunction } from 'rxjs';
-import type { IoOutExit, VcpuExit } from '../wrappers/vcpu-exit';
+import type { IoOutExit, VcpuExit } from '../../wrappers/vcpu-exit';
 import { handleExits } from './handleExits';
 import type { HandlerResult } from './handleExits';
 import { portMatcher } from './match';

@@ -1,5 +1,5 @@
 import type { MonoTypeOperatorFunction } from 'rxjs';
-import type { VcpuExit } from '../wrappers/vcpu-exit';
+import type { VcpuExit } from '../../wrappers/vcpu-exit';
 import { stopOn } from './stopOn';
 
 /**

@@ -1,7 +1,7 @@
 import { Observable } from 'rxjs';
 import type { MonoTypeOperatorFunction } from 'rxjs';
-import { invalidType } from '../abi/validate';
-import type { VcpuExit } from '../wrappers/vcpu-exit';
+import { invalidType } from '../../abi/validate';
+import type { VcpuExit } from '../../wrappers/vcpu-exit';
 import { ExitStats } from './ExitStats';
 
 /**
