@@ -9,7 +9,7 @@
 import { tap, type Observable, type OperatorFunction } from 'rxjs';
 import { failOnUnhandled, onIoIn, onIoOut, untilHalt } from '../../src/runtime/operators/index';
 import type { VcpuExit } from '../../src/wrappers/vcpu-exit';
-import type { VcpuContext } from '../../src/runtime/vcpu-worker';
+import type { VcpuContext } from '../../src/runtime/pipeline';
 
 /** What the handlers record. */
 export interface IoState {

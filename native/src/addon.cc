@@ -77,6 +77,7 @@ class Addon : public Napi::Addon<Addon> {
         InstanceMethod("threadSelf", &Addon::ThreadSelf),
         InstanceMethod("kick", &Addon::Kick),
         InstanceMethod("runFast", &Addon::RunFast),
+        InstanceMethod("runFastLayout", &Addon::RunFastLayout),
         InstanceMethod("cxxAbi", &Addon::CxxAbi),
         InstanceMethod("setAffinity", &Addon::SetAffinity),
     });
@@ -552,6 +553,21 @@ class Addon : public Napi::Addon<Addon> {
     return Napi::BigInt::New(info.Env(), static_cast<uint64_t>(pthread_self()));
   }
 
+  // The slots of runFast's `layout` argument, in order. runFastLayout() returns their names so the
+  // JavaScript side (src/runtime/protocol.ts) can assert that it builds the array in this order.
+  enum { L_RECORDS, L_RECORD_BYTES, L_W_WRITE, L_W_READ, L_W_EXITS, L_KIND, L_WHERE, L_SIZE, L_LEN, L_KINDIDX,
+         L_PORT, L_COUNT, L_DATA, L_DATA_MAX, L_REC_POSTED_IO, L_WHERE_POSTED, L_IOOUT_INDEX, L_COUNT_ };
+
+  Napi::Value RunFastLayout(const Napi::CallbackInfo& info) {
+    static const char* const kNames[L_COUNT_] = {
+        "records",   "recordBytes", "ringWrite",  "ringRead",  "exitCount",      "kind",
+        "handledBy", "size",        "dataLength", "exitKind",  "port",           "count",
+        "data",      "dataMax",     "postedIo",   "handledByPosted", "ioOutKindIndex"};
+    Napi::Array names = Napi::Array::New(info.Env(), L_COUNT_);
+    for (uint32_t i = 0; i < L_COUNT_; i++) names.Set(i, Napi::String::New(info.Env(), kNames[i]));
+    return names;
+  }
+
   // runFast(fd, runAddress, portBitmap, ringBytes, ctl, layout, maxBatch) -> n * 2 + pending
   //
   // The native fast path of a vCPU's run loop: calls KVM_RUN until an exit needs JavaScript.
@@ -571,8 +587,6 @@ class Addon : public Napi::Addon<Addon> {
         !GetBytes(info, 5, &layoutData, &layoutLen) || !GetInt(info, 6, &maxBatch)) {
       return env.Undefined();
     }
-    enum { L_RECORDS, L_RECORD_BYTES, L_W_WRITE, L_W_READ, L_W_EXITS, L_KIND, L_WHERE, L_SIZE, L_LEN, L_KINDIDX,
-           L_PORT, L_COUNT, L_DATA, L_DATA_MAX, L_REC_POSTED_IO, L_WHERE_POSTED, L_IOOUT_INDEX, L_COUNT_ };
     if (bitmapLen < 8192 || layoutLen < L_COUNT_ * sizeof(int32_t)) {
       ThrowType(env, "runFast: bad bitmap or layout");
       return env.Undefined();

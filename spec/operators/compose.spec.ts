@@ -1,6 +1,6 @@
 import type { TestScheduler } from 'rxjs/testing';
 import { failOnUnhandled, onIoIn, onIoOut, onMmioRead, untilHalt } from '../../src/runtime/operators/index';
-import { attachHold } from '../../src/runtime/hold';
+import { collectHolds } from '../../src/testing/marbles';
 import { bytesOf, hlt, ioIn, ioOut, mmioRead, newTestScheduler } from '../helpers/exits';
 
 /** Device models composed in one pipeline. */
@@ -64,8 +64,6 @@ describe('composed handler operators', () => {
     const a = ioOut(0x3f8, [0x41]);
     const b = ioIn(0x71);
     const holds: Array<PromiseLike<unknown>> = [];
-    attachHold(a, holds);
-    attachHold(b, holds);
     testScheduler.run(({ cold, hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('  -a-b-------|', { a, b });
       const unsub = '   ------!     ';
@@ -77,6 +75,7 @@ describe('composed handler operators', () => {
       const expected = '-------     ';
 
       const pipeline = e1.pipe(
+        collectHolds(holds),
         onIoOut(0x3f8, () => tx),
         onIoIn(0x71, () => rtc),
         failOnUnhandled(),

@@ -1,6 +1,6 @@
 import { EMPTY, map, of } from 'rxjs';
 import type { TestScheduler } from 'rxjs/testing';
-import { attachHold } from '../../src/runtime/hold';
+import { collectHolds } from '../../src/testing/marbles';
 import { onIoIn } from '../../src/runtime/operators/onIoIn';
 import type { ExitAnswer } from '../../src/runtime/operators/handleExits';
 import type { VcpuExit } from '../../src/wrappers/vcpu-exit';
@@ -94,7 +94,6 @@ describe('onIoIn', () => {
   it('should write the answer of an Observable result when it arrives, holding the vCPU until then', () => {
     const a = ioIn(0x3fd);
     const holds: Array<PromiseLike<unknown>> = [];
-    attachHold(a, holds);
     testScheduler.run(({ cold, hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('   -a---|', { a });
       const e1subs = '   ^----!';
@@ -104,7 +103,12 @@ describe('onIoIn', () => {
       const probe = cold('--p-p|');
       const probed = '   --x-y|';
 
-      expectObservable(e1.pipe(onIoIn(0x3fd, () => answer))).toBe(expected);
+      expectObservable(
+        e1.pipe(
+          collectHolds(holds),
+          onIoIn(0x3fd, () => answer),
+        ),
+      ).toBe(expected);
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
       expectSubscriptions(answer.subscriptions).toBe(answersubs);
       expectObservable(probe.pipe(map(() => bytesOf(a.data)))).toBe(probed, { x: [0xcc], y: [0x60] });
@@ -116,7 +120,6 @@ describe('onIoIn', () => {
   it('should error with EmptyError when an Observable result completes without an answer', async () => {
     const a = ioIn(0x3fd);
     const holds: Array<PromiseLike<unknown>> = [];
-    attachHold(a, holds);
     testScheduler.run(({ cold, hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('  -a---|', { a });
       const e1subs = '  ^--!  ';
@@ -124,7 +127,12 @@ describe('onIoIn', () => {
       const answersubs = '-^-!  ';
       const expected = '---#  ';
 
-      expectObservable(e1.pipe(onIoIn(0x3fd, () => answer))).toBe(expected, undefined, {
+      expectObservable(
+        e1.pipe(
+          collectHolds(holds),
+          onIoIn(0x3fd, () => answer),
+        ),
+      ).toBe(expected, undefined, {
         name: 'EmptyError',
         code: undefined,
         message: 'no elements in sequence',
@@ -138,13 +146,17 @@ describe('onIoIn', () => {
   it('should answer synchronously from of() without holding the vCPU', () => {
     const a = ioIn(0x3fd);
     const holds: Array<PromiseLike<unknown>> = [];
-    attachHold(a, holds);
     testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('  -a-|', { a });
       const e1subs = '  ^--!';
       const expected = '---|';
 
-      expectObservable(e1.pipe(onIoIn(0x3fd, () => of(0x20, 0x21)))).toBe(expected);
+      expectObservable(
+        e1.pipe(
+          collectHolds(holds),
+          onIoIn(0x3fd, () => of(0x20, 0x21)),
+        ),
+      ).toBe(expected);
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
     });
     expect(bytesOf(a.data)).toEqual([0x20]);
@@ -154,7 +166,6 @@ describe('onIoIn', () => {
   it('should tear down a pending answer on unsubscribe and leave exit.data alone', () => {
     const a = ioIn(0x3fd);
     const holds: Array<PromiseLike<unknown>> = [];
-    attachHold(a, holds);
     testScheduler.run(({ cold, hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('  -a------|', { a });
       const unsub = '   --!      ';
@@ -163,7 +174,13 @@ describe('onIoIn', () => {
       const answersubs = '-^!      ';
       const expected = '---      ';
 
-      expectObservable(e1.pipe(onIoIn(0x3fd, () => answer)), unsub).toBe(expected);
+      expectObservable(
+        e1.pipe(
+          collectHolds(holds),
+          onIoIn(0x3fd, () => answer),
+        ),
+        unsub,
+      ).toBe(expected);
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
       expectSubscriptions(answer.subscriptions).toBe(answersubs);
     });
@@ -174,11 +191,13 @@ describe('onIoIn', () => {
   it('should write a Promise answer when it resolves and release the hold after writing', async () => {
     const a = ioIn(0x3fd, 2);
     const holds: Array<PromiseLike<unknown>> = [];
-    attachHold(a, holds);
     let answer!: (v: number) => void;
     const done: string[] = [];
     of<VcpuExit>(a)
-      .pipe(onIoIn(0x3fd, () => new Promise<number>((resolve) => (answer = resolve))))
+      .pipe(
+        collectHolds(holds),
+        onIoIn(0x3fd, () => new Promise<number>((resolve) => (answer = resolve))),
+      )
       .subscribe({ complete: () => done.push('complete') });
     expect(holds).toHaveLength(1);
     expect(bytesOf(a.data)).toEqual([0xcc, 0xcc]);
@@ -191,11 +210,13 @@ describe('onIoIn', () => {
   it('should ignore a Promise answer that arrives after unsubscribe', async () => {
     const a = ioIn(0x3fd);
     const holds: Array<PromiseLike<unknown>> = [];
-    attachHold(a, holds);
     let answer!: (v: number) => void;
     const late = new Promise<number>((resolve) => (answer = resolve));
     const sub = of<VcpuExit>(a)
-      .pipe(onIoIn(0x3fd, () => late))
+      .pipe(
+        collectHolds(holds),
+        onIoIn(0x3fd, () => late),
+      )
       .subscribe();
     sub.unsubscribe();
     await holds[0];

@@ -1,6 +1,6 @@
 import { of, throwError } from 'rxjs';
 import type { TestScheduler } from 'rxjs/testing';
-import { attachHold } from '../../src/runtime/hold';
+import { collectHolds } from '../../src/testing/marbles';
 import { onIoOut } from '../../src/runtime/operators/onIoOut';
 import type { IoOutExit, VcpuExit } from '../../src/wrappers/vcpu-exit';
 import { hlt, ioIn, ioOut, newTestScheduler } from '../helpers/exits';
@@ -99,7 +99,6 @@ describe('onIoOut', () => {
   it('should hold the vCPU until an Observable result completes, ignoring its values', () => {
     const a = ioOut(0x3f8, [0x41]);
     const holds: Array<PromiseLike<unknown>> = [];
-    attachHold(a, holds);
     testScheduler.run(({ cold, hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('  -a--|   ', { a });
       const e1subs = '  ^---!   ';
@@ -107,7 +106,12 @@ describe('onIoOut', () => {
       const innersubs = ' -^---!';
       const expected = '-----|';
 
-      expectObservable(e1.pipe(onIoOut(0x3f8, () => inner))).toBe(expected);
+      expectObservable(
+        e1.pipe(
+          collectHolds(holds),
+          onIoOut(0x3f8, () => inner),
+        ),
+      ).toBe(expected);
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
       expectSubscriptions(inner.subscriptions).toBe(innersubs);
     });
@@ -118,13 +122,17 @@ describe('onIoOut', () => {
   it('should not hold the vCPU for an Observable that completes synchronously', () => {
     const a = ioOut(0x3f8, [0x41]);
     const holds: Array<PromiseLike<unknown>> = [];
-    attachHold(a, holds);
     testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('  -a-|', { a });
       const e1subs = '  ^--!';
       const expected = '---|';
 
-      expectObservable(e1.pipe(onIoOut(0x3f8, () => of(1, 2)))).toBe(expected);
+      expectObservable(
+        e1.pipe(
+          collectHolds(holds),
+          onIoOut(0x3f8, () => of(1, 2)),
+        ),
+      ).toBe(expected);
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
     });
     expect(holds).toHaveLength(0);
@@ -133,7 +141,6 @@ describe('onIoOut', () => {
   it('should error when the Observable result errors, and reject the hold with that error', async () => {
     const a = ioOut(0x3f8, [0x41]);
     const holds: Array<PromiseLike<unknown>> = [];
-    attachHold(a, holds);
     const error = new Error('write failed');
     testScheduler.run(({ cold, hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('  -a---b-|', { a, b: hlt() });
@@ -142,7 +149,12 @@ describe('onIoOut', () => {
       const innersubs = ' -^-!    ';
       const expected = '---#    ';
 
-      expectObservable(e1.pipe(onIoOut(0x3f8, () => inner))).toBe(expected, undefined, error);
+      expectObservable(
+        e1.pipe(
+          collectHolds(holds),
+          onIoOut(0x3f8, () => inner),
+        ),
+      ).toBe(expected, undefined, error);
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
       expectSubscriptions(inner.subscriptions).toBe(innersubs);
     });
@@ -168,7 +180,6 @@ describe('onIoOut', () => {
   it('should tear down the inner subscription of a pending handler on unsubscribe, and release the hold', () => {
     const a = ioOut(0x3f8, [0x41]);
     const holds: Array<PromiseLike<unknown>> = [];
-    attachHold(a, holds);
     testScheduler.run(({ cold, hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('  -a-------|', { a });
       const unsub = '   ---!      ';
@@ -177,7 +188,13 @@ describe('onIoOut', () => {
       const innersubs = ' -^-!      ';
       const expected = '----       ';
 
-      expectObservable(e1.pipe(onIoOut(0x3f8, () => inner)), unsub).toBe(expected);
+      expectObservable(
+        e1.pipe(
+          collectHolds(holds),
+          onIoOut(0x3f8, () => inner),
+        ),
+        unsub,
+      ).toBe(expected);
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
       expectSubscriptions(inner.subscriptions).toBe(innersubs);
     });
@@ -199,11 +216,13 @@ describe('onIoOut', () => {
   it('should hold the vCPU until a Promise result settles, and error on rejection', async () => {
     const a = ioOut(0x3f8, [0x41]);
     const holds: Array<PromiseLike<unknown>> = [];
-    attachHold(a, holds);
     const log: string[] = [];
     let finish!: () => void;
     const sub = of<VcpuExit>(a)
-      .pipe(onIoOut(0x3f8, () => new Promise<void>((resolve) => (finish = resolve))))
+      .pipe(
+        collectHolds(holds),
+        onIoOut(0x3f8, () => new Promise<void>((resolve) => (finish = resolve))),
+      )
       .subscribe({ complete: () => log.push('complete') });
     expect(holds).toHaveLength(1);
     expect(log).toEqual([]);
@@ -214,11 +233,13 @@ describe('onIoOut', () => {
 
     const b = ioOut(0x3f8, [0x42]);
     const holdsB: Array<PromiseLike<unknown>> = [];
-    attachHold(b, holdsB);
     const error = new Error('rejected');
     const errors: unknown[] = [];
     of<VcpuExit>(b)
-      .pipe(onIoOut(0x3f8, () => Promise.reject(error)))
+      .pipe(
+        collectHolds(holdsB),
+        onIoOut(0x3f8, () => Promise.reject(error)),
+      )
       .subscribe({ error: (e: unknown) => errors.push(e) });
     await expect(holdsB[0]).rejects.toBe(error);
     expect(errors).toEqual([error]);

@@ -1,5 +1,5 @@
 import type { TestScheduler } from 'rxjs/testing';
-import { attachHold } from '../../src/runtime/hold';
+import { collectHolds } from '../../src/testing/marbles';
 import { onMmioRead } from '../../src/runtime/operators/onMmioRead';
 import { bytesOf, hlt, mmioRead, mmioWrite, newTestScheduler } from '../helpers/exits';
 
@@ -77,7 +77,6 @@ describe('onMmioRead', () => {
   it('should write the answer of an Observable result at its frame, holding the vCPU until then', () => {
     const a = mmioRead(0xfed0_0000n, 8);
     const holds: Array<PromiseLike<unknown>> = [];
-    attachHold(a, holds);
     const probed: number[][] = [];
     testScheduler.run(({ cold, hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('  -a--|  ', { a });
@@ -86,7 +85,12 @@ describe('onMmioRead', () => {
       const answersubs = '-^-!   ';
       const expected = '----|  ';
 
-      expectObservable(e1.pipe(onMmioRead({ from: 0xfed0_0000n, size: 0x400 }, () => answer))).toBe(expected);
+      expectObservable(
+        e1.pipe(
+          collectHolds(holds),
+          onMmioRead({ from: 0xfed0_0000n, size: 0x400 }, () => answer),
+        ),
+      ).toBe(expected);
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
       expectSubscriptions(answer.subscriptions).toBe(answersubs);
       cold('--p-p').subscribe(() => probed.push(bytesOf(a.data)));

@@ -1,5 +1,5 @@
 import type { TestScheduler } from 'rxjs/testing';
-import { attachHold } from '../../src/runtime/hold';
+import { collectHolds } from '../../src/testing/marbles';
 import { onMmioWrite } from '../../src/runtime/operators/onMmioWrite';
 import { hlt, mmioRead, mmioWrite, newTestScheduler } from '../helpers/exits';
 
@@ -37,7 +37,6 @@ describe('onMmioWrite', () => {
   it('should hold the vCPU until an Observable result completes', () => {
     const a = mmioWrite(0x1000n, [1]);
     const holds: Array<PromiseLike<unknown>> = [];
-    attachHold(a, holds);
     testScheduler.run(({ cold, hot, expectObservable, expectSubscriptions }) => {
       const e1 = hot('  -a-a-|    ', { a });
       const e1subs = '  ^----!    ';
@@ -45,7 +44,12 @@ describe('onMmioWrite', () => {
       const innersubs = [' -^--!     ', ' ---^--!   '];
       const expected = '------|   ';
 
-      expectObservable(e1.pipe(onMmioWrite({ from: 0x1000n, size: 1 }, () => inner))).toBe(expected);
+      expectObservable(
+        e1.pipe(
+          collectHolds(holds),
+          onMmioWrite({ from: 0x1000n, size: 1 }, () => inner),
+        ),
+      ).toBe(expected);
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
       expectSubscriptions(inner.subscriptions).toBe(innersubs);
     });

@@ -183,7 +183,7 @@ describe('linux-devices pipeline (mock, runInThread)', () => {
       ).rejects.toMatchObject({
         name: 'TypeError',
         code: 'ERR_INVALID_ARG_VALUE',
-        message: expect.stringMatching(/has no notAFunction export that is a function/),
+        message: expect.stringMatching(/has no export 'notAFunction' that is a function/),
       });
       await expect(
         run({ options: { ...options, devices: { module: join(__dirname, 'no-such-module.js') } } }),

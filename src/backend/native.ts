@@ -46,6 +46,8 @@ export interface NativeAddon {
     layout: Int32Array,
     maxBatch: number,
   ): number;
+  /** The slot names of runFast's layout argument, in order. */
+  runFastLayout(): string[];
   /** Pins the calling thread to a CPU (-1: any). */
   setAffinity(cpu: number): void;
 }
@@ -157,6 +159,23 @@ export class NativeBackend implements IoctlBackend {
   }
   kick(thread: bigint, runAddress: bigint): void {
     this.addon.kick(thread, runAddress);
+  }
+  setThreadAffinity(cpu: number): void {
+    this.addon.setAffinity(cpu);
+  }
+  runPosted(
+    fd: number,
+    runAddress: bigint,
+    portBitmap: Uint8Array,
+    ring: Uint8Array,
+    control: Int32Array,
+    layout: Int32Array,
+    maxBatch: number,
+  ): number {
+    return this.addon.runFast(fd, runAddress, portBitmap, ring, control, layout, maxBatch);
+  }
+  runPostedLayout(): string[] {
+    return this.addon.runFastLayout();
   }
 }
 

@@ -94,4 +94,24 @@ export interface IoctlBackend {
    * `runAddress` 0n sends only the signal (interrupts a blocking syscall of that thread).
    */
   kick(thread: bigint, runAddress: bigint): void;
+  /** Pins the calling thread to `cpu` (`-1`: every CPU again). For benchmarks. */
+  setThreadAffinity(cpu: number): void;
+  /**
+   * The run loop's native fast path: `KVM_RUN` on vCPU `fd` until an exit needs JavaScript. An OUT
+   * to a port whose bit is set in `portBitmap` (8192 bytes) is appended to `ring` as a posted-write
+   * record (counters in `control`, record layout in `layout`: see {@link runPostedLayout}) and the
+   * vCPU re-enters the guest at once. Returns `fast * 2 + pending`: `pending` is 1 when an exit is
+   * left in kvm_run, 0 after `maxBatch` fast exits.
+   */
+  runPosted(
+    fd: number,
+    runAddress: bigint,
+    portBitmap: Uint8Array,
+    ring: Uint8Array,
+    control: Int32Array,
+    layout: Int32Array,
+    maxBatch: number,
+  ): number;
+  /** The names of the slots of {@link runPosted}'s `layout`, in order. */
+  runPostedLayout(): string[];
 }

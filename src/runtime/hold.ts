@@ -1,35 +1,37 @@
 /**
  * The answer-before-resume protocol between handler operators and whatever runs the vCPU.
  *
- * The runner (the worker's run loop, the main-thread bridge, or the in-thread test runner) pushes
- * each exit into the pipeline synchronously and resumes the vCPU when `next()` returns, unless a
- * handler called {@link holdVcpu} with a promise: then the vCPU stays stopped until every such
- * promise settles. A rejected hold fails the run with that error.
+ * The runner (the worker's run loop, the main-thread bridge, or the in-thread runner) pushes each
+ * exit into the pipeline synchronously through {@link deliverExit} and resumes the vCPU when it
+ * returns, unless a handler called {@link holdVcpu} with a promise during that call: then the vCPU
+ * stays stopped until every such promise settles. A rejected hold fails the run with that error.
+ * This is the only hold mechanism; marble tests collect holds with `collectHolds` from
+ * `kvm-rx/testing`, which delivers each exit the same way.
  *
  * @module
  */
 import type { VcpuExit } from '../wrappers/vcpu-exit';
-import { checkObject, invalidType } from '../abi/validate';
-
-/** The symbol under which a runner attaches its hold callback to an exit object. */
-export const HOLD: unique symbol = Symbol.for('kvm-rx.hold') as never;
-
-/** An exit as the runner hands it to the pipeline. */
-export type HoldableExit = VcpuExit & { [HOLD]?: (pending: PromiseLike<unknown>) => void };
+import { checkObject } from '../abi/validate';
 
 /**
  * Keeps the vCPU stopped at `exit` until `pending` settles. Handler operators call this for
- * handlers that return a Promise or an Observable. Outside a runner (plain marble tests) it does
- * nothing, and the promise is only awaited for its answer.
+ * handlers that return a Promise or an Observable, while the runner delivers `exit`. Outside a
+ * runner (a plain marble test) it does nothing, and the promise is only awaited for its answer.
+ *
+ * @example
+ * ```ts
+ * // a custom operator that answers a read from a promise
+ * const answerLater = (answer: () => Promise<number>): MonoTypeOperatorFunction<VcpuExit> =>
+ *   filter((exit) => {
+ *     if (exit.kind !== 'IoIn') return true;
+ *     holdVcpu(exit, answer().then((v) => writeAnswer(exit.data, v)));
+ *     return false;
+ *   });
+ * ```
  */
 export function holdVcpu(exit: VcpuExit, pending: PromiseLike<unknown>): void {
   checkObject('exit', exit);
-  if (exit === currentExit && currentHolds !== undefined) {
-    currentHolds.push(pending);
-    return;
-  }
-  const hold = (exit as HoldableExit)[HOLD];
-  if (hold !== undefined) hold(pending);
+  if (exit === currentExit && currentHolds !== undefined) currentHolds.push(pending);
 }
 
 // The exit a runner is pushing through a pipeline right now (pipelines run synchronously inside
@@ -57,15 +59,4 @@ export function deliverExit(
     currentExit = prevExit;
     currentHolds = prevHolds;
   }
-}
-
-/** Attaches a hold collector to `exit` (for runners). Returns the list the holds land in. */
-export function attachHold(exit: VcpuExit, into: Array<PromiseLike<unknown>>): void {
-  checkObject('exit', exit);
-  if (!Array.isArray(into)) invalidType('into', 'an array', into);
-  Object.defineProperty(exit, HOLD, {
-    value: (p: PromiseLike<unknown>) => into.push(p),
-    enumerable: false,
-    configurable: true,
-  });
 }

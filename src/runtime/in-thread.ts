@@ -5,14 +5,13 @@
  *
  * @module
  */
-import { EMPTY, Observable, Subject, asapScheduler, filter, map } from 'rxjs';
-import { deliverExit } from './hold';
+import { EMPTY, Observable, asapScheduler, filter, map } from 'rxjs';
 import type { VcpuExit } from '../wrappers/vcpu-exit';
 import { VcpuFd } from '../wrappers/vcpu-fd';
 import { KvmError } from '../abi/errors';
 import { checkObject, invalidType } from '../abi/validate';
-import { UnhandledExitError, describeExit } from './errors';
-import type { VcpuContext, VcpuPipeline } from './vcpu-worker';
+import { describeExit } from './errors';
+import { PipelineDriver, type VcpuContext, type VcpuPipeline } from './pipeline';
 import { recordExit } from './recording';
 import type { RunOutcome } from './vcpu-run';
 
@@ -126,45 +125,31 @@ export async function runInThread(
         map((m) => m.data),
       ),
   };
-  const exits = new Subject<VcpuExit>();
-  let unhandled: VcpuExit | undefined;
-  const state: { failure?: { error: unknown } } = {};
-  let completed = false;
-  const sub = pipeline(exits.asObservable(), ctx).subscribe({
-    next: (v) => {
-      if (v !== null && typeof v === 'object' && 'kind' in v) unhandled = v as VcpuExit;
-    },
-    error: (e: unknown) => (state.failure = { error: e }),
-    complete: () => (completed = true),
-  });
+  const driver = new PipelineDriver(pipeline, ctx);
   const outcome: RunOutcome = { reason: 'stopped', exits: 0 };
   if (opts.record) outcome.recording = [];
-  const holds: Array<PromiseLike<unknown>> = [];
   try {
-    while (!completed && !opts.signal?.aborted) {
-      if (state.failure) throw state.failure.error;
+    while (!driver.completed && !opts.signal?.aborted) {
+      driver.throwIfFailed();
       const exit = runPastStraySignals(vcpu);
       outcome.exits++;
       outcome.lastExit = exit.kind;
-      holds.length = 0;
-      unhandled = undefined;
-      deliverExit(exit, holds, (e) => exits.next(e));
-      if (holds.length > 0) await Promise.all(holds);
-      const failedLate = state.failure as { error: unknown } | undefined;
-      if (failedLate) throw failedLate.error;
-      if (unhandled !== undefined) {
+      const held = driver.deliver(exit);
+      if (held !== undefined) await held;
+      driver.throwIfFailed();
+      if (driver.unhandled) {
         if (opts.unhandled === 'ignore') {
           if (exit.kind === 'IoIn' || exit.kind === 'MmioRead') exit.data.fill(0xff);
         } else {
-          throw new UnhandledExitError(exit, `${describeExit(exit)}, rip 0x${vcpu.getRegs().rip.toString(16)}`);
+          throw driver.unhandledError(exit, describeExit(exit));
         }
       }
       outcome.recording?.push(recordExit(exit));
     }
-    if (completed) outcome.reason = 'completed';
+    if (driver.completed) outcome.reason = 'completed';
     return outcome;
   } finally {
     abort.abort();
-    sub.unsubscribe();
+    driver.close();
   }
 }

@@ -8,23 +8,34 @@ import { MessageChannel } from 'node:worker_threads';
 import { extname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { availableParallelism } from 'node:os';
-import { checkInt, checkObject, invalidType, invalidValue } from '../abi/validate';
+import { checkInt, checkObject, checkString, invalidType, invalidValue } from '../abi/validate';
 import { VcpuRun } from './vcpu-run';
 import { VcpuFd } from '../wrappers/vcpu-fd';
-import { SAB_BYTES, type PostedRange, type TaskOutcome, type VcpuTask } from './protocol';
+import { CONTROL_BYTES, ControlWord, SAB_BYTES, type PostedRange, type TaskOutcome, type VcpuTask } from './protocol';
+import { checkPipelineModule } from './pipeline';
 
 /** Options of {@link VcpuRuntime}. */
 export interface VcpuRuntimeOptions {
   /** Threads, i.e. the most vCPUs that can run at once (default: the CPU count, at least 1). */
   maxVcpus?: number;
+  /**
+   * Node options for the vCPU threads. Default: the worker threads inherit this process's
+   * (`node --import tsx app.ts` gives the pipeline module the same loader). A TypeScript pipeline
+   * module is run through tsx or ts-node, when one is installed, without any option.
+   */
+  execArgv?: string[];
 }
 
 /** Options of {@link VcpuRuntime.start}. */
 export interface StartOptions {
   /**
-   * A module (absolute path or file URL) whose default export (or `pipelineExport`) is the
-   * pipeline `(exits$, ctx) => Observable`. It is loaded inside the vCPU's worker thread, so
-   * exits it handles never cross threads. Omit it to handle every exit on the main thread.
+   * A module whose export is the pipeline `(exits$, ctx) => Observable` ({@link VcpuPipeline}):
+   * `module.exports = fn`, `export default fn` (ES module, or TypeScript compiled to CommonJS), or
+   * the named export `pipelineExport`. Give an absolute path (`require.resolve('./pipeline')`) or a
+   * file URL (`new URL('./pipeline.js', import.meta.url)`); a relative path resolves against
+   * `process.cwd()`. It is loaded inside the vCPU's worker thread, so exits it handles never cross
+   * threads. A `.ts` module needs tsx or ts-node installed. Omit it to handle every exit on the
+   * main thread.
    */
   pipeline?: string | URL;
   /** The named export to use instead of the default one. */
@@ -69,11 +80,12 @@ export interface StartOptions {
   pinCpu?: number;
 }
 
-function workerFile(): { filename: string; execArgv: string[] } {
+function workerFile(): { filename: string; execArgv: string[] | undefined } {
   const ext = extname(__filename);
-  const filename = join(__dirname, `vcpu-worker${ext}`);
-  // From TypeScript sources (tests, ts-node), the worker needs a TypeScript loader too.
-  return { filename, execArgv: ext === '.ts' ? ['-r', 'ts-node/register/transpile-only'] : [] };
+  const filename = join(__dirname, `worker${ext}`);
+  // From kvm-rx's own TypeScript sources (its specs, ts-node), the worker needs a loader for them.
+  // Otherwise `undefined`: Node gives the threads this process's own options.
+  return { filename, execArgv: ext === '.ts' ? ['-r', 'ts-node/register/transpile-only'] : undefined };
 }
 
 /**
@@ -124,7 +136,13 @@ export class VcpuRuntime implements AsyncDisposable {
       options.maxVcpus === undefined
         ? Math.max(1, availableParallelism())
         : checkInt('options.maxVcpus', options.maxVcpus, 1, 1024);
-    const { filename, execArgv } = workerFile();
+    const { filename, execArgv: own } = workerFile();
+    let execArgv = own;
+    if (options.execArgv !== undefined) {
+      if (!Array.isArray(options.execArgv) || !options.execArgv.every((a) => typeof a === 'string'))
+        invalidType('options.execArgv', 'an array of strings', options.execArgv);
+      execArgv = [...(own ?? []), ...options.execArgv];
+    }
     this.#pool = new Piscina({
       filename,
       execArgv,
@@ -162,6 +180,8 @@ export class VcpuRuntime implements AsyncDisposable {
     if (vcpu.backend.kind !== 'native')
       invalidValue('vcpu', 'must use the native backend (the mock runs in-thread: see kvm-rx/testing)');
     const pipeline = options.pipeline === undefined ? undefined : modulePath('options.pipeline', options.pipeline);
+    if (pipeline !== undefined) checkPipelineModule('options.pipeline', pipeline);
+    if (options.pipelineExport !== undefined) checkString('options.pipelineExport', options.pipelineExport);
     if (options.postedTo !== undefined && options.postedTo !== 'main' && options.postedTo !== 'worker') {
       invalidValue('options.postedTo', "must be 'main' or 'worker'", options.postedTo);
     }
@@ -172,14 +192,25 @@ export class VcpuRuntime implements AsyncDisposable {
       invalidValue('options.unhandled', "must be 'main', 'error' or 'ignore'", unhandled);
     const pinCpu = options.pinCpu === undefined ? undefined : checkInt('options.pinCpu', options.pinCpu, 0, 1023);
     const vm = vcpu.vm;
+    // The worker gets fds of its own: closing the VM or the vCPU here, even before the thread has
+    // started, neither breaks the run (it is kicked and stops) nor lets it use a reused fd number.
+    const backend = vcpu.backend;
+    const vmFd = backend.dup(vm.asRawFd());
+    let vcpuFd: number;
+    try {
+      vcpuFd = backend.dup(vcpu.asRawFd());
+    } catch (e) {
+      backend.close(vmFd);
+      throw e;
+    }
     const reused = this.#freeSabs.pop();
     if (reused !== undefined) new Uint8Array(reused).fill(0);
     const sab = reused ?? new SharedArrayBuffer(SAB_BYTES);
     const { port1, port2 } = new MessageChannel();
     const task: VcpuTask = {
       sab,
-      vmFd: vm.asRawFd(),
-      vcpuFd: vcpu.asRawFd(),
+      vmFd,
+      vcpuFd,
       vcpuId: vcpu.id,
       runSize: vm.runSize(),
       slots: vm.memorySlots(),
@@ -206,12 +237,19 @@ export class VcpuRuntime implements AsyncDisposable {
     } catch (e) {
       vcpu.setOwner(undefined);
       releaseMemory();
+      backend.close(vcpuFd);
+      backend.close(vmFd);
       throw e;
     }
     const run = new VcpuRun(vcpu, sab, port1, result, options.signal, releaseMemory);
     this.#runs.add(run);
     const release = () => {
       this.#runs.delete(run);
+      // A thread that died before its cleanup (process.exit() in a pipeline) left its fds open.
+      if (Atomics.load(new Int32Array(sab, 0, CONTROL_BYTES / 4), ControlWord.fdsClosed) === 0) {
+        backend.close(vcpuFd);
+        backend.close(vmFd);
+      }
       // The worker has ended and the run no longer touches the buffer (see VcpuRun#released).
       if (this.#freeSabs.length < this.maxVcpus) this.#freeSabs.push(sab);
     };

@@ -12,26 +12,29 @@ import type { IoctlBackend } from '../backend/types';
 import { VCPU_EXIT_KINDS, decodeExit, type VcpuExit } from '../wrappers/vcpu-exit';
 import type { VcpuFd } from '../wrappers/vcpu-fd';
 import { RUN } from '../wrappers/kvm-run';
-import { UnhandledExitError, describeExit } from './errors';
+import { UnhandledExitError, describeExit, reviveError, serializeError } from './errors';
 import {
   CONTROL_BYTES,
+  ControlWord,
+  HANDLED_BY_NAMES,
   MAILBOX_BYTES,
   MAILBOX_OFFSET,
-  Mailbox,
-  R,
+  MailboxState,
   RECORD_BYTES,
   RING_OFFSET,
   RING_RECORDS,
-  Rec,
-  State,
-  THREAD_SLOT,
-  W,
+  RecordField,
+  RecordKind,
+  RunState,
+  THREAD_ID_SLOT,
   postedExit,
+  type MainToWorker,
   type TaskOutcome,
+  type WorkerToMain,
 } from './protocol';
 
 /** A summary of one exit, from `monitor$`. */
-export interface ExitRecord {
+export interface ExitSummary {
   kind: VcpuExit['kind'];
   /** Where it was handled. */
   where: 'worker' | 'posted' | 'main' | 'unhandled';
@@ -54,17 +57,6 @@ export interface RunOutcome {
   recording?: RecordedExit[];
 }
 
-const WHERE: ExitRecord['where'][] = ['worker', 'posted', 'main', 'unhandled'];
-
-function revive(e: NonNullable<TaskOutcome['error']>): Error {
-  const err = new Error(e.message);
-  err.name = e.name;
-  if (e.stack !== undefined) err.stack = e.stack;
-  Object.assign(err, e.props ?? {});
-  if (e.code !== undefined) (err as Error & { code: string }).code = e.code;
-  return err;
-}
-
 /**
  * A running vCPU, as returned by `VcpuRuntime#start()`.
  *
@@ -82,7 +74,7 @@ export class VcpuRun implements AsyncDisposable {
   readonly vcpu: VcpuFd;
   readonly done: Promise<RunOutcome>;
   readonly exits$: Observable<VcpuExit>;
-  readonly monitor$: Observable<ExitRecord>;
+  readonly monitor$: Observable<ExitSummary>;
   readonly events$: Observable<{ channel: string; data: unknown }>;
   readonly #ctrl: Int32Array;
   readonly #tid: BigInt64Array;
@@ -93,7 +85,7 @@ export class VcpuRun implements AsyncDisposable {
   readonly #backend: IoctlBackend;
   readonly #port: MessagePort;
   readonly #exits = new Subject<VcpuExit>();
-  readonly #monitor = new Subject<ExitRecord>();
+  readonly #monitor = new Subject<ExitSummary>();
   readonly #events = new Subject<{ channel: string; data: unknown }>();
   #exitObservers = 0;
   #pullQueue: VcpuExit[] = [];
@@ -110,6 +102,10 @@ export class VcpuRun implements AsyncDisposable {
    */
   #released = false;
   #finalExits = 0;
+  /** True while an exit is being pushed to `exits$` subscribers. */
+  #delivering = false;
+  /** The last `exits$` subscriber left during a delivery: the run ends as 'completed'. */
+  #completedByMain = false;
 
   readonly #releaseMemory: () => void;
   /** This thread's kvm_run mapping: the VcpuFd keeps it mapped until the run ends, for kicks. */
@@ -147,7 +143,7 @@ export class VcpuRun implements AsyncDisposable {
     let portEnded: () => void = () => undefined;
     const portDone = new Promise<void>((resolve) => (portEnded = resolve));
     this.#portEnded = () => portEnded();
-    port.on('message', (m: { type?: string; channel?: string; data?: unknown }) => this.#onMessage(m));
+    port.on('message', (m: WorkerToMain) => this.#onMessage(m));
     port.on('close', () => portEnded()); // a crashed worker never says 'end'
     // The port stays referenced until #finish closes it: it keeps the process alive until `done`
     // settles. Piscina's own port is unreferenced as soon as the task's result arrives, and what
@@ -160,17 +156,25 @@ export class VcpuRun implements AsyncDisposable {
       return () => {
         this.#exitObservers--;
         s.unsubscribe();
+        // The last main-thread pipeline left (an operator such as untilHalt() completed it, or it
+        // was unsubscribed): the run ends, as it does when a worker pipeline completes. Leaving
+        // while an exit is delivered means the pipeline completed at that exit: 'completed', and
+        // the vCPU does not resume; otherwise 'stopped'.
+        if (this.#exitObservers === 0 && !this.#ended && !this.#stopping) {
+          if (this.#delivering) this.#completedByMain = true;
+          void this.stop();
+        }
       };
     });
-    this.monitor$ = new Observable<ExitRecord>((sub) => {
+    this.monitor$ = new Observable<ExitSummary>((sub) => {
       if (this.#released) {
         sub.complete();
         return undefined;
       }
-      Atomics.add(this.#ctrl, W.monitor, 1);
+      Atomics.add(this.#ctrl, ControlWord.monitorSubscribers, 1);
       const s = this.#monitor.subscribe(sub);
       return () => {
-        if (!this.#released) Atomics.sub(this.#ctrl, W.monitor, 1);
+        if (!this.#released) Atomics.sub(this.#ctrl, ControlWord.monitorSubscribers, 1);
         s.unsubscribe();
       };
     }).pipe(share());
@@ -185,9 +189,9 @@ export class VcpuRun implements AsyncDisposable {
     );
     // If the worker dies without marking the run ended (a crashed thread), end the bridge anyway.
     const wake = () => {
-      Atomics.store(this.#ctrl, W.state, State.ended);
-      Atomics.add(this.#ctrl, W.doorbell, 1);
-      Atomics.notify(this.#ctrl, W.doorbell);
+      Atomics.store(this.#ctrl, ControlWord.state, RunState.ended);
+      Atomics.add(this.#ctrl, ControlWord.doorbell, 1);
+      Atomics.notify(this.#ctrl, ControlWord.doorbell);
     };
     task.then(wake, wake);
     // Every ctx.emit was sent before the worker's 'end' message: wait for it (bounded, in case the
@@ -198,12 +202,7 @@ export class VcpuRun implements AsyncDisposable {
     );
     this.done = Promise.all([task, bridge, emitsDone]).then(
       ([outcome]) => this.#finish(outcome, signal, onAbort),
-      (e: unknown) =>
-        this.#finish(
-          { reason: 'error', exits: 0, error: { name: 'Error', message: e instanceof Error ? e.message : String(e) } },
-          signal,
-          onAbort,
-        ),
+      (e: unknown) => this.#finish({ reason: 'error', exits: 0, error: serializeError(e) }, signal, onAbort),
     );
   }
 
@@ -212,23 +211,20 @@ export class VcpuRun implements AsyncDisposable {
   #calls = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>();
   #nextCall = 1;
 
-  #onMessage(m: {
-    type?: string;
-    channel?: string;
-    data?: unknown;
-    id?: number;
-    value?: unknown;
-    error?: TaskOutcome['error'];
-  }): void {
-    if (m?.type === 'emit') this.#events.next({ channel: m.channel ?? '', data: m.data });
-    else if (m?.type === 'end') this.#portEnded();
-    else if (m?.type === 'result') {
-      const c = this.#calls.get(m.id ?? -1);
+  #onMessage(m: WorkerToMain): void {
+    if (m.type === 'emit') this.#events.next({ channel: m.channel, data: m.data });
+    else if (m.type === 'end') this.#portEnded();
+    else if (m.type === 'result') {
+      const c = this.#calls.get(m.id);
       if (c === undefined) return;
-      this.#calls.delete(m.id!);
-      if (m.error !== undefined) c.reject(revive(m.error));
+      this.#calls.delete(m.id);
+      if (m.error !== undefined) c.reject(reviveError(m.error));
       else c.resolve(m.value);
     }
+  }
+
+  #post(m: MainToWorker): void {
+    this.#port.postMessage(m);
   }
 
   /**
@@ -245,15 +241,15 @@ export class VcpuRun implements AsyncDisposable {
     if (this.#ended) return Promise.reject(Object.assign(new Error('the run has ended'), { code: 'ERR_KVM_CLOSED' }));
     const id = this.#nextCall++;
     const p = new Promise<unknown>((resolve, reject) => this.#calls.set(id, { resolve, reject }));
-    this.#port.postMessage({ type: 'call', id, method, args });
+    this.#post({ type: 'call', id, method: String(method), args });
     this.#wake();
     return p as Promise<never>;
   }
 
   #wake(): void {
-    Atomics.store(this.#ctrl, W.wake, 1);
-    const thread = this.#tid[THREAD_SLOT];
-    if (thread !== 0n && Atomics.load(this.#ctrl, W.state) === State.running)
+    Atomics.store(this.#ctrl, ControlWord.wakeRequested, 1);
+    const thread = this.#tid[THREAD_ID_SLOT];
+    if (thread !== 0n && Atomics.load(this.#ctrl, ControlWord.state) === RunState.running)
       this.#backend.kick(thread, this.#runAddress);
   }
 
@@ -262,11 +258,11 @@ export class VcpuRun implements AsyncDisposable {
     // The task's result can arrive before the pipeline's last ctx.emit() messages are dispatched
     // (they travel on another port): take them off the port before closing it.
     for (let m = receiveMessageOnPort(this.#port); m !== undefined; m = receiveMessageOnPort(this.#port)) {
-      this.#onMessage(m.message as { type?: string; channel?: string; data?: unknown });
+      this.#onMessage(m.message as WorkerToMain);
     }
     this.#ended = true;
     this.#runView.setUint8(RUN.immediateExit, 0);
-    this.#finalExits = Atomics.load(this.#ctrl, W.exits);
+    this.#finalExits = Atomics.load(this.#ctrl, ControlWord.exitCount);
     this.#released = true;
     this.#unpinRun();
     this.vcpu.setOwner(undefined);
@@ -277,7 +273,7 @@ export class VcpuRun implements AsyncDisposable {
       c.reject(Object.assign(new Error('the run ended before the call ran'), { code: 'ERR_KVM_CLOSED' }));
     this.#calls.clear();
     this.#port.close();
-    const error = this.#failure ?? (outcome.error ? revive(outcome.error) : undefined);
+    const error = this.#failure ?? (outcome.error ? reviveError(outcome.error) : undefined);
     for (const w of this.#pullWaiters.splice(0)) w({ value: undefined, done: true });
     if (error) {
       this.#exits.error(error);
@@ -288,7 +284,10 @@ export class VcpuRun implements AsyncDisposable {
     this.#exits.complete();
     this.#monitor.complete();
     this.#events.complete();
-    const r: RunOutcome = { reason: outcome.reason === 'completed' ? 'completed' : 'stopped', exits: outcome.exits };
+    const r: RunOutcome = {
+      reason: outcome.reason === 'completed' || this.#completedByMain ? 'completed' : 'stopped',
+      exits: outcome.exits,
+    };
     if (outcome.lastExit !== undefined) r.lastExit = outcome.lastExit;
     if (outcome.recording !== undefined) r.recording = outcome.recording;
     return r;
@@ -296,70 +295,89 @@ export class VcpuRun implements AsyncDisposable {
 
   /** Whether the worker has started running the vCPU and not ended. */
   get running(): boolean {
-    return !this.#released && Atomics.load(this.#ctrl, W.state) === State.running;
+    return !this.#released && Atomics.load(this.#ctrl, ControlWord.state) === RunState.running;
   }
 
   /** Exits taken so far (counted by the worker). */
   get exitCount(): number {
-    return this.#released ? this.#finalExits : Atomics.load(this.#ctrl, W.exits);
+    return this.#released ? this.#finalExits : Atomics.load(this.#ctrl, ControlWord.exitCount);
   }
 
   async #bridge(): Promise<void> {
     for (;;) {
-      const seen = Atomics.load(this.#ctrl, W.doorbell);
+      const seen = Atomics.load(this.#ctrl, ControlWord.doorbell);
       this.#drainRing();
-      if (Atomics.load(this.#ctrl, W.mailbox) === Mailbox.posted && this.#pendingAnswer === undefined) {
+      if (Atomics.load(this.#ctrl, ControlWord.mailbox) === MailboxState.posted && this.#pendingAnswer === undefined) {
         const held = this.#handleMailbox();
         if (held !== undefined) await held;
       }
-      if (Atomics.load(this.#ctrl, W.state) === State.ended) {
+      if (Atomics.load(this.#ctrl, ControlWord.state) === RunState.ended) {
         this.#drainRing();
         return;
       }
-      const r = Atomics.waitAsync(this.#ctrl, W.doorbell, seen);
+      const r = Atomics.waitAsync(this.#ctrl, ControlWord.doorbell, seen);
       if (r.async) await r.value;
     }
   }
 
   #drainRing(): void {
-    let r = Atomics.load(this.#ctrl, W.ringRead);
-    const w = Atomics.load(this.#ctrl, W.ringWrite);
+    let r = Atomics.load(this.#ctrl, ControlWord.ringRead);
+    const w = Atomics.load(this.#ctrl, ControlWord.ringWrite);
     if (r === w) return;
     while (r < w) {
       const at = (r % RING_RECORDS) * RECORD_BYTES;
-      const kind = this.#ring.getUint8(at + R.kind);
+      const kind = this.#ring.getUint8(at + RecordField.kind);
       const posted = postedExit(this.#ring, this.#ringBytes, at);
       if (posted !== undefined) this.#deliverPosted(posted);
-      if (Atomics.load(this.#ctrl, W.monitor) !== 0 && (posted !== undefined || kind === Rec.monitor)) {
-        const data = posted?.data ?? this.#ringBytes.slice(at + R.data, at + R.data + this.#ring.getUint8(at + R.len));
+      if (
+        Atomics.load(this.#ctrl, ControlWord.monitorSubscribers) !== 0 &&
+        (posted !== undefined || kind === RecordKind.monitor)
+      ) {
+        const data =
+          posted?.data ??
+          this.#ringBytes.slice(
+            at + RecordField.data,
+            at + RecordField.data + this.#ring.getUint8(at + RecordField.dataLength),
+          );
         this.#monitor.next(this.#record(at, data, kind));
       }
       r++;
-      Atomics.store(this.#ctrl, W.ringRead, r);
+      Atomics.store(this.#ctrl, ControlWord.ringRead, r);
     }
-    Atomics.notify(this.#ctrl, W.ringRead);
+    Atomics.notify(this.#ctrl, ControlWord.ringRead);
   }
 
-  #record(at: number, data: Uint8Array, kind: number): ExitRecord {
-    const kindIndex = this.#ring.getUint32(at + R.reason, true);
-    const rec: ExitRecord = {
+  #record(at: number, data: Uint8Array, kind: number): ExitSummary {
+    const kindIndex = this.#ring.getUint32(at + RecordField.exitKind, true);
+    const rec: ExitSummary = {
       kind: VCPU_EXIT_KINDS[kindIndex] ?? 'Unsupported',
-      where: kind === Rec.monitor ? (WHERE[this.#ring.getUint8(at + R.where)] ?? 'worker') : 'posted',
-      size: this.#ring.getUint8(at + R.size),
+      where:
+        kind === RecordKind.monitor
+          ? (HANDLED_BY_NAMES[this.#ring.getUint8(at + RecordField.handledBy)] ?? 'worker')
+          : 'posted',
+      size: this.#ring.getUint8(at + RecordField.size),
     };
-    if (rec.kind === 'IoIn' || rec.kind === 'IoOut') rec.port = this.#ring.getUint16(at + R.port, true);
-    if (rec.kind === 'MmioRead' || rec.kind === 'MmioWrite') rec.addr = this.#ring.getBigUint64(at + R.addr, true);
+    if (rec.kind === 'IoIn' || rec.kind === 'IoOut') rec.port = this.#ring.getUint16(at + RecordField.port, true);
+    if (rec.kind === 'MmioRead' || rec.kind === 'MmioWrite')
+      rec.addr = this.#ring.getBigUint64(at + RecordField.address, true);
     if (data.length > 0) rec.data = data;
     return rec;
   }
 
   #deliverPosted(exit: VcpuExit): void {
+    // Writes the guest made after the last exits$ subscriber left and the run was told to stop.
+    if (this.#stopping && this.#exitObservers === 0 && !this.#pulling) return;
     if (this.#pulling) {
       this.#pushPull(exit);
       return;
     }
     if (this.#exitObservers > 0) {
-      this.#exits.next(exit);
+      this.#delivering = true;
+      try {
+        this.#exits.next(exit);
+      } finally {
+        this.#delivering = false;
+      }
       return;
     }
     this.#fail(new UnhandledExitError(exit, `posted ${describeExit(exit)} (nobody subscribed to exits$)`));
@@ -380,8 +398,8 @@ export class VcpuRun implements AsyncDisposable {
     const answer = () => {
       this.vcpu.setOwner('a VcpuRuntime worker thread');
       this.#pendingAnswer = undefined;
-      Atomics.store(this.#ctrl, W.mailbox, Mailbox.answered);
-      Atomics.notify(this.#ctrl, W.mailbox);
+      Atomics.store(this.#ctrl, ControlWord.mailbox, MailboxState.answered);
+      Atomics.notify(this.#ctrl, ControlWord.mailbox);
     };
     if (this.#pulling) {
       // Pull mode: the vCPU resumes when the consumer asks for the next exit.
@@ -391,11 +409,14 @@ export class VcpuRun implements AsyncDisposable {
     }
     if (this.#exitObservers > 0) {
       const holds: Array<PromiseLike<unknown>> = [];
+      this.#delivering = true;
       try {
         deliverExit(exit, holds, this.#deliver);
       } catch (e) {
         this.#fail(e as Error);
         return undefined;
+      } finally {
+        this.#delivering = false;
       }
       if (holds.length === 0) {
         answer();
@@ -459,11 +480,11 @@ export class VcpuRun implements AsyncDisposable {
   async stop(): Promise<RunOutcome | undefined> {
     if (!this.#stopping && !this.#released) {
       this.#stopping = true;
-      Atomics.store(this.#ctrl, W.stop, 1);
-      Atomics.notify(this.#ctrl, W.mailbox);
-      Atomics.notify(this.#ctrl, W.ringRead);
+      Atomics.store(this.#ctrl, ControlWord.stopRequested, 1);
+      Atomics.notify(this.#ctrl, ControlWord.mailbox);
+      Atomics.notify(this.#ctrl, ControlWord.ringRead);
       try {
-        this.#port.postMessage({ type: 'stop' });
+        this.#post({ type: 'stop' });
       } catch {
         /* the port is closed: the worker already ended */
       }
@@ -482,7 +503,7 @@ export class VcpuRun implements AsyncDisposable {
    */
   send(channel: string, data: unknown): void {
     if (this.#ended) return;
-    this.#port.postMessage({ type: 'input', channel, data });
+    this.#post({ type: 'input', channel, data });
     this.#wake();
   }
 
@@ -499,9 +520,9 @@ export class VcpuRun implements AsyncDisposable {
    */
   kick(): void {
     if (this.#ended || this.#released) return;
-    Atomics.store(this.#ctrl, W.stop, 1);
-    const thread = this.#tid[THREAD_SLOT];
-    if (thread !== 0n && Atomics.load(this.#ctrl, W.state) === State.running)
+    Atomics.store(this.#ctrl, ControlWord.stopRequested, 1);
+    const thread = this.#tid[THREAD_ID_SLOT];
+    if (thread !== 0n && Atomics.load(this.#ctrl, ControlWord.state) === RunState.running)
       this.#backend.kick(thread, this.#runAddress);
     else this.#runView.setUint8(RUN.immediateExit, 1);
   }

@@ -10,7 +10,7 @@ import { map, type Observable } from 'rxjs';
 import { legacyPc } from '../devices/legacy-pc';
 import { failOnUnhandled } from '../runtime/operators/failOnUnhandled';
 import type { VcpuExit } from '../wrappers/vcpu-exit';
-import type { VcpuContext } from '../runtime/vcpu-worker';
+import type { VcpuContext } from '../runtime/pipeline';
 
 export default function demoDevices(exits$: Observable<VcpuExit>, ctx: VcpuContext): Observable<VcpuExit> {
   const input$ = ctx

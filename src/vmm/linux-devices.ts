@@ -30,7 +30,7 @@ import { UnhandledExitError, describeExit } from '../runtime/errors';
 import { failOnUnhandled } from '../runtime/operators/failOnUnhandled';
 import { traceExits } from '../runtime/operators/traceExits';
 import type { VcpuExit } from '../wrappers/vcpu-exit';
-import type { VcpuContext } from '../runtime/vcpu-worker';
+import { exportedFunction, registerTypeScript, type VcpuContext } from '../runtime/pipeline';
 import { emulationFallbackStats, handleEmulationFailure, type EmulationFallbackStats } from './emulation-fallback';
 
 /** `ctx.options` of the Linux device pipeline (structured-cloneable). */
@@ -76,11 +76,12 @@ export const LINUX_EVENT_CHANNELS: readonly string[] = ['tx', 'reset', 'halt', '
 
 /** Loads the `devices` stage in this (the vCPU's) thread. */
 function loadDeviceStage(devices: NonNullable<LinuxDevicesOptions['devices']>): LinuxDeviceStage {
-  let mod: Record<string, unknown>;
+  registerTypeScript(devices.module);
+  let mod: unknown;
   try {
     // CommonJS, or an ES module without top-level await (Node >= 20.19 loads those with require()).
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    mod = require(devices.module) as Record<string, unknown>;
+    mod = require(devices.module);
   } catch (e) {
     if ((e as { code?: string }).code !== 'ERR_REQUIRE_ASYNC_MODULE') throw e;
     throw Object.assign(
@@ -92,16 +93,7 @@ function loadDeviceStage(devices: NonNullable<LinuxDevicesOptions['devices']>): 
       { code: 'ERR_INVALID_ARG_VALUE' },
     );
   }
-  const fn = devices.export !== undefined ? mod[devices.export] : (mod.default ?? mod.devices);
-  if (typeof fn !== 'function') {
-    throw Object.assign(
-      new TypeError(
-        `devices module ${devices.module} has no ${devices.export ?? 'default (or devices)'} export that is a function`,
-      ),
-      { code: 'ERR_INVALID_ARG_VALUE' },
-    );
-  }
-  return fn as LinuxDeviceStage;
+  return exportedFunction<LinuxDeviceStage>(mod, devices.module, 'devices', devices.export, 'devices');
 }
 
 /** How the guest ended the run, as sent in the `reset` / `halt` events. */
@@ -206,8 +198,8 @@ export default function linuxDevices(exits$: Observable<VcpuExit>, ctx: VcpuCont
           openBus++;
           return 'ignore';
         }
-        // Name RIP too: the error ends the run, so this is the last look at the vCPU.
-        throw new UnhandledExitError(exit, `${describeExit(exit)}, rip 0x${ctx.vcpu.getRegs().rip.toString(16)}`);
+        // The runner appends the vCPU's RIP to the message (the vCPU has not moved on yet).
+        throw new UnhandledExitError(exit, describeExit(exit));
       },
     }),
   );

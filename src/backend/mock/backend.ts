@@ -365,6 +365,19 @@ export class MockBackend implements IoctlBackend {
     new DataView(m.buffer).setUint8(offsetOf(kvm_run, 'immediate_exit'), 1);
     this.kicks.push({ thread, runAddress });
   }
+
+  setThreadAffinity(cpu: number): void {
+    if (!Number.isInteger(cpu) || cpu < -1) throw new KvmError(errnoOf('EINVAL'), 'sched_setaffinity');
+  }
+
+  runPosted(): number {
+    // The fast path exists for worker threads, which run only the native backend.
+    throw new KvmError(errnoOf('ENOSYS'), 'ioctl', { request: 'KVM_RUN', detail: 'the mock has no native fast path' });
+  }
+
+  runPostedLayout(): string[] {
+    return [];
+  }
 }
 
 /** Capabilities the mock reports by default: those of this project's PVM host (x86_64), or typical arm64 ones. */

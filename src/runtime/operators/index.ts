@@ -3,8 +3,7 @@
  *
  * @module
  */
-export { HOLD, holdVcpu, attachHold } from '../hold';
-export type { HoldableExit } from '../hold';
+export { holdVcpu } from '../hold';
 export { portMatcher, rangeMatcher } from './match';
 export type { PortMatcher, PortRange, AddressRange, RangeMatcher } from './match';
 export { UnhandledExitError, describeExit } from '../errors';
