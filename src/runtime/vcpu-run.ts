@@ -424,6 +424,7 @@ export class VcpuRun implements AsyncDisposable {
       }
       return Promise.all(holds).then(answer, (e: unknown) => this.#fail(e as Error));
     }
+    if (this.#stopping) return undefined; // the last subscriber left and the run is ending
     this.#fail(
       new UnhandledExitError(
         exit,
