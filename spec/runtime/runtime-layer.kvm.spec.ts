@@ -144,7 +144,7 @@ describeKvm('the runtime layer', () => {
       const seen: string[] = [];
       run.exits$
         .pipe(
-          onIoOut(0x10, (e) => void seen.push(`out ${e.data[0]!}`)),
+          onIoOut(0x10, (e) => void seen.push(`out ${e.data[0]}`)),
           untilHalt(),
         )
         .subscribe({

@@ -17,7 +17,11 @@ import {
 } from '../../src/runtime/protocol';
 import { makeExit } from '../../src/testing/exits';
 
-const crossThreads = (e: unknown): Error => reviveError(structuredClone(serializeError(e)));
+/** `e` after the trip a worker's error makes: serialized, structured-cloned, revived. */
+function crossThreads<T extends Error = Error>(e: unknown): T {
+  const revived: Error = reviveError(structuredClone(serializeError(e)));
+  return revived as T;
+}
 
 describe('protocol', () => {
   it("builds runFast's layout in the addon's slot order", () => {
@@ -42,7 +46,7 @@ describe('protocol', () => {
 describe('errors across threads', () => {
   it('a KvmError comes back as a KvmError with code, errno, syscall, request, message and stack', () => {
     const original = KvmError.fromCode('EEXIST', 'ioctl', 'KVM_CREATE_VCPU');
-    const e = crossThreads(original) as KvmError;
+    const e = crossThreads<KvmError>(original);
     expect(e).toBeInstanceOf(KvmError);
     expect(e).toMatchObject({
       name: 'KvmError',
@@ -63,7 +67,7 @@ describe('errors across threads', () => {
     ['SyntaxError', () => new SyntaxError('s'), SyntaxError],
   ])('a %s keeps its class and code', (_name, make, Class) => {
     const original = make() as Error & { code?: string };
-    const e = crossThreads(original) as Error & { code?: string };
+    const e = crossThreads<Error & { code?: string }>(original);
     expect(e).toBeInstanceOf(Class);
     expect(Object.getPrototypeOf(e)).toBe(Object.getPrototypeOf(original));
     expect([e.name, e.code, e.message]).toEqual([original.name, original.code, original.message]);
@@ -73,7 +77,7 @@ describe('errors across threads', () => {
     const exit = makeExit.ioOut(0x3f8, [0x41]);
     const original = new UnhandledExitError(exit);
     original.rip = 0x1004n;
-    const e = crossThreads(original) as UnhandledExitError;
+    const e = crossThreads<UnhandledExitError>(original);
     expect(e).toBeInstanceOf(UnhandledExitError);
     expect(e.rip).toBe(0x1004n);
     expect(e.exit).toEqual({ kind: 'IoOut', port: 0x3f8, size: 1, count: 1, data: Uint8Array.of(0x41) });
@@ -88,7 +92,7 @@ describe('errors across threads', () => {
         this.name = 'DeviceError';
       }
     }
-    const e = crossThreads(new DeviceError()) as Error & { code?: string };
+    const e = crossThreads<Error & { code?: string }>(new DeviceError());
     expect(e).toBeInstanceOf(Error);
     expect([e.name, e.code, e.message]).toEqual(['DeviceError', 'EDEVICE', 'device broke']);
     const s = crossThreads('just a string');

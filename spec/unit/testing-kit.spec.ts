@@ -65,7 +65,7 @@ describe('kvm-rx/testing marble kit', () => {
     of(read)
       .pipe(
         collectHolds(holds),
-        onIoIn(0x60, async () => 0x1c),
+        onIoIn(0x60, () => Promise.resolve(0x1c)),
       )
       .subscribe();
     expect(holds).toHaveLength(1);
