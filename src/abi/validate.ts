@@ -70,7 +70,7 @@ export function checkU64(name: string, value: unknown): bigint {
     if (!Number.isSafeInteger(value) || value < 0) outOfRange(name, `a safe integer >= 0, or a bigint`, value);
     return BigInt(value);
   }
-  if (typeof value !== 'bigint') invalidType(name, 'of type bigint', value);
+  if (typeof value !== 'bigint') invalidType(name, 'a bigint or a safe integer', value);
   if (value < 0n || value > U64_MAX) outOfRange(name, `>= 0n and <= 2n ** 64n - 1n`, `${value}n`);
   return value;
 }
@@ -81,7 +81,7 @@ export function checkI64(name: string, value: unknown): bigint {
     if (!Number.isSafeInteger(value)) outOfRange(name, `a safe integer, or a bigint`, value);
     return BigInt(value);
   }
-  if (typeof value !== 'bigint') invalidType(name, 'of type bigint', value);
+  if (typeof value !== 'bigint') invalidType(name, 'a bigint or a safe integer', value);
   if (value < I64_MIN || value > I64_MAX) outOfRange(name, `>= -(2n ** 63n) and <= 2n ** 63n - 1n`, `${value}n`);
   return value;
 }

@@ -22,8 +22,8 @@ export type PortMatcher = number | PortRange | ReadonlyArray<number | PortRange>
 
 /** A window of guest-physical addresses, `[from, from + size)`. */
 export interface AddressRange {
-  /** First guest-physical address of the window. */
-  from: bigint;
+  /** First guest-physical address of the window (a safe-integer number works too). */
+  from: bigint | number;
   /** Size of the window in bytes (> 0). */
   size: number | bigint;
 }
