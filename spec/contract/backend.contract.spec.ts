@@ -75,6 +75,58 @@ describe.each(contractBackends())('backend contract: %s', (_name, make) => {
     vm.close();
   });
 
+  it('deletes a slot only with an explicit memorySize: 0; a region without memory is a TypeError', () => {
+    const vm = kvm.createVm();
+    const a = mem(0x4000);
+    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x10000n, memory: a });
+    for (const call of [
+      () => vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x10000n }),
+      () => vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0x10000n }),
+    ]) {
+      let err: unknown;
+      try {
+        call();
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toMatchObject({
+        name: 'TypeError',
+        code: 'ERR_INVALID_ARG_VALUE',
+        message: 'region.memory is required (pass memorySize: 0 to delete the slot)',
+      });
+    }
+    // the refused calls deleted nothing: the slot still backs its range
+    expect(vm.guestMemory.find(0x10000n)?.region.memory).toBe(a);
+    expectCode(
+      () => vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x10000n, memorySize: 0x1000 }),
+      'RangeError',
+      'ERR_OUT_OF_RANGE',
+    );
+    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x10000n, memorySize: 0 });
+    expect(vm.guestMemory.find(0x10000n)).toBeUndefined();
+    // Deleting a slot that does not exist (never created, or already deleted): the kernel (probed on
+    // Linux 6.18: `!old || !old->npages` in kvm_set_memory_region) answers EINVAL, and so does the mock.
+    expectKvmError(
+      () => vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x10000n, memorySize: 0 }),
+      'EINVAL',
+      'KVM_SET_USER_MEMORY_REGION',
+    );
+    expectKvmError(
+      () => vm.setUserMemoryRegion({ slot: 7, guestPhysAddr: 0x80000n, memorySize: 0 }),
+      'EINVAL',
+      'KVM_SET_USER_MEMORY_REGION',
+    );
+    expectKvmError(
+      () => vm.setUserMemoryRegion2({ slot: 7, guestPhysAddr: 0x80000n, memorySize: 0 }),
+      'EINVAL',
+      'KVM_SET_USER_MEMORY_REGION2',
+    );
+    // a deleted slot id can be used again
+    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x40000n, memory: a });
+    expect(vm.guestMemory.find(0x40000n)?.region.memory).toBe(a);
+    vm.close();
+  });
+
   it('answers KVM_GET_DIRTY_LOG with ENOENT for a slot without logging and EINVAL for a bad id', () => {
     const vm = kvm.createVm();
     vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x10000n, memory: mem(0x4000) });

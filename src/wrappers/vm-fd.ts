@@ -4,7 +4,7 @@
  * @module
  */
 import { arm64Ioctls, kvm_vcpu_init, type KvmVcpuInit } from '../abi/arm64';
-import { KvmError, errnoOf } from '../abi/errors';
+import { KvmError, KvmTypeError, errnoOf } from '../abi/errors';
 import { decodeStruct, dv, structBytes } from '../abi/codec';
 import { ioctls } from '../abi/kvm-constants';
 import { kvm_coalesced_mmio_zone, kvm_dirty_log, kvm_enable_cap, kvm_userspace_memory_region } from '../abi/layouts';
@@ -69,11 +69,14 @@ export interface UserMemoryRegion {
   flags?: number;
   /** Guest physical address of the slot. */
   guestPhysAddr: bigint | number;
-  /** The host memory; omit it (and set `memorySize: 0`) to delete the slot. */
+  /**
+   * The host memory. Required, except to delete the slot: then omit it and pass `memorySize: 0`
+   * (a region with neither is a TypeError, never a silent delete).
+   */
   memory?: GuestMemory;
   /** Offset into `memory` (default 0; page aligned). */
   memoryOffset?: number;
-  /** Bytes; default: the rest of `memory`. 0 deletes the slot. */
+  /** Bytes; default: the rest of `memory`. 0 (explicitly, without `memory`) deletes the slot. */
   memorySize?: number;
 }
 
@@ -187,6 +190,8 @@ export class VmFd extends FdOwner {
    * ```
    * @throws {@link KvmError} EEXIST (overlaps another slot), EINVAL (unaligned, bad slot, bad flags,
    *   resizing a slot, deleting a missing slot)
+   * @throws `TypeError` ERR_INVALID_ARG_VALUE when `memory` is missing and `memorySize` is not an
+   *   explicit 0 ("region.memory is required (pass memorySize: 0 to delete the slot)")
    * @throws `TypeError`/`RangeError` for malformed arguments or a range outside the mapping
    */
   setUserMemoryRegion(region: UserMemoryRegion): void {
@@ -213,8 +218,13 @@ export class VmFd extends FdOwner {
     const mem = region.memory;
     let offset = 0;
     if (mem === undefined) {
-      size = region.memorySize === undefined ? 0 : checkInt('region.memorySize', region.memorySize, 0, 0);
-      if (size !== 0) invalidValue('region.memory', 'is required unless memorySize is 0');
+      // Deleting is explicit: without memory, only `memorySize: 0` is accepted.
+      if (region.memorySize === undefined)
+        throw new KvmTypeError(
+          'ERR_INVALID_ARG_VALUE',
+          'region.memory is required (pass memorySize: 0 to delete the slot)',
+        );
+      size = checkInt('region.memorySize', region.memorySize, 0, 0);
     } else {
       if (!(mem instanceof GuestMemory)) invalidValue('region.memory', 'must be a GuestMemory', mem);
       offset =
