@@ -329,6 +329,48 @@ describe.each(contractBackends())('VmFd contract: %s', (_name, make) => {
       expectCode(() => dev.hasDeviceAttr({ group: 1, attr: 1 }), 'KvmClosedError', 'ERR_KVM_CLOSED');
     });
 
+    it('DeviceFd.fromRawFd owns the fd it is given: closing it closes that fd only, the VM does not close it', () => {
+      // Probe which device types this host creates (KVM_CREATE_DEVICE_TEST creates nothing).
+      const types = [K.KVM_DEV_TYPE_VFIO].filter((type) => {
+        try {
+          return vm.createDevice({ type, flags: K.KVM_CREATE_DEVICE_TEST }) === undefined;
+        } catch (e) {
+          expect(e).toMatchObject({ name: 'KvmError', code: 'ENODEV' });
+          return false;
+        }
+      });
+      expectCode(() => DeviceFd.fromRawFd(-1, { backend }), 'RangeError', 'ERR_OUT_OF_RANGE');
+      expectCode(() => DeviceFd.fromRawFd(2 ** 31, { backend }), 'RangeError', 'ERR_OUT_OF_RANGE');
+      expectCode(() => DeviceFd.fromRawFd('3' as never, { backend }), 'TypeError', 'ERR_INVALID_ARG_TYPE');
+      expectCode(() => DeviceFd.fromRawFd(3, { backend: {} as never }), 'TypeError', 'ERR_INVALID_ARG_VALUE');
+      // An fd number that was just closed (so nothing owns it now): EBADF at the first ioctl.
+      const closed = evt();
+      const n = closed.asRawFd();
+      closed.close();
+      const bad = DeviceFd.fromRawFd(n, { backend });
+      expect(bad.type).toBe(-1);
+      expectKvmError(() => bad.hasDeviceAttr({ group: 1, attr: 1 }), 'EBADF', 'KVM_HAS_DEVICE_ATTR');
+      // on this project's hosts VFIO is supported; a host without any device type tests the above only
+      if (types.length === 0) return;
+      const dev = vm.createDevice({ type: types[0] })!;
+      const copy = DeviceFd.fromRawFd(backend.dup(dev.asRawFd()), { backend });
+      expect(copy.type).toBe(-1);
+      expect(copy.asRawFd()).not.toBe(dev.asRawFd());
+      const groupAdd = { group: K.KVM_DEV_VFIO_GROUP, attr: K.KVM_DEV_VFIO_GROUP_ADD };
+      copy.hasDeviceAttr(groupAdd); // the same device
+      expectKvmError(() => copy.hasDeviceAttr({ group: 1, attr: 9 }), 'ENXIO', 'KVM_HAS_DEVICE_ATTR');
+      vm.close();
+      expect(dev.closed).toBe(true);
+      expect(copy.closed).toBe(false); // not the VM's: it outlives it, and the device with it
+      copy.hasDeviceAttr(groupAdd);
+      const raw = copy.asRawFd();
+      copy.close();
+      expect(copy.closed).toBe(true);
+      expectCode(() => copy.hasDeviceAttr(groupAdd), 'KvmClosedError', 'ERR_KVM_CLOSED');
+      // the fd itself was closed by copy.close()
+      expectKvmError(() => backend.ioctl(raw, ioctls.KVM_HAS_DEVICE_ATTR, new Uint8Array(24)), 'EBADF');
+    });
+
     it('creates guest_memfds and binds them with KVM_SET_USER_MEMORY_REGION2', () => {
       expect(vm.checkExtensionRaw(K.KVM_CAP_GUEST_MEMFD)).toBeGreaterThan(0);
       expectKvmError(() => vm.createGuestMemfd({ size: 0n }), 'EINVAL', 'KVM_CREATE_GUEST_MEMFD');

@@ -4,12 +4,17 @@
  * @module
  */
 import { ioctls } from '../abi/kvm-constants';
+import { checkInt } from '../abi/validate';
 import type { IoctlBackend } from '../backend/types';
+import { backendOf, type BackendOptions } from './backend-options';
 import { deviceAttrBytes, type DeviceAttr } from './device-attr';
 import { FdOwner } from './fd';
 
+export type { DeviceAttr } from './device-attr';
+
 /**
- * A KVM device (kvm-ioctls' `DeviceFd`). Closed by its VM.
+ * A KVM device (kvm-ioctls' `DeviceFd`). One from `VmFd#createDevice` is closed by its VM; one
+ * from {@link DeviceFd.fromRawFd} belongs to the caller, who closes it.
  *
  * @example
  * ```ts
@@ -18,17 +23,35 @@ import { FdOwner } from './fd';
  * dev.setDeviceAttr({ group: 1, attr: 1, value: new Int32Array([groupFd]) });
  * ```
  */
-export type { DeviceAttr } from './device-attr';
 
 export class DeviceFd extends FdOwner {
   protected readonly label = 'DeviceFd';
   /** The `KVM_DEV_TYPE_*` it was created with (-1 when wrapped from a raw fd). */
   readonly type: number;
 
-  /** @internal Use `VmFd#createDevice()`. */
+  /** @internal Use `VmFd#createDevice()` or {@link DeviceFd.fromRawFd}. */
   constructor(backend: IoctlBackend, fd: number, type = -1) {
     super(backend, fd);
     this.type = type;
+  }
+
+  /**
+   * Takes ownership of a raw device fd (kvm-ioctls' `FromRawFd` for `DeviceFd`), as
+   * `Kvm.fromRawFd` does for the system fd: `close()` closes it, and no VM does (the kernel
+   * keeps the VM alive while a device fd is open). `type` is -1, as the fd does not tell it. The fd
+   * is not checked until the first ioctl (EBADF then, as in kvm-ioctls).
+   * @example
+   * ```ts
+   * const dev = vm.createDevice({ type: constants.KVM_DEV_TYPE_VFIO })!;
+   * using copy = DeviceFd.fromRawFd(backend.dup(dev.asRawFd()), { backend });
+   * copy.hasDeviceAttr({ group: constants.KVM_DEV_VFIO_GROUP, attr: constants.KVM_DEV_VFIO_GROUP_ADD });
+   * ```
+   * @throws `RangeError` ERR_OUT_OF_RANGE for an fd outside 0..2^31-1; `TypeError` for a non-number
+   *   fd or a bad `options.backend`
+   */
+  static fromRawFd(fd: number, options?: BackendOptions): DeviceFd {
+    checkInt('fd', fd, 0, 0x7fff_ffff);
+    return new DeviceFd(backendOf(options), fd);
   }
 
   /**

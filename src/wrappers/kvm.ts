@@ -6,43 +6,18 @@
 import { KVM_VM_TYPE_ARM_IPA_SIZE_MASK } from '../abi/arm64';
 import { KvmError, errnoOf } from '../abi/errors';
 import { ioctls, sys } from '../abi/kvm-constants';
-import {
-  checkBool,
-  checkInt,
-  checkObject,
-  checkString,
-  checkU32,
-  checkU64,
-  invalidType,
-  invalidValue,
-} from '../abi/validate';
-import { nativeBackend } from '../backend/native';
-import type { IoctlBackend } from '../backend/types';
+import { checkBool, checkInt, checkString, checkU32, checkU64, invalidType } from '../abi/validate';
+import { backendOf, type BackendOptions } from './backend-options';
 import type { Cap } from './cap';
 import { Cap as CapValues, capNumber } from './cap';
 import { CpuId, famBuffer, KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRIES, MsrList, Msrs } from './fam';
 import { FdOwner } from './fd';
 import { VmFd } from './vm-fd';
 
+export type { BackendOptions } from './backend-options';
+
 /** How many times `createVmWithType` tries KVM_CREATE_VM while it fails with EINTR. */
 const CREATE_VM_ATTEMPTS = 100;
-
-/** Options accepted by every constructor that opens an fd. */
-export interface BackendOptions {
-  /** The syscall backend: the native one (default) or a `MockBackend` from `kvm-rx/testing`. */
-  backend?: IoctlBackend;
-}
-
-function backendOf(options: BackendOptions | undefined): IoctlBackend {
-  if (options === undefined) return nativeBackend();
-  checkObject('options', options);
-  if (options.backend === undefined) return nativeBackend();
-  const b = options.backend as Partial<IoctlBackend>;
-  if (typeof b !== 'object' || b === null || typeof b.ioctl !== 'function') {
-    invalidValue('options.backend', 'must implement IoctlBackend', options.backend);
-  }
-  return options.backend;
-}
 
 /**
  * The KVM system fd (kvm-ioctls' `Kvm`). Closing it closes every VM created from it (and their
@@ -101,8 +76,11 @@ export class Kvm extends FdOwner {
   }
 
   /**
-   * Takes ownership of a raw KVM system fd (kvm-ioctls' `FromRawFd`).
+   * Takes ownership of a raw KVM system fd (kvm-ioctls' `FromRawFd`): `close()` closes it. The fd
+   * is not checked until the first ioctl (EBADF then, as in kvm-ioctls).
    * @example `const kvm = Kvm.fromRawFd(Kvm.openWithCloexec(true));`
+   * @throws `RangeError` ERR_OUT_OF_RANGE for an fd outside 0..2^31-1; `TypeError` for a non-number
+   *   fd or a bad `options.backend`
    */
   static fromRawFd(fd: number, options?: BackendOptions): Kvm {
     checkInt('fd', fd, 0, 0x7fff_ffff);

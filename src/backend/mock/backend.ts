@@ -211,16 +211,14 @@ export class MockBackend implements IoctlBackend {
     const f = this.#files.get(fd);
     if (!f) throw new KvmError(errnoOf('EBADF'), 'close');
     this.#files.delete(fd);
-    if (f.kind === 'vm') {
-      // The kernel keeps a VM alive while vCPU fds reference it; the mock drops it from the list
-      // once no vCPU of it is open.
-      if (![...this.#files.values()].some((x) => x.kind === 'vcpu' && x.vcpu.vm === f.vm)) this.#dropVm(f.vm);
-    } else if (f.kind === 'vcpu') {
-      const vm = f.vcpu.vm;
-      const vmOpen = [...this.#files.values()].some((x) => x.kind === 'vm' && x.vm === vm);
-      const others = [...this.#files.values()].some((x) => x.kind === 'vcpu' && x.vcpu.vm === vm);
-      if (!vmOpen && !others) this.#dropVm(vm);
-    }
+    // The kernel keeps a VM alive while any fd references it (its own, a vCPU's, a device's): the
+    // mock drops it from the list when the last of them closes.
+    const vm = this.#vmOf(f);
+    if (vm !== undefined && ![...this.#files.values()].some((x) => this.#vmOf(x) === vm)) this.#dropVm(vm);
+  }
+
+  #vmOf(f: MockFile): MockVm | undefined {
+    return f.kind === 'vm' || f.kind === 'device' ? f.vm : f.kind === 'vcpu' ? f.vcpu.vm : undefined;
   }
 
   #dropVm(vm: MockVm): void {
