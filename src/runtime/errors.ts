@@ -39,7 +39,7 @@ export function describeExit(exit: VcpuExit): string {
  *
  * @example
  * ```ts
- * exits$.pipe(onIoOut(0x3f8, print), failOnUnhandled()).subscribe({
+ * exits$.pipe(onIoOut(0x3f8, (e) => process.stdout.write(e.data)), failOnUnhandled()).subscribe({
  *   error: (e) => { if (e instanceof UnhandledExitError) console.log(e.exit.kind, e.message); },
  * });
  * // IoIn unhandled IoIn exit: port 0x3fd, size 1

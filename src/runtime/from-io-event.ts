@@ -24,8 +24,9 @@ import { VmFd } from '../wrappers/vm-fd';
  *
  * @example
  * ```ts
+ * // @ts-setup: declare const queue: { kick(count: bigint): void };
  * fromIoEvent(vm, IoEventAddress.pio(0xf4)).subscribe((n) => queue.kick(n)); // out 0xf4 never exits
- * fromIoEvent(vm, IoEventAddress.mmio(0xd000_0050n), { value: 1, length: 4 }).subscribe(notify);
+ * fromIoEvent(vm, IoEventAddress.mmio(0xd000_0050n), { value: 1, length: 4 }).subscribe((n) => queue.kick(n));
  * ```
  * @throws `TypeError` `ERR_INVALID_ARG_TYPE` for a `vm` that is not a VmFd, an `addr` that is not an
  *   IoEventAddress or a `datamatch` that is not an object. Errors on subscribe (the Observable

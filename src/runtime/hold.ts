@@ -20,6 +20,7 @@ import { checkObject } from '../abi/validate';
  *
  * @example
  * ```ts
+ * import { filter, type MonoTypeOperatorFunction } from 'rxjs';
  * // a custom operator that answers a read from a promise
  * const answerLater = (answer: () => Promise<number>): MonoTypeOperatorFunction<VcpuExit> =>
  *   filter((exit) => {

@@ -48,6 +48,7 @@ function runPastStraySignals(vcpu: VcpuFd): VcpuExit {
  *
  * @example
  * ```ts
+ * import { takeWhile } from 'rxjs';
  * vcpuExits(vcpu).pipe(onIoIn(0x3f8, () => 0x42), takeWhile((e) => e.kind !== 'Hlt')).subscribe();
  * ```
  */

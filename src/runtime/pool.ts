@@ -110,7 +110,8 @@ export function modulePath(name: string, p: unknown): string {
  * ```ts
  * const runtime = new VcpuRuntime({ maxVcpus: 2 });
  * const run = runtime.start(vcpu, { pipeline: require.resolve('./devices'), signal: AbortSignal.timeout(5000) });
- * run.monitor$.subscribe((e) => stats.count(e.kind));
+ * const stats = new Map<string, number>();
+ * run.monitor$.subscribe((e) => stats.set(e.kind, (stats.get(e.kind) ?? 0) + 1));
  * const outcome = await run.done;          // { reason: 'completed', exits: 42, lastExit: 'Hlt' }
  * await runtime.close();
  * ```

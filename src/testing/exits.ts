@@ -62,6 +62,7 @@ const bare = (reason: number): VcpuExit => fakeRun((view) => view.setUint32(RUN.
  *
  * @example
  * ```ts
+ * import { of } from 'rxjs';
  * import { makeExit } from 'kvm-rx/testing';
  * const read = makeExit.ioIn(0x3fd);            // IoIn, 1 byte, data starts as 0xcc
  * of(read).pipe(onIoIn(0x3fd, () => 0x60)).subscribe();

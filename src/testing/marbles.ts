@@ -67,6 +67,7 @@ export function exitTestScheduler(assertDeepEqual: (actual: unknown, expected: u
  *
  * @example
  * ```ts
+ * import { of } from 'rxjs';
  * const holds: PromiseLike<unknown>[] = [];
  * const read = makeExit.ioIn(0x60);
  * of(read).pipe(collectHolds(holds), onIoIn(0x60, async () => 0x1c)).subscribe();

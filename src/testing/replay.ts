@@ -60,6 +60,10 @@ export interface Replay {
  *
  * @example
  * ```ts
+ * // @ts-setup: declare const runtime: VcpuRuntime;
+ * // @ts-setup: declare const mockVcpu: VcpuFd;
+ * // @ts-setup: declare const myPipeline: VcpuPipeline;
+ * const pipeline = require.resolve('./my-pipeline'); // the module that exports myPipeline
  * const { recording } = await runtime.start(vcpu, { pipeline, record: true }).done;   // real KVM
  * // later, anywhere:
  * const { script, expectedAnswers } = replayScript(recording!);

@@ -46,7 +46,7 @@ export interface ExitStatsSnapshot {
  * @example
  * ```ts
  * const stats = new ExitStats();
- * exits$.pipe(traceExits(stats), untilHalt(), onIoOut(0x3f8, print));
+ * exits$.pipe(traceExits(stats), untilHalt(), onIoOut(0x3f8, (e) => process.stdout.write(e.data)));
  * // later
  * console.log(stats.counts.get('IoOut'), stats.snapshot().latency.meanMs);
  * ```
