@@ -1,6 +1,7 @@
 /**
  * CPUID and MSR ioctls, on the mock and on the real kernel (notes §5 items 7, 8 and 29).
- * Host-dependent numbers (how many leaves, which MSRs) are asserted as properties only.
+ * Host-defined numbers (how many leaves the host supports and a vCPU keeps, which MSRs) are probed
+ * and asserted as properties (docs/testing.md, "Host-defined behaviours").
  */
 import type { IoctlBackend } from '../../src/backend/types';
 import { MockBackend } from '../../src/backend/mock/index';
@@ -75,17 +76,29 @@ describe.each(contractBackends())('cpuid/msr contract: %s', (_name, make) => {
   });
 
   describe('vCPU CPUID', () => {
-    it('a fresh vCPU has no leaves; set then get returns the same leaves (the same function/index keys)', () => {
+    it('a fresh vCPU has no leaves; after setCpuid2(supported) it holds a subset of the keys set, leaf 0 as set', () => {
       const vm = kvm.createVm();
       const vcpu = vm.createVcpu(0);
       expect(vcpu.getCpuid2(0).length).toBe(0);
       const supported = kvm.getSupportedCpuid(256);
       vcpu.setCpuid2(supported);
       const got = vcpu.getCpuid2(256);
-      expect(got.length).toBe(supported.length);
-      expect(got.entries.map(key).sort()).toEqual(supported.entries.map(key).sort());
-      // the kernel may fill dynamic bits of some leaves; leaf 0 (vendor, max leaf) is kept as set
+      // How many leaves the vCPU keeps is host-defined (all 76 of 76 on one Intel PVM host, 54 of
+      // 56 on another): probed here as got.length, never a constant. KVM guarantees a subset of
+      // the function/index keys that were set, each once, leaf 0 (vendor, max leaf) kept as set.
+      expect(got.length).toBeGreaterThan(0);
+      expect(got.length).toBeLessThanOrEqual(supported.length);
+      const setKeys = new Set(supported.entries.map(key));
+      expect(got.entries.map(key).filter((k) => !setKeys.has(k))).toEqual([]);
+      expect(new Set(got.entries.map(key)).size).toBe(got.length);
       expect(got.entries.find((e) => e.function === 0)).toEqual(supported.entries.find((e) => e.function === 0));
+      // The kernel may rewrite dynamic bits (OSXSAVE, the XSAVE size, …) of what was set; what it
+      // gave back is stable: set again, on this vCPU and on a fresh one, it round-trips exactly.
+      vcpu.setCpuid2(got);
+      expect(vcpu.getCpuid2(256).entries).toEqual(got.entries);
+      const fresh = vm.createVcpu(1);
+      fresh.setCpuid2(got);
+      expect(fresh.getCpuid2(got.length).entries).toEqual(got.entries);
     });
 
     it('getCpuid2 with fewer entries than stored is E2BIG; more than 256 is ENOMEM locally', () => {
@@ -115,23 +128,28 @@ describe.each(contractBackends())('cpuid/msr contract: %s', (_name, make) => {
       const list = kvm.getMsrIndexList();
       expect(list.length).toBeGreaterThan(2);
       expect(list.length).toBeLessThanOrEqual(256);
+      // SYSENTER_CS/ESP are in KVM's base msrs_to_save on every x86 host; the rest is host-defined
       expect(list.entries).toEqual(expect.arrayContaining([0x174, 0x175]));
+      expect(new Set(list.entries).size).toBe(list.length);
       const features = kvm.getMsrFeatureIndexList();
       expect(features.length).toBeGreaterThan(0);
-      expect(features.entries).toEqual(expect.arrayContaining([0x10a, 0x345]));
+      expect(new Set(features.entries).size).toBe(features.length);
     });
 
-    it('system fd getMsrs reads feature MSRs, updates data in place, and stops at the first unknown', () => {
-      const msrs = new Msrs([{ index: 0x10a }, { index: 0x345 }]);
-      expect(kvm.getMsrs(msrs)).toBe(2);
-      expect(msrs.entries.map((e) => e.index)).toEqual([0x10a, 0x345]);
-      expect(typeof msrs.entries[0].data).toBe('bigint');
-      const again = new Msrs([{ index: 0x10a }, { index: 0x345 }]);
+    it('system fd getMsrs reads the feature MSRs the host lists, updates data in place, and stops at the first unknown', () => {
+      // Which feature MSRs exist is host-defined: probe the list and read what it names.
+      const listed = kvm.getMsrFeatureIndexList().entries;
+      const msrs = new Msrs(listed.map((index) => ({ index })));
+      expect(kvm.getMsrs(msrs)).toBe(listed.length);
+      expect(msrs.entries.map((e) => e.index)).toEqual(listed);
+      for (const e of msrs.entries) expect(typeof e.data).toBe('bigint');
+      const again = new Msrs(listed.map((index) => ({ index })));
       kvm.getMsrs(again);
       expect(again.entries).toEqual(msrs.entries);
-      expect(kvm.getMsrs(new Msrs([{ index: 0x10a }, { index: 0x1234_5678 }, { index: 0x345 }]))).toBe(1);
+      expect(kvm.getMsrs(new Msrs([{ index: listed[0] }, { index: 0x1234_5678 }, { index: listed[0] }]))).toBe(1);
+      expect(kvm.getMsrs(new Msrs([{ index: 0x1234_5678 }]))).toBe(0);
       expect(kvm.getMsrs(new Msrs([]))).toBe(0);
-      expectCode(() => kvm.getMsrs([{ index: 0x10a }] as never), 'TypeError', 'ERR_INVALID_ARG_TYPE');
+      expectCode(() => kvm.getMsrs([{ index: listed[0] }] as never), 'TypeError', 'ERR_INVALID_ARG_TYPE');
     });
 
     it('vCPU setMsrs/getMsrs process every entry and round-trip the data', () => {

@@ -50,9 +50,24 @@ describe.each(contractBackends())('vCPU contract: %s', (_name, make) => {
       xmm0: 0xab,
       lastIp: 0x1234n,
     });
-    // This host reports MXCSR 0 through KVM_GET_FPU whatever was set (SSE is not in the guest's XCR0).
-    vcpu.setFpu({ ...back, mxcsr: 0x1f80 });
-    expect(vcpu.getFpu().mxcsr).toBe(0);
+    // MXCSR through KVM_GET_FPU is host-defined: KVM reads it back as set; PVM hosts report one
+    // fixed value whatever was set (0 on this project's Intel host). Probe with two values: either
+    // both round-trip, or both read the same value; and setting it changes nothing else.
+    const mxcsrAfter = (mxcsr: number) => {
+      vcpu.setFpu({ ...back, mxcsr });
+      const f = vcpu.getFpu();
+      expect({ fcw: f.fcw, fsw: f.fsw, fpr0: f.fpr[0], xmm0: f.xmm[0] }).toEqual({
+        fcw: 0x27f,
+        fsw: 0x100,
+        fpr0: 0xcd,
+        xmm0: 0xab,
+      });
+      return f.mxcsr;
+    };
+    const [a, b] = [mxcsrAfter(0x1f80), mxcsrAfter(0x1fa0)];
+    if (a === 0x1f80)
+      expect(b).toBe(0x1fa0); // KVM: kept as set
+    else expect(b).toBe(a); // PVM: ignored, a fixed value
     expectCode(() => vcpu.setFpu({ fcw: 0x10000 }), 'RangeError', 'ERR_OUT_OF_RANGE');
   });
 
@@ -149,12 +164,16 @@ describe.each(contractBackends())('vCPU contract: %s', (_name, make) => {
     );
   });
 
-  it('TSC: the same or a higher rate is accepted, a lower one is EINVAL', () => {
+  it('TSC: the same or a higher rate is accepted; a lower one only with TSC scaling (KVM_CAP_TSC_CONTROL)', () => {
     const khz = vcpu.getTscKhz();
     expect(khz).toBeGreaterThan(0);
     vcpu.setTscKhz(khz);
     expect(vcpu.getTscKhz()).toBe(khz);
-    expectKvmError(() => vcpu.setTscKhz(khz - 100_000), 'EINVAL', 'KVM_SET_TSC_KHZ');
+    // Host-defined: without scaling, a rate below the host's is refused (catch-up only works upwards).
+    if (vm.checkExtensionRaw(K.KVM_CAP_TSC_CONTROL) > 0) {
+      vcpu.setTscKhz(khz - 100_000);
+      expect(vcpu.getTscKhz()).toBe(khz - 100_000);
+    } else expectKvmError(() => vcpu.setTscKhz(khz - 100_000), 'EINVAL', 'KVM_SET_TSC_KHZ');
     vcpu.setTscKhz(khz + 100_000);
     expect(vcpu.getTscKhz()).toBe(khz + 100_000);
     expectCode(() => vcpu.setTscKhz(-1), 'RangeError', 'ERR_OUT_OF_RANGE');
@@ -166,15 +185,24 @@ describe.each(contractBackends())('vCPU contract: %s', (_name, make) => {
     expectCode(() => vcpu.translateGva(-1n), 'RangeError', 'ERR_OUT_OF_RANGE');
   });
 
-  it('SMI is ENOTTY (no SMM), kvmclockCtrl is EINVAL (guest kvmclock off), nested state is EINVAL', () => {
-    expect(vm.checkExtensionRaw(K.KVM_CAP_X86_SMM)).toBe(0);
-    expectKvmError(() => vcpu.smi(), 'ENOTTY', 'KVM_SMI');
+  it('SMI needs KVM_CAP_X86_SMM (ENOTTY without), kvmclockCtrl is EINVAL (guest kvmclock off), nested state needs KVM_CAP_NESTED_STATE', () => {
+    // SMM and nested state are host-defined (PVM has neither on this project's hosts): probe the caps.
+    if (vm.checkExtensionRaw(K.KVM_CAP_X86_SMM) > 0) vcpu.smi();
+    else expectKvmError(() => vcpu.smi(), 'ENOTTY', 'KVM_SMI');
     expectKvmError(() => vcpu.kvmclockCtrl(), 'EINVAL', 'KVM_KVMCLOCK_CTRL');
-    expect(vm.checkExtensionRaw(K.KVM_CAP_NESTED_STATE)).toBe(0);
     const buf = new KvmNestedStateBuffer();
     expect(buf.size).toBe(128 + 8192);
-    expectKvmError(() => vcpu.nestedState(buf), 'EINVAL', 'KVM_GET_NESTED_STATE');
-    expectKvmError(() => vcpu.setNestedState(buf), 'EINVAL', 'KVM_SET_NESTED_STATE');
+    const nested = vm.checkExtensionRaw(K.KVM_CAP_NESTED_STATE);
+    if (nested === 0) {
+      expectKvmError(() => vcpu.nestedState(buf), 'EINVAL', 'KVM_GET_NESTED_STATE');
+      expectKvmError(() => vcpu.setNestedState(buf), 'EINVAL', 'KVM_SET_NESTED_STATE');
+    } else {
+      // the cap is the largest state size; a vCPU that never entered a nested guest has a header
+      // only (undefined) or a state no larger than the cap
+      expect(nested).toBeGreaterThanOrEqual(128);
+      const size = vcpu.nestedState(buf);
+      if (size !== undefined) expect(size).toBeLessThanOrEqual(nested);
+    }
     buf.size = 100_000;
     expectCode(() => vcpu.setNestedState(buf), 'RangeError', 'ERR_OUT_OF_RANGE');
   });

@@ -45,6 +45,7 @@ const DEFAULTS: Required<MockKernelConfig> = {
   caps: {},
   pageSize: 4096,
   arch: 'x86_64',
+  fpuMxcsr: 'as-set',
 };
 
 /**

@@ -129,6 +129,11 @@ export interface MockKernelConfig {
    * answers KVM_CHECK_EXTENSION with typical arm64 caps instead of the x86 host's.
    */
   arch?: 'x86_64' | 'aarch64';
+  /**
+   * What `KVM_GET_FPU` reports as MXCSR: `'as-set'` (default, as KVM: the value last set) or a
+   * fixed number whatever was set (as a PVM host does: 0 on this project's Intel host).
+   */
+  fpuMxcsr?: 'as-set' | number;
 }
 
 /** Convert an ioctl arg that must be an integer. */

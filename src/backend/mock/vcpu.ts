@@ -112,7 +112,7 @@ function x86State(vcpu: MockVcpu, name: StructDefName): Uint8Array {
   if (b !== undefined) return b;
   switch (name) {
     case 'kvm_fpu':
-      b = structBytes(kvm_fpu, { fcw: 0x37f });
+      b = structBytes(kvm_fpu, { fcw: 0x37f, mxcsr: 0x1f80 });
       break;
     case 'kvm_xsave': {
       b = new Uint8Array(
@@ -201,8 +201,9 @@ function x86StateIoctls(): Record<number, MockIoctl<VcpuFile>> {
     [ioctls.KVM_GET_FPU]: (ctx, { vcpu }, arg) => {
       const out = ctx.bytes(arg, 'KVM_GET_FPU', kvm_fpu.size);
       out.set(x86State(vcpu, 'kvm_fpu'));
-      // This host never reports MXCSR through KVM_GET_FPU (the guest has no SSE in its CPUID/XCR0).
-      dv(out).setUint32(kvm_fpu.fields.mxcsr.offset, 0, true);
+      // KVM reads MXCSR back as set (fxsave.mxcsr); a PVM host reports a fixed value instead
+      // (`fpuMxcsr: 0` models this project's Intel host, which reports 0).
+      if (ctx.config.fpuMxcsr !== 'as-set') dv(out).setUint32(kvm_fpu.fields.mxcsr.offset, ctx.config.fpuMxcsr, true);
       return 0;
     },
     [ioctls.KVM_SET_FPU]: setter('kvm_fpu', kvm_fpu.size, 'KVM_SET_FPU'),
