@@ -4,7 +4,8 @@
  * @module
  */
 import type { KvmRegs } from '../abi/layouts';
-import type { VcpuFd } from '../wrappers/vcpu-fd';
+import { checkObject, invalidType } from '../abi/validate';
+import { VcpuFd } from '../wrappers/vcpu-fd';
 
 /**
  * Puts `vcpu` in flat real mode (CS base 0, selector 0: linear address = IP) and sets its
@@ -19,10 +20,15 @@ import type { VcpuFd } from '../wrappers/vcpu-fd';
  * const vcpu = enterRealMode(vm.createVcpu(0), { rip: 0x1000n, rax: 0x2an });
  * vcpu.run(); // { kind: 'IoOut', port: 0x80, data: [0x2a] }
  * ```
- * @throws {@link KvmError} from KVM_GET_SREGS/KVM_SET_SREGS/KVM_SET_REGS; `KvmClosedError` for a
- *   closed vCPU; `TypeError`/`RangeError` for bad register values
+ * @throws `TypeError` (`ERR_INVALID_ARG_TYPE`) for a `vcpu` that is not a VcpuFd, `regs` that is
+ *   not an object or a `regs.rip` that is not a bigint; {@link KvmError} from
+ *   KVM_GET_SREGS/KVM_SET_SREGS/KVM_SET_REGS; `KvmClosedError` for a closed vCPU;
+ *   `TypeError`/`RangeError` for bad register values
  */
 export function enterRealMode(vcpu: VcpuFd, regs: Partial<KvmRegs> & { rip: bigint }): VcpuFd {
+  if (!(vcpu instanceof VcpuFd)) invalidType('vcpu', 'a VcpuFd', vcpu);
+  checkObject('regs', regs);
+  if (typeof regs.rip !== 'bigint') invalidType('regs.rip', 'a bigint', regs.rip);
   const sregs = vcpu.getSregs();
   sregs.cs.base = 0n;
   sregs.cs.selector = 0;
