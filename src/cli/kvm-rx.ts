@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
- * The `kvm-rx` command line: `kvm-rx run` (the embedded demo guest) and `kvm-rx boot` (a Linux
- * kernel), each with `--help`.
+ * The `kvm-rx` command line: `kvm-rx run` (the embedded demo guest), `kvm-rx boot` (a Linux
+ * kernel) and `kvm-rx doctor` (checks this host), each with `--help`. Bad usage exits 2.
  *
  * @module
  */
@@ -18,6 +18,9 @@ Commands:
                   (Ctrl-D resets the guest, Ctrl-A x quits).
   boot            Boot a Linux kernel with its serial console on this terminal
                   (see kvm-rx boot --help).
+  doctor          Check this host for kvm-rx: /dev/kvm access, VMX/SVM/PVM, KVM API,
+                  capabilities, ioeventfd/irqfd delivery, tun, netns, huge pages
+                  (--json for a machine-readable report; see kvm-rx doctor --help).
 
 Options:
   -h, --help      Show help (also after a command).
@@ -30,13 +33,24 @@ Runs kvm-rx's demo guest, a small real-mode program whose 16550 UART is an RxJS 
 vCPU's worker thread. What you type goes to the guest's serial port and the guest echoes it.
 
 Keys: Ctrl-D resets the guest (a clean end, exit status 0); Ctrl-A x quits.
-When standard input is not a terminal, its bytes are typed into the guest and the VM stops when
-it ends.
+When standard input is not a terminal, its bytes are typed into the guest; once it has ended, the
+VM stops as soon as the guest has gone quiet (no output for half a second: it has echoed what it
+was given), e.g. printf 'abc' | kvm-rx run.
 
 Options:
   --timeout <s>   Stop the VM after this many seconds.
   -h, --help      Show this help.
+
+Exit status: 0 when the guest reset the machine or the VM was stopped (Ctrl-A x, end of
+input, --timeout); 1 on an error; 2 for bad usage.
 `;
+
+class UsageError extends Error {}
+
+function usageError(cmd: string, message: string): number {
+  process.stderr.write(`${cmd}: ${message}\nTry '${cmd} --help'.\n`);
+  return 2;
+}
 
 function version(): string {
   for (let dir = __dirname; ; dir = dirname(dir)) {
@@ -47,34 +61,51 @@ function version(): string {
 }
 
 async function cmdRun(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: { help: { type: 'boolean', short: 'h' }, timeout: { type: 'string' } },
-    strict: true,
-  });
-  if (values.help) {
-    process.stdout.write(RUN_USAGE);
-    return 0;
+  let timeoutS: number | undefined;
+  try {
+    let values;
+    try {
+      ({ values } = parseArgs({
+        args: argv,
+        options: { help: { type: 'boolean', short: 'h' }, timeout: { type: 'string' } },
+        strict: true,
+        allowPositionals: false,
+      }));
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+    if (values.help) {
+      process.stdout.write(RUN_USAGE);
+      return 0;
+    }
+    if (values.timeout !== undefined) {
+      timeoutS = Number(values.timeout);
+      if (!Number.isFinite(timeoutS) || timeoutS <= 0)
+        throw new UsageError(`--timeout must be a positive number of seconds, not ${values.timeout}`);
+    }
+  } catch (e) {
+    if (e instanceof UsageError) return usageError('kvm-rx run', e.message);
+    throw e;
   }
   const ac = new AbortController();
-  if (values.timeout !== undefined) {
-    const s = Number(values.timeout);
-    if (!Number.isFinite(s) || s <= 0)
-      throw Object.assign(new Error(`--timeout must be a positive number of seconds, not ${values.timeout}`), {
-        code: 'ERR_INVALID_ARG_VALUE',
-      });
-    setTimeout(() => ac.abort(), s * 1000).unref();
-  }
-  const console_ = attachConsole({ onQuit: () => ac.abort() });
+  let why: 'timeout' | 'quit' | 'input ended' | undefined;
+  const stop = (w: NonNullable<typeof why>) => {
+    why ??= w;
+    ac.abort();
+  };
+  if (timeoutS !== undefined) setTimeout(() => stop('timeout'), timeoutS * 1000).unref();
+  const console_ = attachConsole({ onQuit: (reason) => stop(reason === 'end' ? 'input ended' : 'quit') });
   try {
     const outcome = await runDemo({
-      output: (bytes) => process.stdout.write(bytes),
+      output: (bytes) => {
+        console_.noteOutput();
+        process.stdout.write(bytes);
+      },
       onStart: (send) => console_.connect(send),
       signal: ac.signal,
     });
-    process.stderr.write(
-      `\r\n[kvm-rx] ${outcome.reset ? 'guest reset the machine' : `VM ${outcome.reason}`} after ${outcome.exits} exits\r\n`,
-    );
+    const end = outcome.reset ? 'guest reset the machine' : `VM ${outcome.reason}${why ? ` (${why})` : ''}`;
+    process.stderr.write(`\r\n[kvm-rx] ${end} after ${outcome.exits} exits\r\n`);
     return 0;
   } finally {
     console_.close();
@@ -85,10 +116,11 @@ async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
     case undefined:
+      return usageError('kvm-rx', 'no command given (run, boot or doctor)');
     case '-h':
     case '--help':
       process.stdout.write(USAGE);
-      return cmd === undefined ? 1 : 0;
+      return 0;
     case '-v':
     case '--version':
       process.stdout.write(`${version()}\n`);
@@ -100,9 +132,13 @@ async function main(argv: string[]): Promise<number> {
       const { cmdBoot } = require('./boot') as { cmdBoot: (argv: string[]) => Promise<number> };
       return cmdBoot(rest);
     }
+    case 'doctor': {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const { cmdDoctor } = require('./doctor') as { cmdDoctor: (argv: string[]) => Promise<number> };
+      return cmdDoctor(rest);
+    }
     default:
-      process.stderr.write(`kvm-rx: unknown command '${cmd}'\n\n${USAGE}`);
-      return 2;
+      return usageError('kvm-rx', cmd.startsWith('-') ? `unknown option '${cmd}'` : `unknown command '${cmd}'`);
   }
 }
 
