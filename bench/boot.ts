@@ -17,6 +17,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { hostSummary } from '../src/vmm/doctor';
 import { hostVirtualization, stockKernelCmdline } from '../src/vmm/host';
 import { runMain } from '../scripts/run-main';
 
@@ -142,6 +143,7 @@ async function main(): Promise<number> {
     const exe = buildBaseline(dir);
     say(`bench:boot ${started.toISOString()} host ${mode}, ${memMiB} MiB, kernel ${kernel}`);
     say(`cmdline: ${cmdline}`);
+    say(await hostSummary());
     say('run  VMM     Run /init wall (guest)   reset wall   CPU sys+user   exits   result');
     const pairs: { c: BootFigures; k: BootFigures }[] = [];
     for (let i = 1; i <= runs; i++) {

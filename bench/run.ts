@@ -30,6 +30,7 @@ import type { VcpuFd } from '../src/wrappers/vcpu-fd';
 import type { VmFd } from '../src/wrappers/vm-fd';
 import ioPipeline, { ioHandlers, ioState } from './pipelines/io';
 import { enterRealMode } from '../src/testing/real-mode';
+import { hostSummary } from '../src/vmm/doctor';
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -668,6 +669,7 @@ async function main(): Promise<void> {
   const log = (s: string) => {
     if (!o.json) process.stderr.write(s);
   };
+  log(`${await hostSummary()}\n`);
   const results: CaseResult[] = [];
   try {
     const cases = defineCases(o).filter((c) => !o.only || o.only.has(c.id));

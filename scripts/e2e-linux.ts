@@ -18,6 +18,7 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { hostSummary } from '../src/vmm/doctor';
 import { hostVirtualization, stockKernelCmdline } from '../src/vmm/host';
 import { bootLinux, type LinuxVm } from '../src/vmm/linux';
 import { runMain } from './run-main';
@@ -56,6 +57,7 @@ async function main(): Promise<number> {
     `kernel ${kernelPath}, initrd ${existsSync(initrdPath) ? initrdPath : '(none)'}, ${memSize >>> 20} MiB${process.env.HUGEPAGES === '1' ? ' (private, THP)' : ''}`,
   );
   console.log(`cmdline: ${cmdline}`);
+  console.log(await hostSummary());
   console.log('VMM: bootLinux() (worker runtime, 16550A with IRQ 4, i8042, CMOS, emulation fallbacks)');
 
   const t0 = process.hrtime.bigint();
