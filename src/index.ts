@@ -12,10 +12,12 @@ export type { KvmErrorOptions } from './abi/errors';
 import { kvm as constants } from './abi/kvm-constants';
 export { ioctls, kvm as constants } from './abi/kvm-constants';
 export * from './abi/layouts';
+export type { FieldDef, Scalar, StructDef } from './abi/codec';
 export type { IoctlBackend, IoctlArg, MmapFlags } from './backend/types';
 export { NativeBackend } from './backend/native';
 export { Kvm } from './wrappers/kvm';
 export type { BackendOptions } from './wrappers/kvm';
+export type { Closeable } from './wrappers/fd';
 export { VmFd } from './wrappers/vm-fd';
 export type { UserMemoryRegion } from './wrappers/vm-fd';
 export { VcpuFd } from './wrappers/vcpu-fd';
@@ -94,16 +96,19 @@ export type {
   PreparedKernel,
   PrepareKernelOptions,
 } from './vmm/boot';
-export type { PhysWriter } from './vmm/elf';
+export type { ElfKernel, ElfSegment, PhysWriter } from './vmm/elf';
+export type { BzImage, PayloadFormat } from './vmm/bzimage';
 export { cpioNewc } from './vmm/cpio';
 export type { CpioEntry } from './vmm/cpio';
 export type { BootLinuxOptions, LinuxOutcome, LinuxVm } from './vmm/linux';
-export type { LinuxDeviceStage } from './vmm/linux-devices';
+export type { LinuxDeviceStage, LinuxResetCause } from './vmm/linux-devices';
 export { runDemo } from './vmm/demo';
 export type { DemoOptions, DemoOutcome } from './vmm/demo';
 export { BootImageError } from './vmm/errors';
+export type { BootImageErrorCode } from './vmm/errors';
 export { hostVirtualization, stockKernelCmdline } from './vmm/host';
 export { enterLongMode, LONG_MODE_TABLES } from './vmm/long-mode';
 export { enterRealMode } from './vmm/real-mode';
 export type { HostVirtualization } from './vmm/host';
 export { EmulationFailureError } from './vmm/emulation-fallback';
+export type { EmulationFallbackStats } from './vmm/emulation-fallback';
