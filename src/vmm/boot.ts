@@ -175,7 +175,12 @@ export interface PrepareKernelOptions {
  * Recognises a kernel image (ELF vmlinux or bzImage) and prepares it for loading. A bzImage whose
  * payload is an uncompressed ELF is loaded as that ELF (its setup header is kept for the zero page).
  *
- * @example `const k = prepareKernel(readFileSync('.guest/vmlinux')); k.entry // 0x1000000`
+ * @example
+ * ```ts
+ * import { readFileSync } from 'node:fs';
+ * const k = prepareKernel(readFileSync('.guest/vmlinux'));
+ * k.entry; // 0x1000000
+ * ```
  * @throws {@link BootImageError} `ERR_KVM_BAD_KERNEL` / `ERR_KVM_UNSUPPORTED_KERNEL` with details
  */
 export function prepareKernel(image: Uint8Array, options: PrepareKernelOptions = {}): PreparedKernel {
@@ -273,7 +278,12 @@ function fromElf(image: Uint8Array, elf: ElfKernel): PreparedKernel {
  * Where the initrd goes: page aligned, as high as possible below both the end of RAM and
  * `initrd_addr_max`, and above the kernel.
  *
- * @example `placeInitrd(2_000_000, 256 << 20, 0x7fffffff, kernelEnd) // 0xfe17000`
+ * @example
+ * ```ts
+ * // @ts-setup: declare const kernel: PreparedKernel; // from prepareKernel()
+ * // A 2 MB initrd in 256 MiB of RAM, above the kernel: 0xfe17000 for a vmlinux (limit 0x7fffffff)
+ * const addr = placeInitrd(2_000_000, 256 << 20, kernel.initrdAddrMax, kernel.high);
+ * ```
  * @throws {@link BootImageError} `ERR_KVM_BAD_INITRD` when it is empty or does not fit
  */
 export function placeInitrd(size: number, memSize: number, initrdAddrMax: number, kernelEnd: number): number {
@@ -304,7 +314,12 @@ export interface ZeroPageInput {
  * for a vmlinux: boot flag, "HdrS", protocol 2.15), loader type 0xff, LOADED_HIGH | CAN_USE_HEAP,
  * command line pointer, ramdisk image/size, and the e820 table.
  *
- * @example `mem.write(0x7000n, buildZeroPage({ memSize, cmdlineAddr: 0x20000, cmdlineSize: 100 }))`
+ * @example
+ * ```ts
+ * const memSize = 256 << 20; // guest RAM, in bytes
+ * const zeroPage = buildZeroPage({ memSize, cmdlineAddr: BOOT_LAYOUT.cmdline, cmdlineSize: 100 });
+ * vm.guestMemory.write(BigInt(BOOT_LAYOUT.zeroPage), zeroPage); // at guest-physical 0x7000
+ * ```
  */
 export function buildZeroPage(input: ZeroPageInput): Uint8Array {
   checkObject('input', input);
@@ -590,13 +605,22 @@ export function setupBootVcpu(kvm: Kvm, vcpu: VcpuFd, entry: number, lapic = tru
 /**
  * Builds a one-vCPU VM that boots Linux in 64-bit mode: `KVM_SET_TSS_ADDR`,
  * `KVM_SET_IDENTITY_MAP_ADDR`, `KVM_CREATE_IRQCHIP`, `KVM_CREATE_PIT2`, one RAM slot at 0, the guest
- * layout ({@link layoutGuest}) and vCPU 0 ({@link setupBootVcpu}). Run `machine.vcpu` afterwards;
- * the guest's port I/O (serial console, i8042 reset) is the caller's to handle.
+ * layout (kernel, zero page, command line, initrd, GDT and page tables: `layoutGuest` in
+ * `src/vmm/boot.ts`) and vCPU 0 in long mode at the kernel's entry (`setupBootVcpu`). Run
+ * `machine.vcpu` afterwards; the guest's port I/O (serial console, i8042 reset) is the caller's to
+ * handle, e.g. with the {@link legacyPc} stage.
  *
  * @example
  * ```ts
- * using m = createLinuxMachine(kvm, { kernel: readFileSync('vmlinux'), cmdline: 'console=ttyS0 panic=-1' });
- * for (;;) { const exit = m.vcpu.run(); … }
+ * import { readFileSync } from 'node:fs';
+ * import { takeWhile } from 'rxjs';
+ * using m = createLinuxMachine(kvm, { kernel: readFileSync('vmlinux'), cmdline: 'console=ttyS0 panic=-1 reboot=k' });
+ * const pc = legacyPc({ com1: { onTx: (b) => process.stdout.write(b), irq: (l) => m.vm.setIrqLine(4, l) } });
+ * const openBus = (e: VcpuExit) => (/^(Io|Mmio)/.test(e.kind) ? 'ignore' : 'error'); // probes of absent devices
+ * // Runs until the guest resets through the i8042 (the stage completes) or triple-faults.
+ * const outcome = await runInThread(m.vcpu, (exits$) =>
+ *   exits$.pipe(pc, takeWhile((e) => e.kind !== 'Shutdown'), failOnUnhandled({ policy: openBus })),
+ * );
  * ```
  * @throws {@link BootImageError} `ERR_KVM_BAD_KERNEL`/`ERR_KVM_UNSUPPORTED_KERNEL`/`ERR_KVM_BAD_INITRD`
  *   (checked before any VM is created); {@link KvmError} from the ioctls; `RangeError` for bad sizes

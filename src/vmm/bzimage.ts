@@ -71,7 +71,7 @@ export interface BzImage {
   xloadflags: number;
   /** Whether the kernel has a 64-bit entry point (`XLF_KERNEL_64`). */
   has64BitEntry: boolean;
-  /** The 64-bit entry when loaded at {@link BZIMAGE_LOAD_ADDRESS}: 0x100200. */
+  /** The 64-bit entry when the protected-mode kernel is loaded at 1 MiB (`BZIMAGE_LOAD_ADDRESS`): 0x100200. */
   entry64: number;
   kernelAlignment: number;
   relocatable: boolean;
@@ -116,6 +116,7 @@ export function isBzImage(image: Uint8Array): boolean {
  *
  * @example
  * ```ts
+ * import { readFileSync } from 'node:fs';
  * const bz = parseBzImage(readFileSync('vmlinuz'));
  * bz.payloadFormat; // 'lz4' for Debian's cloud kernel
  * ```

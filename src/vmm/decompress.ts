@@ -74,7 +74,12 @@ function lz4Block(src: Uint8Array, start: number, end: number, out: Uint8Array, 
  * Decodes an LZ4 legacy frame followed by the 4-byte little-endian uncompressed size the kernel's
  * build appends (what `lz4 -dc` prints "Error 1" about, after writing everything).
  *
- * @example `const vmlinux = lz4Legacy(bzImagePayload(parseBzImage(readFileSync('vmlinuz'))))`
+ * @example
+ * ```ts
+ * // @ts-setup: declare const bz: BzImage; // a parsed bzImage (parseBzImage in src/vmm/bzimage.ts)
+ * const payload = bz.protectedMode.subarray(bz.payloadOffset, bz.payloadOffset + bz.payloadLength);
+ * const vmlinux = bz.payloadFormat === 'lz4' ? lz4Legacy(payload) : undefined; // an ELF vmlinux
+ * ```
  * @throws {@link BootImageError} `ERR_KVM_BAD_KERNEL` for a bad magic, a truncated or corrupt
  *   block, or an output whose size differs from the trailer
  */

@@ -70,6 +70,7 @@ function u64(view: DataView, at: number, what: string): number {
  *
  * @example
  * ```ts
+ * import { readFileSync } from 'node:fs';
  * const k = parseElf(readFileSync('vmlinux'));
  * k.entry; // 0x1000000 for a Debian vmlinux
  * ```
@@ -190,7 +191,12 @@ export interface PhysWriter {
  * Copies the PT_LOAD segments of `image` to their physical addresses and zeroes their BSS.
  *
  * @param ramEnd - one past the highest guest RAM address; segments must end below it
- * @example `loadElf(bytes, parseElf(bytes), vm.guestMemory, 256 << 20);`
+ * @example
+ * ```ts
+ * import { readFileSync } from 'node:fs';
+ * const bytes = readFileSync('vmlinux');
+ * loadElf(bytes, parseElf(bytes), vm.guestMemory, 256 << 20); // guest RAM: 256 MiB from 0
+ * ```
  * @throws {@link BootImageError} `ERR_KVM_BAD_KERNEL` when a segment does not fit in guest RAM
  */
 export function loadElf(image: Uint8Array, kernel: ElfKernel, memory: PhysWriter, ramEnd: number): void {

@@ -141,6 +141,7 @@ export function readGuestVirtual(
  * @param memory - guest memory (default `vcpu.vm.guestMemory`)
  * @example
  * ```ts
+ * const stats = emulationFallbackStats(); // counts the fallbacks applied, by instruction
  * const exit = vcpu.run();
  * if (exit.kind === 'InternalError') handleEmulationFailure(vcpu, exit, stats);
  * ```

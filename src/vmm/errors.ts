@@ -18,7 +18,13 @@ export type BootImageErrorCode = 'ERR_KVM_BAD_KERNEL' | 'ERR_KVM_BAD_INITRD' | '
  *
  * @example
  * ```ts
- * try { parseElf(bytes); } catch (e) { if (e instanceof BootImageError) console.error(e.detail); }
+ * import { readFileSync } from 'node:fs';
+ * try {
+ *   prepareKernel(readFileSync('vmlinux'));
+ * } catch (e) {
+ *   if (!(e instanceof BootImageError)) throw e;
+ *   console.error(e.code, e.detail); // e.g. ERR_KVM_BAD_KERNEL the file is empty
+ * }
  * ```
  */
 export class BootImageError extends Error {

@@ -62,11 +62,13 @@ export interface LinuxDevicesOptions {
  * @example
  * ```ts
  * // my-devices.ts: a register at port 0x510 that reads 0x5a and reports writes
- * export default (exits$: Observable<VcpuExit>, ctx: VcpuContext) =>
+ * import { onIoIn, onIoOut, type LinuxDeviceStage } from 'kvm-rx';
+ * const devices: LinuxDeviceStage = (exits$, ctx) =>
  *   exits$.pipe(
  *     onIoIn(0x510, () => 0x5a),
  *     onIoOut(0x510, (exit) => ctx.emit('mydev', exit.data[0])),
  *   );
+ * export default devices;
  * ```
  */
 export type LinuxDeviceStage = (exits$: Observable<VcpuExit>, ctx: VcpuContext) => Observable<VcpuExit>;
@@ -155,7 +157,16 @@ function untilGuestStops(ctx: VcpuContext): MonoTypeOperatorFunction<VcpuExit> {
  *
  * @example
  * ```ts
- * runtime.start(vcpu, { pipeline: require.resolve('kvm-rx/dist/src/vmm/linux-devices'), pipelineOptions: { memSize } });
+ * // @ts-setup: declare const machine: LinuxMachine; // from createLinuxMachine()
+ * import { dirname, join } from 'node:path';
+ * // What bootLinux() runs: this module (next to the package's entry point) in the vCPU's thread.
+ * const pipeline = join(dirname(require.resolve('kvm-rx')), 'vmm/linux-devices.js');
+ * const options: LinuxDevicesOptions = { memSize: machine.memSize }; // for the CMOS
+ * const runtime = new VcpuRuntime({ maxVcpus: 1 });
+ * const run = runtime.start(machine.vcpu, { pipeline, pipelineOptions: options });
+ * run.events$.subscribe(({ channel, data }) => {
+ *   if (channel === 'tx') process.stdout.write(data as Uint8Array); // COM1 output
+ * });
  * ```
  */
 export default function linuxDevices(exits$: Observable<VcpuExit>, ctx: VcpuContext): Observable<never> {

@@ -86,7 +86,11 @@ export interface LinuxVm {
    * Calls a method of the running vCPU on its own thread, between two exits (see `VcpuRun.call`):
    * where the guest is, what it sees. Rejects with `ERR_KVM_CLOSED` once the VM has ended.
    *
-   * @example `const { rip } = await vm.call('getRegs');`
+   * @example
+   * ```ts
+   * // @ts-setup: declare const linux: LinuxVm; // what bootLinux() returned
+   * const { rip } = await linux.call('getRegs');
+   * ```
    */
   call: VcpuRun['call'];
   /** Stops the VM; resolves with the outcome. */
@@ -106,6 +110,7 @@ function pipelinePath(): string {
  *
  * @example
  * ```ts
+ * import { readFileSync } from 'node:fs';
  * const vm = bootLinux({ kernel: readFileSync('vmlinux'), cmdline: 'console=ttyS0 panic=-1 reboot=k', output: (b) => process.stdout.write(b) });
  * process.stdin.on('data', (b) => vm.send(b));
  * const outcome = await vm.done; // { reason: 'reset', resetBy: 'i8042', exits: 31712, … }

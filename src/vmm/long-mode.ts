@@ -33,8 +33,10 @@ export const LONG_MODE_TABLES: ReadonlyArray<{ readonly what: string; readonly a
  *
  * @example
  * ```ts
- * mem.bytes.set([0x48, 0xb8, ...u64le(0x1122334455667788n), 0xe6, 0x10, 0xf4], 0x100000); // movabs rax; out 0x10, al; hlt
- * vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });                  // 2 MiB at 0
+ * const mem = GuestMemory.anonymous(2 << 20);
+ * // movabs rax, 0x1122334455667788; out 0x10, al; hlt
+ * mem.bytes.set([0x48, 0xb8, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0xe6, 0x10, 0xf4], 0x100000);
+ * vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem }); // 2 MiB at 0
  * const vcpu = enterLongMode(vm.createVcpu(0), { rip: 0x100000n, rsp: 0x80000n });
  * vcpu.run(); // { kind: 'IoOut', port: 0x10, data: [0x88] }
  * ```
