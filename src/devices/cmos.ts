@@ -300,6 +300,7 @@ export class Cmos implements PortDevice {
  *
  * @example
  * ```ts
+ * // @ts-setup: declare const vmRamBytes: number; // the size of the guest's RAM, in bytes
  * exits$.pipe(cmos({ memorySize: vmRamBytes }), untilHalt());
  * ```
  *

@@ -116,7 +116,10 @@ export class DebugPorts implements PortDevice {
  *
  * @example
  * ```ts
- * exits$.pipe(debugPorts({ onDebugOutput: (b) => ctx.emit('debugcon', b) }), untilHalt());
+ * // A worker pipeline: the debug console's bytes to the main thread's `run.events$`.
+ * const pipeline: VcpuPipeline = (exits$, ctx) =>
+ *   exits$.pipe(debugPorts({ onDebugOutput: (b) => ctx.emit('debugcon', b) }), untilHalt());
+ * export default pipeline;
  * ```
  *
  * @param options - see {@link DebugPortsOptions}

@@ -46,6 +46,7 @@ export interface I8042Options {
  *
  * @example
  * ```ts
+ * // @ts-setup: declare function restartVm(): void; // what your VMM does on a guest reboot
  * const kbc = i8042({ onReset: () => console.log('guest reboot') });
  * const outcome = await runInThread(vcpu, (exits$) => exits$.pipe(kbc, untilHalt()));
  * if (kbc.device.resetRequested) restartVm();
@@ -137,7 +138,10 @@ export class I8042 implements PortDevice {
  *
  * @example
  * ```ts
- * exits$.pipe(i8042({ onReset: () => ctx.emit('reset', null) }), untilHalt(), failOnUnhandled());
+ * // A worker pipeline: tell the main thread about a guest reset.
+ * const pipeline: VcpuPipeline = (exits$, ctx) =>
+ *   exits$.pipe(i8042({ onReset: () => ctx.emit('reset', null) }), untilHalt(), failOnUnhandled());
+ * export default pipeline;
  * ```
  *
  * @param options - see {@link I8042Options}

@@ -106,7 +106,7 @@ function invalidTypeOverlap(port: number): never {
  * @example
  * ```ts
  * // A worker pipeline: serial output to the main thread, IRQ 4 on the in-kernel PIC.
- * export default (exits$, ctx) =>
+ * const pipeline: VcpuPipeline = (exits$, ctx) =>
  *   exits$.pipe(
  *     legacyPc({
  *       com1: { onTx: (b) => ctx.emit('com1', b), irq: (l) => ctx.vm.setIrqLine(4, l) },
@@ -116,6 +116,7 @@ function invalidTypeOverlap(port: number): never {
  *     untilHalt(),
  *     failOnUnhandled(),
  *   );
+ * export default pipeline;
  * ```
  *
  * @param options - see {@link LegacyPcOptions}

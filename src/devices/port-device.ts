@@ -106,6 +106,12 @@ export function performIo(device: PortDevice, exit: VcpuExit): void {
  *
  * @example
  * ```ts
+ * // A device at ports 0x510–0x511 that reads as 0xff and logs what the guest writes.
+ * const myDevice: PortDevice = {
+ *   ports: [[0x510, 0x511]],
+ *   ioRead: () => 0xff,
+ *   ioWrite: (port, size, value) => console.log(`out ${size} byte(s) at 0x${port.toString(16)}: ${value}`),
+ * };
  * const stage = deviceStage(myDevice);
  * exits$.pipe(stage, failOnUnhandled());
  * ```

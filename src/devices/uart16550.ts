@@ -436,10 +436,11 @@ export class Uart16550 implements PortDevice {
  * @example
  * ```ts
  * // In a worker pipeline: forward TX to the main thread.
- * export default (exits$, ctx) => {
+ * const pipeline: VcpuPipeline = (exits$, ctx) => {
  *   const com1 = uart16550({ onTx: (bytes) => ctx.emit('com1', bytes), irq: (l) => ctx.vm.setIrqLine(4, l) });
  *   return exits$.pipe(com1, untilHalt(), failOnUnhandled());
  * };
+ * export default pipeline;
  * ```
  *
  * @param options - see {@link Uart16550Options}
