@@ -40,6 +40,7 @@ export interface ConsoleOptions {
  *
  * @example
  * ```ts
+ * const ac = new AbortController();
  * const con = attachConsole({ onQuit: () => ac.abort() });
  * runDemo({ output: (b) => (con.noteOutput(), process.stdout.write(b)), onStart: (send) => con.connect(send) });
  * ```

@@ -473,7 +473,7 @@ export async function checkHost(options: CheckHostOptions = {}): Promise<HostRep
         'netns',
         'network namespaces',
         'pass',
-        `a throw-away namespace was created (unshare ${args.join(' ')}); ip netns ${ip ? 'available' : 'missing (iproute2 not installed)'}`,
+        `a throw-away namespace was created (unshare ${args.join(' ')}); ip ${ip ? 'found (for ip netns)' : 'missing: install iproute2 for ip netns'}`,
       );
     else
       c.add(
