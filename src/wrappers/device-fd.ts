@@ -18,9 +18,13 @@ export type { DeviceAttr } from './device-attr';
  *
  * @example
  * ```ts
+ * import { openSync } from 'node:fs';
+ * import { constants } from 'kvm-rx';
+ * const groupFd = openSync('/dev/vfio/12', 'r+'); // the VFIO group of the device to assign
  * const dev = vm.createDevice({ type: constants.KVM_DEV_TYPE_VFIO, flags: 0 })!;
- * dev.hasDeviceAttr({ group: constants.KVM_DEV_VFIO_GROUP, attr: constants.KVM_DEV_VFIO_GROUP_ADD });
- * dev.setDeviceAttr({ group: 1, attr: 1, value: new Int32Array([groupFd]) });
+ * const add = { group: constants.KVM_DEV_VFIO_GROUP, attr: constants.KVM_DEV_VFIO_GROUP_ADD };
+ * dev.hasDeviceAttr(add);
+ * dev.setDeviceAttr({ ...add, value: new Int32Array([groupFd]) });
  * ```
  */
 
@@ -66,7 +70,16 @@ export class DeviceFd extends FdOwner {
 
   /**
    * `KVM_SET_DEVICE_ATTR`: the kernel reads the attribute from `attr.value`.
-   * @example `dev.setDeviceAttr({ group: 1, attr: 1, value: new Int32Array([groupFd]) });`
+   * @example
+   * ```ts
+   * // @ts-setup: declare const groupFd: number; // an open /dev/vfio/<group> fd
+   * import { constants } from 'kvm-rx';
+   * dev.setDeviceAttr({
+   *   group: constants.KVM_DEV_VFIO_GROUP,
+   *   attr: constants.KVM_DEV_VFIO_GROUP_ADD,
+   *   value: new Int32Array([groupFd]),
+   * });
+   * ```
    * @throws {@link KvmError} ENXIO (unknown attribute), EFAULT (no `value`), EINVAL, EBADF, …
    */
   setDeviceAttr(attr: DeviceAttr): void {
