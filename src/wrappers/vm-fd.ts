@@ -300,8 +300,9 @@ export class VmFd extends FdOwner {
    *
    * @example
    * ```ts
+   * const popcount = (w: bigint): number => [...w.toString(2)].filter((b) => b === '1').length;
    * const bitmap = vm.getDirtyLog(0, 0x4000);
-   * const dirty = bitmap.reduce((n, w) => n + popcount(w), 0);
+   * const dirty = bitmap.reduce((n, w) => n + popcount(w), 0); // pages written since the last call
    * ```
    * @throws {@link KvmError} ENOENT (no such slot, or the slot does not log), EINVAL (bad slot id)
    */
@@ -686,7 +687,12 @@ export class VmFd extends FdOwner {
   /**
    * `KVM_IRQFD` with `KVM_IRQFD_FLAG_RESAMPLE`: level-triggered; the kernel signals `resamplefd`
    * when the guest EOIs, so the device can re-assert. Needs the full in-kernel irqchip.
-   * @example `vm.registerIrqfdWithResample(evt, resample, 5);`
+   * @example
+   * ```ts
+   * import { EventFd } from 'kvm-rx';
+   * using resample = new EventFd(); // the kernel writes it when the guest EOIs GSI 5
+   * vm.registerIrqfdWithResample(evt, resample, 5);
+   * ```
    * @throws {@link KvmError} EINVAL (no or split irqchip), EBUSY, EBADF
    */
   registerIrqfdWithResample(fd: EventFd, resamplefd: EventFd, gsi: number): void {
@@ -815,7 +821,18 @@ export class VmFd extends FdOwner {
   /**
    * `KVM_MEMORY_ENCRYPT_OP` with an opaque command buffer (kvm-ioctls' unsafe `encrypt_op`): the
    * kernel reads and writes `op`'s bytes, and any pointers inside them.
-   * @example `vm.encryptOp(new Uint8Array(structBytes(kvm_sev_cmd, { id: 0 })));`
+   * @example
+   * ```ts
+   * import { openSync } from 'node:fs';
+   * import { kvm_sev_cmd } from 'kvm-rx';
+   * const sevFd = openSync('/dev/sev', 'r+');
+   * const op = new Uint8Array(kvm_sev_cmd.size); // a struct kvm_sev_cmd
+   * const view = new DataView(op.buffer);
+   * view.setUint32(kvm_sev_cmd.fields.id.offset, 0, true); // KVM_SEV_INIT
+   * view.setUint32(kvm_sev_cmd.fields.sevFd.offset, sevFd, true);
+   * vm.encryptOp(op);
+   * const error = view.getUint32(kvm_sev_cmd.fields.error.offset, true); // the SEV firmware error
+   * ```
    * @throws {@link KvmError} ENOTTY (no SEV/TDX on this host), EINVAL, EFAULT
    */
   encryptOp(op: ArrayBufferView): number {
@@ -826,7 +843,12 @@ export class VmFd extends FdOwner {
   /**
    * `KVM_MEMORY_ENCRYPT_OP` with a `kvm_sev_cmd` (`encrypt_op_sev`). Returns the command as the
    * kernel left it (`error` holds the SEV firmware error).
-   * @example `const { error } = vm.encryptOpSev({ id: 0, sevFd }); // id 0: KVM_SEV_INIT`
+   * @example
+   * ```ts
+   * import { openSync } from 'node:fs';
+   * const sevFd = openSync('/dev/sev', 'r+');
+   * const { error } = vm.encryptOpSev({ id: 0, sevFd }); // id 0: KVM_SEV_INIT
+   * ```
    * @throws {@link KvmError} ENOTTY (no SEV on this host), EINVAL, EFAULT
    */
   encryptOpSev(cmd: Partial<KvmSevCmd>): KvmSevCmd {
@@ -861,7 +883,13 @@ export class VmFd extends FdOwner {
   /**
    * `KVM_ARM_PREFERRED_TARGET`: the `kvm_vcpu_init` to pass to `VcpuFd#vcpuInit` for this host's
    * CPU (target set, features zero). aarch64 only (experimental).
-   * @example `const init = vm.getPreferredTarget(); init.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2; vcpu.vcpuInit(init);`
+   * @example
+   * ```ts
+   * import { arm64 } from 'kvm-rx';
+   * const init = vm.getPreferredTarget();
+   * init.features[0] |= 1 << arm64.KVM_ARM_VCPU_PSCI_0_2;
+   * vcpu.vcpuInit(init);
+   * ```
    * @throws {@link KvmError} ENODEV (no preferred target); ENOTTY on x86
    */
   getPreferredTarget(): KvmVcpuInit {
@@ -871,7 +899,16 @@ export class VmFd extends FdOwner {
   /**
    * `KVM_SET_DEVICE_ATTR` on the VM fd (arm64: the SMCCC filter, `KVM_ARM_VM_SMCCC_CTRL`).
    * kvm-ioctls 0.24, aarch64 (experimental here).
-   * @example `vm.setDeviceAttr({ group: KVM_ARM_VM_SMCCC_CTRL, attr: KVM_ARM_VM_SMCCC_FILTER, addr: filterBytes });`
+   * @example
+   * ```ts
+   * import { arm64 } from 'kvm-rx';
+   * // struct kvm_smccc_filter { u32 base; u32 nr_functions; u8 action; u8 pad[15] }
+   * const filter = new DataView(new ArrayBuffer(24));
+   * filter.setUint32(0, 0xc200_0000, true); // base: the SMC64 SiP service calls
+   * filter.setUint32(4, 0x1_0000, true); // nr_functions
+   * filter.setUint8(8, 2); // action: KVM_SMCCC_FILTER_FWD_TO_USER
+   * vm.setDeviceAttr({ group: arm64.KVM_ARM_VM_SMCCC_CTRL, attr: arm64.KVM_ARM_VM_SMCCC_FILTER, value: filter });
+   * ```
    * @throws {@link KvmError} ENXIO (unknown attribute), EFAULT (bad `addr`), EEXIST, EBUSY; ENOTTY on x86
    */
   setDeviceAttr(attr: DeviceAttr): void {
@@ -883,7 +920,11 @@ export class VmFd extends FdOwner {
 
   /**
    * `KVM_HAS_DEVICE_ATTR` on the VM fd: succeeds when the attribute exists.
-   * @example `vm.hasDeviceAttr({ group: KVM_ARM_VM_SMCCC_CTRL, attr: KVM_ARM_VM_SMCCC_FILTER })`
+   * @example
+   * ```ts
+   * import { arm64 } from 'kvm-rx';
+   * vm.hasDeviceAttr({ group: arm64.KVM_ARM_VM_SMCCC_CTRL, attr: arm64.KVM_ARM_VM_SMCCC_FILTER });
+   * ```
    * @throws {@link KvmError} ENXIO when it does not; ENOTTY on x86
    */
   hasDeviceAttr(attr: DeviceAttr): void {
