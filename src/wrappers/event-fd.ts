@@ -50,10 +50,13 @@ interface Waiter {
  *
  * @example
  * ```ts
+ * import { EventFd, IoEventAddress, NoDatamatch } from 'kvm-rx';
  * using evt = new EventFd();
  * vm.registerIrqfd(evt, 4);
- * evt.write(1n);                       // raises GSI 4
- * const n = await kick.readAsync();    // wait for an ioeventfd without blocking
+ * evt.write(1n); // raises GSI 4
+ * using kick = new EventFd();
+ * vm.registerIoevent(kick, IoEventAddress.pio(0xf4), NoDatamatch);
+ * const n = await kick.readAsync(); // waits for a guest write to port 0xf4 without blocking
  * ```
  */
 export class EventFd extends FdOwner {
@@ -106,7 +109,16 @@ export class EventFd extends FdOwner {
 
   /**
    * Takes the counter (or 1 in semaphore mode) without blocking (`read(2)` of 8 bytes).
-   * @example `try { n = evt.read(); } catch (e) { if (e.code !== 'EAGAIN') throw e; }`
+   * @example
+   * ```ts
+   * import { KvmError } from 'kvm-rx';
+   * let n = 0n;
+   * try {
+   *   n = evt.read();
+   * } catch (e) {
+   *   if (!(e instanceof KvmError) || e.code !== 'EAGAIN') throw e; // EAGAIN: the counter was 0
+   * }
+   * ```
    * @throws {@link KvmError} EAGAIN when the counter is 0; `ERR_KVM_CLOSED` after close
    */
   read(): bigint {
