@@ -59,6 +59,7 @@ export abstract class FamCollection<T> {
   /** @internal */
   protected abstract readonly spec: FamSpec<T>;
 
+  /** @internal The subclasses (`CpuId`, `Msrs`, `MsrList`, `RegList`) pass their kernel layout. */
   protected constructor(entries: Iterable<T>, spec: FamSpec<T>) {
     if (entries === null || typeof entries !== 'object' || typeof entries[Symbol.iterator] !== 'function') {
       invalidValue('entries', 'must be an array (or iterable) of entries', entries);
@@ -234,7 +235,15 @@ export class CpuId extends FamCollection<KvmCpuidEntry2> {
     super(entries as Iterable<KvmCpuidEntry2>, CPUID_SPEC);
   }
 
-  /** Decodes `struct kvm_cpuid2` bytes (`nent`, then the entries). @example `CpuId.decode(bytes)` */
+  /**
+   * Decodes `struct kvm_cpuid2` bytes (`nent`, then the entries).
+   * @example
+   * ```ts
+   * import { CpuId, KVM_MAX_CPUID_ENTRIES } from 'kvm-rx';
+   * const bytes = kvm.getSupportedCpuid(KVM_MAX_CPUID_ENTRIES).encode(); // e.g. kept in a snapshot
+   * const cpuid = CpuId.decode(bytes);
+   * ```
+   */
   static decode(bytes: Uint8Array): CpuId {
     return new CpuId().load(bytes);
   }
@@ -244,7 +253,15 @@ export class CpuId extends FamCollection<KvmCpuidEntry2> {
     return this.load(bytes);
   }
 
-  /** `push` for an entry with defaults. @example `cpuid.push({ function: 1, eax: 0x806e9 })` */
+  /**
+   * `push` for an entry with defaults.
+   * @example
+   * ```ts
+   * import { CpuId } from 'kvm-rx';
+   * const cpuid = new CpuId([{ function: 0, eax: 1 }]);
+   * cpuid.push({ function: 1, eax: 0x806e9 }); // index, flags, ebx, ecx, edx: 0
+   * ```
+   */
   override push(entry: CpuIdEntryInput): this {
     return super.push(entry as KvmCpuidEntry2);
   }
@@ -272,7 +289,17 @@ export class Msrs extends FamCollection<KvmMsrEntry> {
     super([...checkIterable(entries)].map(withData), MSRS_SPEC);
   }
 
-  /** Decodes `struct kvm_msrs` bytes. @example `Msrs.decode(bytes)` */
+  /**
+   * Decodes `struct kvm_msrs` bytes.
+   * @example
+   * ```ts
+   * import { Msrs } from 'kvm-rx';
+   * const saved = new Msrs([{ index: 0x174 }, { index: 0x175 }]);
+   * vcpu.getMsrs(saved);
+   * const bytes = saved.encode(); // e.g. kept in a snapshot
+   * vcpu.setMsrs(Msrs.decode(bytes));
+   * ```
+   */
   static decode(bytes: Uint8Array): Msrs {
     return new Msrs().load(bytes);
   }
@@ -282,7 +309,15 @@ export class Msrs extends FamCollection<KvmMsrEntry> {
     return this.load(bytes, this.entries.length);
   }
 
-  /** `push` with `data` defaulting to 0n. @example `msrs.push({ index: 0x10 })` */
+  /**
+   * `push` with `data` defaulting to 0n.
+   * @example
+   * ```ts
+   * import { Msrs } from 'kvm-rx';
+   * const msrs = new Msrs();
+   * msrs.push({ index: 0x10 }); // IA32_TIME_STAMP_COUNTER, data 0n
+   * ```
+   */
   override push(entry: MsrEntryInput): this {
     return super.push(withData(entry));
   }
@@ -317,7 +352,15 @@ export class MsrList extends FamCollection<number> {
     super(indices, MSR_LIST_SPEC);
   }
 
-  /** Decodes `struct kvm_msr_list` bytes. @example `MsrList.decode(bytes)` */
+  /**
+   * Decodes `struct kvm_msr_list` bytes.
+   * @example
+   * ```ts
+   * import { MsrList } from 'kvm-rx';
+   * const bytes = kvm.getMsrIndexList().encode(); // e.g. kept with a snapshot
+   * const list = MsrList.decode(bytes);
+   * ```
+   */
   static decode(bytes: Uint8Array): MsrList {
     return new MsrList().load(bytes);
   }
@@ -350,7 +393,17 @@ export class RegList extends FamCollection<bigint> {
     this.capacity = isCapacity ? capacityOrIds : this.entries.length;
   }
 
-  /** Decodes `struct kvm_reg_list` bytes. @example `RegList.decode(bytes)` */
+  /**
+   * Decodes `struct kvm_reg_list` bytes.
+   * @example
+   * ```ts
+   * import { RegList } from 'kvm-rx';
+   * const list = new RegList(500);
+   * vcpu.getRegList(list);
+   * const bytes = list.encode(); // e.g. kept with a snapshot
+   * const ids = RegList.decode(bytes).entries;
+   * ```
+   */
   static decode(bytes: Uint8Array): RegList {
     const r = new RegList().load(bytes);
     r.capacity = r.entries.length;
