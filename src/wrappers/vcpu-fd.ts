@@ -338,7 +338,12 @@ export class VcpuFd extends FdOwner {
 
   /**
    * `KVM_SET_SREGS`. Take the object from {@link getSregs} and change what you need.
-   * @example `vcpu.setSregs(sregs);`
+   * @example
+   * ```ts
+   * const sregs = vcpu.getSregs();
+   * sregs.cr0 |= 1n; // CR0.PE: protected mode
+   * vcpu.setSregs(sregs);
+   * ```
    * @throws {@link KvmError}; `TypeError`/`RangeError` for bad fields
    */
   setSregs(sregs: KvmSregs): void {
@@ -457,7 +462,11 @@ export class VcpuFd extends FdOwner {
 
   /**
    * `KVM_GET_LAPIC`: the 1 KiB local APIC register page. Needs the in-kernel irqchip.
-   * @example `const apicId = dv(vcpu.getLapic().regs).getUint32(0x20, true) >>> 24;`
+   * @example
+   * ```ts
+   * const { regs } = vcpu.getLapic();
+   * const apicId = new DataView(regs.buffer, regs.byteOffset, regs.byteLength).getUint32(0x20, true) >>> 24;
+   * ```
    * @throws {@link KvmError} EINVAL (no in-kernel irqchip)
    */
   getLapic(): KvmLapicState {
@@ -481,7 +490,11 @@ export class VcpuFd extends FdOwner {
   /**
    * `KVM_GET_MP_STATE`: `KVM_MP_STATE_RUNNABLE` (0), `_UNINITIALIZED` (1, an AP with the
    * in-kernel irqchip), `_HALTED` (3), …
-   * @example `if (vcpu.getMpState().mpState === constants.KVM_MP_STATE_HALTED) …`
+   * @example
+   * ```ts
+   * import { constants } from 'kvm-rx';
+   * const halted = vcpu.getMpState().mpState === constants.KVM_MP_STATE_HALTED; // waits for an interrupt
+   * ```
    * @throws {@link KvmError}
    */
   getMpState(): KvmMpState {
@@ -613,7 +626,11 @@ export class VcpuFd extends FdOwner {
   /**
    * `KVM_SET_GUEST_DEBUG`: single-stepping and hardware breakpoints (`control` is
    * `KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP | …`; `arch.debugreg` are DR0–7).
-   * @example `vcpu.setGuestDebug({ control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP });`
+   * @example
+   * ```ts
+   * import { constants } from 'kvm-rx';
+   * vcpu.setGuestDebug({ control: constants.KVM_GUESTDBG_ENABLE | constants.KVM_GUESTDBG_SINGLESTEP });
+   * ```
    * @throws {@link KvmError} EINVAL (unknown control bits)
    */
   setGuestDebug(debug: { control: number; arch?: { debugreg: bigint[] } }): void {
@@ -687,8 +704,11 @@ export class VcpuFd extends FdOwner {
    * The buffer's `size` field is reset to its byte length first, so the kernel never writes past it.
    * @example
    * ```ts
+   * import { writeFileSync } from 'node:fs';
+   * import { KvmNestedStateBuffer } from 'kvm-rx';
    * const buf = new KvmNestedStateBuffer();
-   * if (vcpu.nestedState(buf) !== undefined) save(buf.bytes);
+   * const size = vcpu.nestedState(buf);
+   * if (size !== undefined) writeFileSync('nested-state.bin', buf.bytes.subarray(0, size));
    * ```
    * @throws {@link KvmError} EINVAL (`KVM_CAP_NESTED_STATE` = 0: no nested virtualization), E2BIG
    */
@@ -702,7 +722,14 @@ export class VcpuFd extends FdOwner {
 
   /**
    * `KVM_SET_NESTED_STATE` from `buffer` (its `size` bytes).
-   * @example `vcpu.setNestedState(buf);`
+   * @example
+   * ```ts
+   * import { readFileSync } from 'node:fs';
+   * import { KvmNestedStateBuffer } from 'kvm-rx';
+   * const buf = new KvmNestedStateBuffer();
+   * buf.bytes.set(readFileSync('nested-state.bin')); // saved from nestedState(); its header holds the size
+   * vcpu.setNestedState(buf);
+   * ```
    * @throws {@link KvmError} EINVAL; `RangeError` if `buffer.size` exceeds its byte length
    */
   setNestedState(buffer: KvmNestedStateBuffer): void {
@@ -854,7 +881,13 @@ export class VcpuFd extends FdOwner {
    * Takes the oldest entry off the coalesced MMIO ring (and advances `first`), or returns
    * `undefined` when it is empty. Entries are the writes the kernel absorbed for zones registered
    * with `VmFd#registerCoalescedMmio`.
-   * @example `for (let e; (e = vcpu.coalescedMmioRead()); ) bus.write(e.physAddr, e.data.subarray(0, e.len));`
+   * @example
+   * ```ts
+   * // @ts-setup: declare const bus: { write(addr: bigint, data: Uint8Array): void }; // the VMM's MMIO dispatch
+   * for (let e = vcpu.coalescedMmioRead(); e !== undefined; e = vcpu.coalescedMmioRead()) {
+   *   bus.write(e.physAddr, e.data.subarray(0, e.len));
+   * }
+   * ```
    * @throws {@link KvmError} EIO when the ring is not mapped (as kvm-ioctls)
    */
   coalescedMmioRead(): KvmCoalescedMmio | undefined {
@@ -898,7 +931,11 @@ export class VcpuFd extends FdOwner {
   /**
    * `KVM_ARM_VCPU_FINALIZE`: finalizes a configurable feature (today only `KVM_ARM_VCPU_SVE`)
    * after `vcpuInit`. aarch64 only (experimental).
-   * @example `vcpu.vcpuFinalize(KVM_ARM_VCPU_SVE);`
+   * @example
+   * ```ts
+   * import { arm64 } from 'kvm-rx';
+   * vcpu.vcpuFinalize(arm64.KVM_ARM_VCPU_SVE);
+   * ```
    * @throws {@link KvmError} ENOEXEC (before `vcpuInit`), EPERM (already finalized), EINVAL
    *   (feature not enabled, or on x86)
    */
@@ -937,7 +974,13 @@ export class VcpuFd extends FdOwner {
    * `KVM_SET_ONE_REG`: writes one register from the first `regSize(id)` bytes of `data`
    * (little-endian). aarch64 and riscv64 (experimental here).
    * @returns the register size in bytes
-   * @example `vcpu.setOneReg(ARM64_REG_PC, u64le(0x40080000n));`
+   * @example
+   * ```ts
+   * import { arm64 } from 'kvm-rx';
+   * const pc = new Uint8Array(8);
+   * new DataView(pc.buffer).setBigUint64(0, 0x4008_0000n, true);
+   * vcpu.setOneReg(arm64.ARM64_REG_PC, pc); // 8
+   * ```
    * @throws {@link KvmError} EINVAL when `data` is shorter than `regSize(id)` (checked before the
    *   ioctl, as kvm-ioctls), or for an id the kernel rejects; ENOENT (no such register)
    */
@@ -951,7 +994,11 @@ export class VcpuFd extends FdOwner {
   /**
    * `KVM_GET_ONE_REG`: reads one register. With `data`, fills its first `regSize(id)` bytes and
    * returns the size (kvm-ioctls' form); without, returns a new buffer of `regSize(id)` bytes.
-   * @example `const pc = new DataView(vcpu.getOneReg(ARM64_REG_PC).buffer).getBigUint64(0, true);`
+   * @example
+   * ```ts
+   * import { arm64 } from 'kvm-rx';
+   * const pc = new DataView(vcpu.getOneReg(arm64.ARM64_REG_PC).buffer).getBigUint64(0, true);
+   * ```
    * @throws {@link KvmError} EINVAL when `data` is shorter than `regSize(id)` (local check) or for
    *   an id the kernel rejects; ENOENT (no such register)
    */
@@ -981,7 +1028,16 @@ export class VcpuFd extends FdOwner {
 
   /**
    * `KVM_SET_DEVICE_ATTR` on the vCPU fd (arm64: PMU, timer IRQs, PV time; x86: TSC offset).
-   * @example `vcpu.setDeviceAttr({ group: KVM_ARM_VCPU_PVTIME_CTRL, attr: KVM_ARM_VCPU_PVTIME_IPA, addr: new BigUint64Array([ipa]) });`
+   * @example
+   * ```ts
+   * import { arm64 } from 'kvm-rx';
+   * const ipa = 0x9000_0000n; // guest-physical address of this vCPU's 64-byte stolen-time record
+   * vcpu.setDeviceAttr({
+   *   group: arm64.KVM_ARM_VCPU_PVTIME_CTRL,
+   *   attr: arm64.KVM_ARM_VCPU_PVTIME_IPA,
+   *   value: new BigUint64Array([ipa]),
+   * });
+   * ```
    * @throws {@link KvmError} ENXIO (unknown group/attribute), EFAULT (bad `addr`), EINVAL, EBUSY
    */
   setDeviceAttr(attr: DeviceAttr): void {
@@ -993,7 +1049,11 @@ export class VcpuFd extends FdOwner {
 
   /**
    * `KVM_HAS_DEVICE_ATTR` on the vCPU fd: succeeds when the attribute exists.
-   * @example `vcpu.hasDeviceAttr({ group: KVM_ARM_VCPU_PMU_V3_CTRL, attr: KVM_ARM_VCPU_PMU_V3_INIT })`
+   * @example
+   * ```ts
+   * import { arm64 } from 'kvm-rx';
+   * vcpu.hasDeviceAttr({ group: arm64.KVM_ARM_VCPU_PMU_V3_CTRL, attr: arm64.KVM_ARM_VCPU_PMU_V3_INIT });
+   * ```
    * @throws {@link KvmError} ENXIO when the attribute does not exist
    */
   hasDeviceAttr(attr: DeviceAttr): void {
