@@ -98,7 +98,7 @@ export function loadAddon(): NativeAddon {
 export class NativeBackend implements IoctlBackend {
   readonly kind = 'native' as const;
   readonly pageSize: number;
-  /** The raw addon (for the ABI table and the runtime's worker). */
+  /** @internal The raw addon (for the ABI table and the runtime's worker); not public API. */
   readonly addon: NativeAddon;
 
   constructor(addon: NativeAddon = loadAddon()) {

@@ -20,3 +20,4 @@ export { enterRealMode } from './real-mode';
 export { enterLongMode } from '../vmm/long-mode';
 export type { Replay } from './replay';
 export type { RecordedExit } from '../runtime/recording';
+export type { MockMapping } from '../backend/mock/state';
