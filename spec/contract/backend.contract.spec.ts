@@ -83,17 +83,13 @@ describe.each(contractBackends())('backend contract: %s', (_name, make) => {
       () => vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x10000n }),
       () => vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0x10000n }),
     ]) {
-      let err: unknown;
-      try {
-        call();
-      } catch (e) {
-        err = e;
-      }
-      expect(err).toMatchObject({
-        name: 'TypeError',
-        code: 'ERR_INVALID_ARG_VALUE',
-        message: 'region.memory is required (pass memorySize: 0 to delete the slot)',
-      });
+      expect(call).toThrow(
+        expect.objectContaining({
+          name: 'TypeError',
+          code: 'ERR_INVALID_ARG_VALUE',
+          message: 'region.memory is required (pass memorySize: 0 to delete the slot)',
+        }),
+      );
     }
     // the refused calls deleted nothing: the slot still backs its range
     expect(vm.guestMemory.find(0x10000n)?.region.memory).toBe(a);

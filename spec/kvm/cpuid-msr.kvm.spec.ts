@@ -6,10 +6,9 @@
 import { ARM64_REG_PC, KVM_ARM_TARGET_GENERIC_V8, KVM_ARM_VCPU_SVE } from '../../src/abi/arm64';
 import { ioctls } from '../../src/abi/kvm-constants';
 import { CpuId, famBuffer, famCount, RegList } from '../../src/wrappers/fam';
-import { GuestMemory } from '../../src/wrappers/guest-memory';
 import { Kvm } from '../../src/wrappers/kvm';
 import { describeKvm, expectKvmError } from '../helpers/kvm';
-import { enterRealMode } from '../../src/testing/real-mode';
+import { realModeGuest } from '../helpers/real-mode-guest';
 
 describeKvm('cpuid/msr on the real kernel', () => {
   let kvm: Kvm;
@@ -39,14 +38,10 @@ describeKvm('cpuid/msr on the real kernel', () => {
   });
 
   it('setCpuid2 after the first KVM_RUN: identical leaves are accepted, different ones are EINVAL', () => {
-    const vm = kvm.createVm();
-    const mem = GuestMemory.anonymous(0x4000);
-    owned.push(mem);
-    mem.write(0, [0xf4]); // 0x1000: hlt
-    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x1000n, memory: mem });
-    const vcpu = vm.createVcpu(0);
+    const guest = realModeGuest([0xf4]); // 0x1000: hlt
+    owned.push(guest);
+    const { vcpu } = guest;
     vcpu.setCpuid2(kvm.getSupportedCpuid(256));
-    enterRealMode(vcpu, { rip: 0x1000n });
     expect(vcpu.run().kind).toBe('Hlt');
     const stored = vcpu.getCpuid2(256);
     vcpu.setCpuid2(stored); // identical to what the vCPU holds

@@ -9,10 +9,8 @@ import { errnoOf } from '../../src/abi/errors';
 import { ioctls } from '../../src/abi/kvm-constants';
 import { kvm_run } from '../../src/abi/layouts';
 import { nativeBackend } from '../../src/backend/native';
-import { GuestMemory } from '../../src/wrappers/guest-memory';
-import { Kvm } from '../../src/wrappers/kvm';
 import { describeKvm } from '../helpers/kvm';
-import { enterRealMode } from '../../src/testing/real-mode';
+import { realModeGuest } from '../helpers/real-mode-guest';
 
 // The worker loads the addon itself (each thread needs its own instance and its own view of
 // kvm_run) and runs KVM_RUN on the vCPU fd until it is interrupted.
@@ -36,13 +34,8 @@ parentPort.postMessage({ errno, elapsed, immediateExitSeen: ie });
 
 describeKvm('vCPU kick (immediate_exit + real-time signal)', () => {
   it('interrupts a guest spinning in `jmp $` on another thread with EINTR', async () => {
-    using mem = GuestMemory.anonymous(0x1000);
-    using kvm = new Kvm();
-    using vm = kvm.createVm();
-    mem.bytes.set([0xeb, 0xfe]); // jmp $
-    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x0n, memory: mem });
-    const vcpu = vm.createVcpu(0);
-    enterRealMode(vcpu, { rip: 0n });
+    using guest = realModeGuest([0xeb, 0xfe]); // jmp $
+    const { vcpu } = guest;
     const run = vcpu.getKvmRun();
     const worker = new Worker(WORKER, {
       eval: true,
