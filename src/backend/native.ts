@@ -101,6 +101,11 @@ export class NativeBackend implements IoctlBackend {
   /** @internal The raw addon (for the ABI table and the runtime's worker); not public API. */
   readonly addon: NativeAddon;
 
+  /** Loads the native addon (once per thread). */
+  constructor();
+  /** @internal With a given addon object instead of the loaded one. */
+  // eslint-disable-next-line @typescript-eslint/unified-signatures -- two signatures so that TypeDoc hides the internal one (NativeAddon is not public API)
+  constructor(addon: NativeAddon);
   constructor(addon: NativeAddon = loadAddon()) {
     this.addon = addon;
     this.pageSize = addon.pageSize();
