@@ -111,6 +111,6 @@ export { enterLongMode, LONG_MODE_TABLES } from './vmm/long-mode';
 export { enterRealMode } from './vmm/real-mode';
 export type { HostVirtualization } from './vmm/host';
 export { checkHost, hostSummary, formatReport, reportJson, RELIED_ON_CAPS } from './vmm/doctor';
-export type { CheckHostOptions, CheckStatus, HostCheck, HostFacts, HostReport } from './vmm/doctor';
+export type { CapNeed, CheckHostOptions, CheckStatus, HostCheck, HostFacts, HostReport } from './vmm/doctor';
 export { EmulationFailureError } from './vmm/emulation-fallback';
 export type { EmulationFallbackStats } from './vmm/emulation-fallback';

@@ -12,7 +12,7 @@ import { spawnSync } from 'node:child_process';
 import { closeSync, constants as fsConstants, existsSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { KvmError } from '../abi/errors';
 import { kvm as K } from '../abi/kvm-constants';
-import { checkBool, checkInt, checkObject, checkString } from '../abi/validate';
+import { checkBool, checkInt, checkObject, checkString, invalidType, invalidValue } from '../abi/validate';
 import { VcpuRuntime } from '../runtime/pool';
 import { Cap } from '../wrappers/cap';
 import { EventFd } from '../wrappers/event-fd';
@@ -98,7 +98,7 @@ export interface CheckHostOptions {
 }
 
 /** A capability kvm-rx relies on, and what its absence disables. */
-interface CapNeed {
+export interface CapNeed {
   name: keyof typeof Cap;
   /** `true`: kvm-rx's VMs (`kvm-rx run`, `kvm-rx boot`, the runtime) do not work without it. */
   required: boolean;
@@ -697,15 +697,24 @@ export async function hostSummary(options: CheckHostOptions = {}): Promise<strin
  * what was found), the remedy indented under it, and the summary at the end.
  *
  * @example `process.stdout.write(formatReport(await checkHost()))`
- * @throws `TypeError` (`ERR_INVALID_ARG_TYPE`) when `report` is not an object
+ * @throws `TypeError` (`ERR_INVALID_ARG_TYPE`) when `report` is not an object, its `checks` not
+ *   an array of objects or its `summary` not a string; `ERR_INVALID_ARG_VALUE` for an unknown status
  */
 export function formatReport(report: HostReport): string {
   checkObject('report', report);
+  if (!Array.isArray(report.checks)) invalidType('report.checks', 'an array', report.checks);
+  if (typeof report.summary !== 'string') invalidType('report.summary', 'of type string', report.summary);
   const lines: string[] = [];
-  for (const ch of report.checks) {
-    lines.push(`${MARK[ch.status]} ${ch.title}: ${ch.detail}`);
-    if (ch.remedy !== undefined) lines.push(`       remedy: ${ch.remedy}`);
-  }
+  report.checks.forEach((ch: unknown, i) => {
+    checkObject(`report.checks[${i}]`, ch);
+    const { status, title, detail, remedy } = ch as Record<string, unknown>;
+    if (typeof status !== 'string' || !Object.hasOwn(MARK, status))
+      invalidValue(`report.checks[${i}].status`, "must be 'pass', 'warn', 'fail' or 'skip'", status);
+    lines.push(
+      `${MARK[status as CheckStatus]} ${checkString(`report.checks[${i}].title`, title)}: ${checkString(`report.checks[${i}].detail`, detail)}`,
+    );
+    if (remedy !== undefined) lines.push(`       remedy: ${checkString(`report.checks[${i}].remedy`, remedy)}`);
+  });
   lines.push('', report.summary);
   return `${lines.join('\n')}\n`;
 }
@@ -714,9 +723,19 @@ export function formatReport(report: HostReport): string {
  * The report as JSON (bigints, if any, as decimal strings).
  *
  * @example `JSON.parse(reportJson(await checkHost())).ok`
- * @throws `TypeError` (`ERR_INVALID_ARG_TYPE`) when `report` is not an object
+ * @throws `TypeError` (`ERR_INVALID_ARG_TYPE`) when `report` is not an object;
+ *   `ERR_INVALID_ARG_VALUE` when it contains a cycle
  */
 export function reportJson(report: HostReport): string {
   checkObject('report', report);
-  return `${JSON.stringify(report, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n`;
+  let json: string;
+  try {
+    json = JSON.stringify(report, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2);
+  } catch (e) {
+    // A cycle: JSON's own TypeError, said as an argument error. Anything else (a getter that
+    // throws) is the caller's own error and propagates.
+    if (e instanceof TypeError && /circular/i.test(e.message)) invalidValue('report', 'must not contain cycles');
+    throw e;
+  }
+  return `${json}\n`;
 }
