@@ -10,11 +10,10 @@ import { UnhandledExitError } from '../../src/runtime/errors';
 import { untilHalt } from '../../src/runtime/operators/untilHalt';
 import { onIoOut } from '../../src/runtime/operators/onIoOut';
 import { VcpuRuntime } from '../../src/runtime/pool';
-import { GuestMemory } from '../../src/wrappers/guest-memory';
 import { Kvm } from '../../src/wrappers/kvm';
 import type { VcpuFd } from '../../src/wrappers/vcpu-fd';
-import { enterRealMode } from '../../src/vmm/real-mode';
 import { describeKvm } from '../helpers/kvm';
+import { realModeGuest, type RealModeGuest } from '../helpers/real-mode-guest';
 
 const MODULES = join(__dirname, '../fixtures/modules');
 const GUEST_ADDR = 0x1000n;
@@ -36,8 +35,8 @@ const kvmFds = (): string[] =>
 
 describeKvm('the runtime layer', () => {
   let runtime: VcpuRuntime;
+  let guest: RealModeGuest;
   let kvm: Kvm;
-  let mem: GuestMemory;
   let vcpu: VcpuFd;
   beforeAll(() => {
     runtime = new VcpuRuntime({ maxVcpus: 1 });
@@ -46,17 +45,10 @@ describeKvm('the runtime layer', () => {
     await runtime.close();
   });
   beforeEach(() => {
-    kvm = new Kvm();
-    const vm = kvm.createVm();
-    mem = GuestMemory.anonymous(0x2000);
-    mem.bytes.set(GUEST);
-    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: GUEST_ADDR, memory: mem });
-    vcpu = enterRealMode(vm.createVcpu(0), { rip: GUEST_ADDR });
+    guest = realModeGuest(GUEST, { guestPhysAddr: GUEST_ADDR, memSize: 0x2000 });
+    ({ kvm, vcpu } = guest);
   });
-  afterEach(() => {
-    kvm.close();
-    mem.close();
-  });
+  afterEach(() => guest.close());
 
   describe('pipeline modules load the ways users write them', () => {
     it.each([
