@@ -30,7 +30,7 @@
  *
  * Not fuzzed, on purpose (the unsafe seam, like kvm-ioctls' `unsafe fn`s): the backend's raw
  * syscalls (`NativeBackend`: raw fds, addresses, ioctl numbers and pointers), adopting raw fds or
- * addresses (`Kvm.fromRawFd`, `new Kvm(opts, fd)`, `createVmfdFromRawfd`, `createVcpuFromRawfd`,
+ * addresses (`Kvm.fromRawFd`, `DeviceFd.fromRawFd`, `new Kvm(opts, fd)`, `createVmfdFromRawfd`, `createVcpuFromRawfd`,
  * `VmFd.borrow`, `borrowVcpu`, `VcpuFd.borrowed`, `GuestMemory.borrow`, `KvmRunWrapper.mmapFromFd`,
  * the `VmFd`/`VcpuFd`/`DeviceFd`/`GuestMemfd` constructors) and the TypeScript-`protected`/
  * `@internal` members (`ioctl`, `getStruct`, `onClosed`, `adopt`, `setOwner`, `attachRun`, `whenEnded`, `kick`, `GuestMemory#retain`, `KvmRunWrapper#pin`).
@@ -85,6 +85,7 @@ const UNSAFE_MEMBERS = new Set([
 ]);
 const UNSAFE_STATICS = new Set([
   'Kvm.fromRawFd',
+  'DeviceFd.fromRawFd',
   'VmFd.borrow',
   'VcpuFd.borrowed',
   'GuestMemory.borrow',
@@ -600,6 +601,17 @@ const fdTargets = (): string[] =>
       return '?';
     }
   });
+/** What fds 0, 1 and 2 refer to, as one string. */
+const stdioTargets = (): string =>
+  [0, 1, 2]
+    .map((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`);
+      } catch {
+        return 'closed';
+      }
+    })
+    .join(', ');
 
 // ---------------------------------------------------------------- watchdog
 
@@ -665,6 +677,9 @@ async function main(): Promise<void> {
   await closePool(buildPool(backend));
   summary.fds.before = fdCount();
   const fds0 = fdTargets();
+  // A call that closed stdin/stdout/stderr would make the next pipe or spawn get fd 0-2, which
+  // libuv asserts on (SIGABRT, with nothing on stderr): check them after every batch instead.
+  const stdio0 = stdioTargets();
 
   const record = (label: string, outcome: { returned: true } | { error: unknown }) => {
     if ('returned' in outcome) {
@@ -753,6 +768,9 @@ async function main(): Promise<void> {
     spawned.length = 0;
     spawnedLists.push(spawned);
     await closePool(pool);
+    const stdio = stdioTargets();
+    if (stdio !== stdio0)
+      throw new Error(`stdio fds changed in calls ${done}..${done + n - 1}: ${stdio0} became ${stdio}`);
     done += n;
     batch++;
   }
