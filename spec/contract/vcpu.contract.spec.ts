@@ -5,6 +5,7 @@
  */
 import { ioctls, kvm as K } from '../../src/abi/kvm-constants';
 import type { IoctlBackend } from '../../src/backend/types';
+import { enterRealMode } from '../../src/vmm/real-mode';
 import { Kvm } from '../../src/wrappers/kvm';
 import { KvmNestedStateBuffer, SyncReg, Xsave, type VcpuFd } from '../../src/wrappers/vcpu-fd';
 import type { VmFd } from '../../src/wrappers/vm-fd';
@@ -31,6 +32,52 @@ describe.each(contractBackends())('vCPU contract: %s', (_name, make) => {
     backend.ioctl(v.asRawFd(), ioctls.KVM_CREATE_IRQCHIP);
     return v;
   };
+
+  it('setRegs takes a whole kvm_regs: a register left out is ERR_INVALID_ARG_TYPE naming it, and nothing is written', () => {
+    const before = { ...vcpu.getRegs(), rax: 0x1111n, rbx: 0x2222n, rip: 0x1000n, rflags: 2n };
+    vcpu.setRegs(before);
+    const names = Object.keys(before) as Array<keyof typeof before>;
+    expect(names).toHaveLength(18); // rax … r15, rip, rflags
+    for (const name of names) {
+      const { [name]: _left, ...partial } = before;
+      for (const regs of [partial, { ...before, [name]: undefined }]) {
+        let thrown: unknown;
+        try {
+          vcpu.setRegs(regs as never);
+        } catch (e) {
+          thrown = e;
+        }
+        expect(thrown).toBeInstanceOf(TypeError);
+        expect(thrown).toMatchObject({
+          code: 'ERR_INVALID_ARG_TYPE',
+          message: expect.stringContaining(
+            `"regs.${name}" argument must be a bigint or a safe integer. Received undefined`,
+          ),
+        });
+        expect((thrown as Error).message).toContain('{ ...vcpu.getRegs(), … }');
+      }
+    }
+    // The partial call from the newcomer trial: the first register in kvm_regs order is named.
+    expect(() => vcpu.setRegs({ rip: 0x2000n } as never)).toThrow(/"regs\.rax" argument/);
+    expectCode(() => vcpu.setRegs(undefined as never), 'TypeError', 'ERR_INVALID_ARG_TYPE');
+    expectCode(() => vcpu.setRegs({ ...before, bogus: 1n } as never), 'TypeError', 'ERR_INVALID_ARG_VALUE');
+    const after = vcpu.getRegs(); // no failed call reached KVM_SET_REGS
+    expect({ rax: after.rax, rbx: after.rbx, rip: after.rip }).toEqual({ rax: 0x1111n, rbx: 0x2222n, rip: 0x1000n });
+    vcpu.setRegs({ ...after, rip: 0x3000n }); // the documented pattern changes one register
+    expect(vcpu.getRegs()).toEqual({ ...after, rip: 0x3000n });
+  });
+
+  it('enterRealMode keeps its zero fill: registers it is not given (or given as undefined) become 0', () => {
+    vcpu.setRegs({ ...vcpu.getRegs(), rax: 0x11n, rbx: 0x22n, r15: 0x33n, rsp: 0x44n });
+    enterRealMode(vcpu, { rip: 0x1000n, rax: undefined, rbx: 5n });
+    const regs = vcpu.getRegs();
+    expect(regs).toEqual({
+      ...Object.fromEntries(Object.keys(regs).map((k) => [k, 0n])),
+      rip: 0x1000n,
+      rbx: 5n,
+      rflags: 2n,
+    });
+  });
 
   it('FPU: fcw 0x37f at reset; fcw, fsw, x87 and xmm registers round-trip', () => {
     const fpu = vcpu.getFpu();

@@ -79,7 +79,7 @@ describe('handleEmulationFailure on the mock', () => {
   /** Puts `code` at 0x1000 (paging off: the mock translates 1:1), sets RIP there, runs to the failure. */
   function failAt(code: number[], data: bigint[] = [], rflags = 2n): InternalErrorExit {
     mem.bytes.set(code, 0x1000);
-    vcpu.setRegs({ rip: 0x1000n, rflags, rax: 7n });
+    vcpu.setRegs({ ...vcpu.getRegs(), rip: 0x1000n, rflags, rax: 7n });
     backend.vcpu(0).script([internalError(K.KVM_INTERNAL_ERROR_EMULATION, data)]);
     const e = vcpu.run();
     if (e.kind !== 'InternalError') throw new Error(e.kind);
@@ -138,7 +138,7 @@ describe('handleEmulationFailure on the mock', () => {
 
   it('other suberrors are errors, not fallbacks', () => {
     mem.bytes.set([0xcc], 0x1000);
-    vcpu.setRegs({ rip: 0x1000n, rflags: 2n });
+    vcpu.setRegs({ ...vcpu.getRegs(), rip: 0x1000n, rflags: 2n });
     backend.vcpu(0).script([internalError(K.KVM_INTERNAL_ERROR_DELIVERY_EV, [0x80000b0en])]);
     const e = vcpu.run() as InternalErrorExit;
     expect(() => handleEmulationFailure(vcpu, e)).toThrow(

@@ -20,6 +20,7 @@ import {
   invalidType,
   invalidValue,
 } from './validate';
+import { KvmTypeError } from './errors';
 import { layouts } from './layouts';
 
 /** A scalar field type. */
@@ -196,6 +197,33 @@ export function encodeStruct(def: StructDef, value: unknown, view: DataView, off
       if (v.length > n) invalidValue(path, `must have at most ${n} elements`, v);
       for (let i = 0; i < v.length; i++) encodeStruct(t, v[i], view, at + i * t.size, `${path}[${i}]`);
     }
+  }
+}
+
+/**
+ * Throws `ERR_INVALID_ARG_TYPE` naming the first settable field of `def` that `value` leaves out
+ * (`undefined`), for ioctls whose argument is a whole struct the kernel overwrites (`KVM_SET_REGS`):
+ * `structBytes` alone would write a missing field as 0. Only the top level is checked; `hint`
+ * ends the message.
+ */
+export function checkComplete(def: StructDef, value: unknown, name: string, hint = ''): void {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) invalidType(name, 'of type object', value);
+  const obj = value as Record<string, unknown>;
+  for (const [key, f] of Object.entries(def.fields)) {
+    if (f.hidden || f.count === 0 || obj[key] !== undefined) continue;
+    const t = resolve(f.type);
+    const expected =
+      typeof t !== 'string'
+        ? 'of type object'
+        : f.count !== undefined
+          ? 'an array'
+          : t === 'u64' || t === 'i64'
+            ? 'a bigint or a safe integer'
+            : 'an integer';
+    throw new KvmTypeError(
+      'ERR_INVALID_ARG_TYPE',
+      `The "${name}.${key}" argument must be ${expected}. Received undefined${hint === '' ? '' : ` (${hint})`}`,
+    );
   }
 }
 

@@ -35,6 +35,7 @@ import {
 import { HOST_DECOMPRESSIBLE, decompressPayload } from './decompress';
 import { hex, badInitrd, badKernel, unsupportedKernel } from './errors';
 import { isElf, loadElf, parseElf, type ElfKernel, type PhysWriter } from './elf';
+import { zeroFilledRegs } from './regs';
 
 /** Guest-physical addresses of the boot structures. */
 export const BOOT_LAYOUT = {
@@ -593,13 +594,15 @@ export function setupBootVcpu(kvm: Kvm, vcpu: VcpuFd, entry: number, lapic = tru
   if (lapic) configureLapic(vcpu);
   vcpu.setSregs(longModeSregs(vcpu.getSregs()));
   vcpu.setFpu({ fcw: 0x37f, mxcsr: 0x1f80 });
-  vcpu.setRegs({
-    rip: BigInt(entry),
-    rsi: BigInt(BOOT_LAYOUT.zeroPage),
-    rsp: BigInt(BOOT_LAYOUT.stackTop),
-    rbp: BigInt(BOOT_LAYOUT.stackTop),
-    rflags: 2n,
-  });
+  vcpu.setRegs(
+    zeroFilledRegs({
+      rip: BigInt(entry),
+      rsi: BigInt(BOOT_LAYOUT.zeroPage),
+      rsp: BigInt(BOOT_LAYOUT.stackTop),
+      rbp: BigInt(BOOT_LAYOUT.stackTop),
+      rflags: 2n,
+    }),
+  );
 }
 
 /**

@@ -11,6 +11,7 @@ import type { RunOutcome } from '../runtime/vcpu-run';
 import { GuestMemory } from '../wrappers/guest-memory';
 import { Kvm } from '../wrappers/kvm';
 import { DEMO_GUEST, DEMO_GUEST_ADDR } from './demo-guest';
+import { zeroFilledRegs } from './regs';
 
 /** The end of the demo guest's banner: from then on it takes input. */
 const DEMO_READY = 'Ctrl-A x quits.\r\n';
@@ -63,7 +64,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoOutcome> {
     sregs.cs.base = 0n;
     sregs.cs.selector = 0;
     vcpu.setSregs(sregs);
-    vcpu.setRegs({ rip: DEMO_GUEST_ADDR, rflags: 2n });
+    vcpu.setRegs(zeroFilledRegs({ rip: DEMO_GUEST_ADDR, rflags: 2n }));
     const run = runtime.start(vcpu, {
       pipeline: join(__dirname, `demo-devices${extname(__filename)}`),
       signal: options.signal,

@@ -8,6 +8,7 @@ import type { KvmRegs } from '../abi/layouts';
 import { checkObject, invalidType, invalidValue } from '../abi/validate';
 import { VcpuFd } from '../wrappers/vcpu-fd';
 import { BOOT_LAYOUT, GDT_ENTRIES, longModeSregs, writeLongModeTables } from './boot';
+import { zeroFilledRegs } from './regs';
 
 /** The guest-physical bytes {@link enterLongMode} writes: the GDT and the page tables. */
 export const LONG_MODE_TABLES: ReadonlyArray<{ readonly what: string; readonly addr: number; readonly size: number }> =
@@ -63,6 +64,6 @@ export function enterLongMode(vcpu: VcpuFd, regs: Partial<KvmRegs> & { rip: bigi
   const sregs = longModeSregs(vcpu.getSregs()); // ERR_KVM_CLOSED / ERR_KVM_VCPU_RUNNING before any write
   writeLongModeTables(memory);
   vcpu.setSregs(sregs);
-  vcpu.setRegs({ rflags: 2n, ...regs });
+  vcpu.setRegs(zeroFilledRegs({ rflags: 2n, ...regs }));
   return vcpu;
 }

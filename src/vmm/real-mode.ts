@@ -6,6 +6,7 @@
 import type { KvmRegs } from '../abi/layouts';
 import { checkObject, invalidType } from '../abi/validate';
 import { VcpuFd } from '../wrappers/vcpu-fd';
+import { zeroFilledRegs } from './regs';
 
 /**
  * Puts `vcpu` in flat real mode (CS base 0, selector 0: linear address = IP) and sets its
@@ -33,6 +34,6 @@ export function enterRealMode(vcpu: VcpuFd, regs: Partial<KvmRegs> & { rip: bigi
   sregs.cs.base = 0n;
   sregs.cs.selector = 0;
   vcpu.setSregs(sregs);
-  vcpu.setRegs({ rflags: 2n, ...regs });
+  vcpu.setRegs(zeroFilledRegs({ rflags: 2n, ...regs }));
   return vcpu;
 }

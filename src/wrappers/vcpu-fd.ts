@@ -5,7 +5,7 @@
  */
 import { arm64Ioctls, kvm_vcpu_init, regSize, type KvmVcpuInit } from '../abi/arm64';
 import { KvmError, errnoOf } from '../abi/errors';
-import { decodeStruct, dv, encodeStruct, structBytes, type StructDef } from '../abi/codec';
+import { checkComplete, decodeStruct, dv, encodeStruct, structBytes, type StructDef } from '../abi/codec';
 import { ioctls, kvm } from '../abi/kvm-constants';
 import {
   kvm_coalesced_mmio,
@@ -318,12 +318,16 @@ export class VcpuFd extends FdOwner {
   }
 
   /**
-   * `KVM_SET_REGS`. Fields left out are written as 0.
+   * `KVM_SET_REGS`: writes every general register, as kvm-ioctls' `set_regs(&kvm_regs)`. It takes
+   * a whole {@link KvmRegs}, not a patch: to change some registers, spread {@link getRegs} and
+   * override them.
    * @example `vcpu.setRegs({ ...vcpu.getRegs(), rip: 0x1000n, rflags: 2n });`
-   * @throws {@link KvmError}; `TypeError`/`RangeError` for bad fields
+   * @throws {@link KvmError}; `TypeError` `ERR_INVALID_ARG_TYPE` naming the first register left
+   *   out (e.g. `regs.rbx`), and `TypeError`/`RangeError` for bad fields, before any ioctl
    */
-  setRegs(regs: Partial<KvmRegs>): void {
+  setRegs(regs: KvmRegs): void {
     this.checkOpen();
+    checkComplete(kvm_regs, regs, 'regs', 'setRegs writes every register: start from { ...vcpu.getRegs(), … }');
     this.ioctl(ioctls.KVM_SET_REGS, structBytes(kvm_regs, regs, 'regs'));
   }
 
