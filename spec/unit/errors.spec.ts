@@ -1,5 +1,7 @@
 import { getSystemErrorName } from 'node:util';
 import { KvmError, errnoOf } from '../../src/abi/errors';
+import { MockBackend } from '../../src/backend/mock/index';
+import { Kvm } from '../../src/wrappers/kvm';
 
 describe('KvmError', () => {
   it('reads like a Node SystemError', () => {
@@ -40,5 +42,24 @@ describe('KvmError', () => {
     }
     expect(err).toBeInstanceOf(KvmError);
     expect(err).toMatchObject({ code: 'ENOENT', syscall: 'open', path: '/nonexistent/kvm' });
+  });
+});
+
+describe('ERR_KVM_VCPU_RUNNING', () => {
+  it("names every way to reach a vCPU that a worker runs: run.call(), the pipeline's ctx.vcpu, stopping", () => {
+    using kvm = new Kvm({ backend: new MockBackend() });
+    const vcpu = kvm.createVm().createVcpu(0);
+    vcpu.setOwner('a VcpuRuntime worker thread'); // what VcpuRuntime#start() does
+    expect(() => vcpu.getRegs()).toThrow(
+      expect.objectContaining({
+        code: 'ERR_KVM_VCPU_RUNNING',
+        message:
+          'VcpuFd 0 is running in a VcpuRuntime worker thread; from the main thread, route the call to it with ' +
+          "run.call(method, ...args), e.g. await run.call('getRegs'); in the pipeline, use ctx.vcpu; " +
+          'or stop the run first',
+      }),
+    );
+    vcpu.setOwner(undefined);
+    expect(vcpu.getRegs().rip).toBeDefined();
   });
 });

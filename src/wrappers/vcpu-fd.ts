@@ -241,7 +241,9 @@ export class VcpuFd extends FdOwner {
     if (this.#owner !== undefined) {
       this.checkOpen();
       const err = new Error(
-        `${this.label} is running in ${this.#owner}; use the pipeline's ctx.vcpu, or stop the run first`,
+        `${this.label} is running in ${this.#owner}; from the main thread, route the call to it with ` +
+          `run.call(method, ...args), e.g. await run.call('getRegs'); in the pipeline, use ctx.vcpu; ` +
+          `or stop the run first`,
       );
       (err as Error & { code: string }).code = 'ERR_KVM_VCPU_RUNNING';
       throw err;
