@@ -69,12 +69,29 @@ export interface RunOutcome {
  *   while subscribed).
  * - `events$`: values the pipeline sent with `ctx.emit(channel, data)`.
  * - `done`: resolves with the {@link RunOutcome}, or rejects with the pipeline's error.
+ *
+ * `monitor$` and `events$` are hot, and neither is ordered against `exits$` (see their own docs).
  */
 export class VcpuRun implements AsyncDisposable {
   readonly vcpu: VcpuFd;
   readonly done: Promise<RunOutcome>;
   readonly exits$: Observable<VcpuExit>;
+  /**
+   * A summary of every exit, wherever it was handled, in guest order. Hot: the worker writes
+   * summaries only while someone is subscribed, so subscribe right after `start()` to see them
+   * all; a later subscriber gets the exits from then on. Not ordered against `exits$`: the
+   * summaries travel through the run's ring, which the main thread reads at its own pace, so a
+   * summary can arrive after the exit it describes, or a later one, reached `exits$` or `next()`.
+   * Completes when the run ends, also when it fails.
+   */
   readonly monitor$: Observable<ExitSummary>;
+  /**
+   * What the pipeline sent with `ctx.emit(channel, data)`, in the order it sent them. Hot: a value
+   * emitted before you subscribe is lost, so subscribe right after `start()`. Not ordered against
+   * `exits$`: events travel on the run's message port while exits travel through shared memory,
+   * so an event the worker pipeline emitted before an exit was handed to this thread can arrive
+   * after that exit. Completes when the run ends (after every emitted value), also when it fails.
+   */
   readonly events$: Observable<{ channel: string; data: unknown }>;
   readonly #ctrl: Int32Array;
   readonly #tid: BigInt64Array;
