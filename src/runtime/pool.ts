@@ -244,10 +244,11 @@ export class VcpuRuntime implements AsyncDisposable {
     }
     const run = new VcpuRun(vcpu, sab, port1, result, options.signal, releaseMemory);
     this.#runs.add(run);
+    const control = new Int32Array(sab, 0, CONTROL_BYTES / 4);
     const release = () => {
       this.#runs.delete(run);
       // A thread that died before its cleanup (process.exit() in a pipeline) left its fds open.
-      if (Atomics.load(new Int32Array(sab, 0, CONTROL_BYTES / 4), ControlWord.fdsClosed) === 0) {
+      if (Atomics.load(control, ControlWord.fdsClosed) === 0) {
         backend.close(vcpuFd);
         backend.close(vmFd);
       }

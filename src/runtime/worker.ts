@@ -295,7 +295,8 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
     vm = VmFd.borrow(backend, task.vmFd, task.runSize);
     const vcpu = vm.borrowVcpu(task.vcpuFd, task.vcpuId);
     callTarget = vcpu;
-    const runBytes = vcpu.getKvmRun().bytes;
+    const kvmRun = vcpu.getKvmRun();
+    const runBytes = kvmRun.bytes;
     const memory = new GuestMemoryMap();
     for (const s of task.slots) {
       const m = GuestMemory.borrow(backend, s.hostAddress, s.size);
@@ -341,7 +342,7 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
         exit = source.next();
       } catch (e) {
         if (e instanceof KvmError && e.code === 'EINTR') {
-          vcpu.getKvmRun().immediateExit = 0;
+          kvmRun.immediateExit = 0;
           if (shared.stopRequested) break;
           continue; // a stray signal: go back into the guest
         }
