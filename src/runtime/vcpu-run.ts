@@ -45,9 +45,22 @@ export interface ExitSummary {
   data?: Uint8Array;
 }
 
-/** How a run ended. */
+/** How a run ended: what `run.done` resolves with (and `runInThread`). */
 export interface RunOutcome {
-  /** `'completed'`: the pipeline completed (e.g. `untilHalt()`); `'stopped'`: stop(), abort or close. */
+  /**
+   * Which action ended the run:
+   *
+   * - `'completed'`: the pipeline completed. In the worker (or `runInThread`): an operator such as
+   *   `untilHalt()` or `stopOn()` completed it, or its Observable completed. On the main thread: the
+   *   last `exits$` subscriber left while an exit was being delivered (an operator completed the
+   *   main-thread pipeline at that exit; the vCPU does not resume).
+   * - `'stopped'`: the run was ended from outside its pipeline: `run.stop()`, an aborted `signal`,
+   *   leaving a `for await` loop over the run or `run.exits()` (`break`, `return` or a throw, even
+   *   right after a `Hlt` exit), `await using`, `runtime.close()`, closing the VM or the vCPU, or the
+   *   last `exits$` subscriber unsubscribing between exits.
+   *
+   * A failed run (a handler's or the pipeline's error, an unhandled exit) rejects `done` instead.
+   */
   reason: 'completed' | 'stopped';
   /** Exits the vCPU took. */
   exits: number;
@@ -473,13 +486,19 @@ export class VcpuRun implements AsyncDisposable {
 
   /**
    * The exits handed to this thread as an async iterable (pull mode), for
-   * `for await (const exit of run.exits()) { … }`. Leaving the loop stops the run.
+   * `for await (const exit of run.exits()) { … }`. Leaving the loop (`break`, `return`, a throw)
+   * stops the run: `done` resolves with `reason: 'stopped'`, even when you leave at a `Hlt`. When
+   * the run ends otherwise, the loop ends by itself and `done` has that end's reason.
    */
   exits(): AsyncIterable<VcpuExit> {
     return { [Symbol.asyncIterator]: () => this[Symbol.asyncIterator]() };
   }
 
-  /** `for await (const exit of run) { … }`: pull mode. Leaving the loop stops the run. */
+  /**
+   * `for await (const exit of run) { … }`: pull mode. Leaving the loop (`break`, `return`, a throw)
+   * stops the run: `done` resolves with `reason: 'stopped'`, even when you leave at a `Hlt`
+   * (`'completed'` comes only from a pipeline that completes).
+   */
   [Symbol.asyncIterator](): AsyncIterator<VcpuExit> {
     return {
       next: () => this.next(),
