@@ -1,7 +1,7 @@
 /**
  * Gates for real-KVM specs: they run wherever /dev/kvm opens, and skip with the reason elsewhere.
  */
-import { openSync, closeSync } from 'node:fs';
+import { existsSync, openSync, closeSync } from 'node:fs';
 import { nativeBackend } from '../../src/backend/native';
 import { MockBackend } from '../../src/backend/mock/index';
 import type { IoctlBackend } from '../../src/backend/types';
@@ -22,6 +22,20 @@ function probe(): { ok: true } | { ok: false; reason: string } {
 
 /** Whether real-KVM specs can run here, and why not. */
 export const kvmAvailable = probe();
+
+/**
+ * Which vendor module runs this host's VMs, by the modules loaded: `'pvm'` (kvm_pvm: no VMX/SVM,
+ * KVM emulates what hardware would run, e.g. real mode and some privileged instructions), `'svm'`
+ * (kvm_amd), `'vmx'` (kvm_intel), `'unknown'`. The specs assert each host's documented behaviour
+ * against this probe where hosts legitimately differ (docs/testing.md, "Host-defined behaviours").
+ */
+export const kvmVendor: 'pvm' | 'svm' | 'vmx' | 'unknown' = existsSync('/sys/module/kvm_pvm')
+  ? 'pvm'
+  : existsSync('/sys/module/kvm_amd')
+    ? 'svm'
+    : existsSync('/sys/module/kvm_intel')
+      ? 'vmx'
+      : 'unknown';
 
 /** `describe` for specs that need /dev/kvm: skipped, with the reason in the title, where it cannot open. */
 export const describeKvm: (name: string, fn: () => void) => void = kvmAvailable.ok

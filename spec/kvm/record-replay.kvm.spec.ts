@@ -3,26 +3,27 @@
  * pipeline must give the same answers.
  */
 import { join } from 'node:path';
-import { GUEST_ADDR, MEM_SIZE, SEED_GUEST, seedVcpu } from '../../examples/seed-example';
+import { GUEST_ADDR, MEM_SIZE, SEED_GUEST } from '../../examples/seed-example';
 import { MockBackend } from '../../src/backend/mock/index';
 import { runInThread } from '../../src/runtime/in-thread';
 import { replayScript } from '../../src/testing/replay';
 import { VcpuRuntime } from '../../src/runtime/pool';
-import { GuestMemory } from '../../src/wrappers/guest-memory';
 import { Kvm } from '../../src/wrappers/kvm';
 import operatorPipeline from '../fixtures/operator-pipeline';
 import { describeKvm } from '../helpers/kvm';
+import { realModeGuest } from '../helpers/real-mode-guest';
 
 describeKvm('record and replay', () => {
   it('replays a recorded run on the mock with the same answers', async () => {
     const runtime = new VcpuRuntime({ maxVcpus: 1 });
-    const mem = GuestMemory.anonymous(MEM_SIZE);
-    const kvm = new Kvm();
+    // the seed example's guest and vCPU: rax 2, rbx 3 on entry
+    const guest = realModeGuest(SEED_GUEST, {
+      guestPhysAddr: GUEST_ADDR,
+      memSize: MEM_SIZE,
+      regs: { rax: 2n, rbx: 3n },
+    });
     try {
-      const vm = kvm.createVm();
-      vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: GUEST_ADDR, memory: mem });
-      mem.bytes.set(SEED_GUEST);
-      const vcpu = seedVcpu(vm);
+      const { vcpu } = guest;
       const outcome = await runtime.start(vcpu, {
         pipeline: join(__dirname, '../fixtures/operator-pipeline.ts'),
         record: true,
@@ -47,8 +48,7 @@ describeKvm('record and replay', () => {
       ]);
       expect(emitted).toEqual(['5', { offset: 0, value: 0 }]);
     } finally {
-      kvm.close();
-      mem.close();
+      guest.close();
       await runtime.close();
     }
   });
