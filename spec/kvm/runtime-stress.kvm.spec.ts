@@ -10,6 +10,7 @@ import { Kvm } from '../../src/wrappers/kvm';
 import type { VcpuFd } from '../../src/wrappers/vcpu-fd';
 import type { VmFd } from '../../src/wrappers/vm-fd';
 import { describeKvm } from '../helpers/kvm';
+import { realModeGuest } from '../helpers/real-mode-guest';
 import { enterRealMode } from '../../src/testing/real-mode';
 
 function realMode(vcpu: VcpuFd, rip: bigint): VcpuFd {
@@ -28,22 +29,20 @@ const COUNT_GUEST = [0xb9, 0xe8, 0x03, 0x88, 0xd8, 0xe6, 0x10, 0xe2, 0xfa, 0xe4,
 /** Runs COUNT_GUEST (BL = `value`) through count-pipeline.ts with `options`, then cleans up. */
 async function countRun(value: bigint, options: StartOptions, setup: (vm: VmFd) => void = () => undefined) {
   const runtime = new VcpuRuntime({ maxVcpus: 1 });
-  const kvm = new Kvm();
-  const mem = GuestMemory.anonymous(0x1000);
+  const guest = realModeGuest(COUNT_GUEST, {
+    guestPhysAddr: 0n,
+    memSize: 0x1000,
+    regs: { rbx: value },
+    beforeVcpu: setup,
+  });
   try {
-    const vm = kvm.createVm();
-    mem.bytes.set(COUNT_GUEST, 0);
-    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
-    setup(vm);
-    const vcpu = realMode(vm.createVcpu(0), 0n);
-    vcpu.setRegs({ ...vcpu.getRegs(), rbx: value });
+    const { vcpu } = guest;
     const run = runtime.start(vcpu, { pipeline: join(__dirname, '../fixtures/count-pipeline.ts'), ...options });
     const counted = firstValueFrom(run.events$);
     const outcome = await run.done;
     return { outcome, counted: await counted, al: vcpu.getRegs().rax & 0xffn };
   } finally {
-    kvm.close();
-    mem.close();
+    guest.close();
     await runtime.close();
   }
 }
@@ -89,15 +88,14 @@ describeKvm('VcpuRuntime under load', () => {
 
   it('reports every exit on monitor$ with where it was handled, and posts writes in order', async () => {
     const runtime = new VcpuRuntime({ maxVcpus: 1 });
-    const kvm = new Kvm();
-    const mem = GuestMemory.anonymous(0x1000);
+    // out %al,$0x10 ; in $0x11,%al ; out %al,$0x10 ; hlt  (al = 7 at start)
+    const guest = realModeGuest([0xe6, 0x10, 0xe4, 0x11, 0xe6, 0x10, 0xf4], {
+      guestPhysAddr: 0n,
+      memSize: 0x1000,
+      regs: { rax: 7n },
+    });
     try {
-      const vm = kvm.createVm();
-      // out %al,$0x10 ; in $0x11,%al ; out %al,$0x10 ; hlt  (al = 7 at start)
-      mem.bytes.set([0xe6, 0x10, 0xe4, 0x11, 0xe6, 0x10, 0xf4]);
-      vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
-      const vcpu = realMode(vm.createVcpu(0), 0n);
-      vcpu.setRegs({ ...vcpu.getRegs(), rax: 7n });
+      const { vcpu } = guest;
       const run = runtime.start(vcpu, { posted: [{ port: 0x10 }] });
       const monitored: string[] = [];
       const handled: string[] = [];
@@ -111,8 +109,7 @@ describeKvm('VcpuRuntime under load', () => {
       expect(handled).toEqual(['out 7', 'IoIn', 'out 9', 'Hlt']);
       expect(monitored).toEqual(['IoOut@posted', 'IoIn@main', 'IoOut@posted', 'Hlt@main']);
     } finally {
-      kvm.close();
-      mem.close();
+      guest.close();
       await runtime.close();
     }
   });
@@ -134,20 +131,18 @@ describeKvm('VcpuRuntime under load', () => {
     expect(r.al).toBe(BigInt(1000 & 0xff));
   });
 
-  it('exits promptly when the process exits with a vCPU inside KVM_RUN', () => {
-    const started = Date.now();
+  it('exits when the process exits with a vCPU inside KVM_RUN', () => {
     const r = spawnSync(
       process.execPath,
       ['-r', 'ts-node/register/transpile-only', join(__dirname, '../fixtures/exit-with-running-vcpu.ts')],
       {
         cwd: join(__dirname, '../..'),
-        timeout: 20_000,
+        timeout: 20_000, // a hang guard (the exit hangs without the exit-time kick), not a speed bound
         encoding: 'utf8',
       },
     );
-    expect(r.signal).toBeNull(); // not killed by the timeout
+    expect(r.signal).toBeNull(); // not killed by the hang guard
     expect(r.stdout).toContain('exiting');
     expect(r.status).toBe(0);
-    expect(Date.now() - started).toBeLessThan(20_000);
   });
 });
