@@ -2,7 +2,7 @@
 # Builds kvm-rx's guest kernel: Debian's linux-source-6.1, `make tinyconfig`, the fragment
 # guest/kernel/kvm-rx.config merged on top (merge_config.sh, then olddefconfig), and checks that
 # every option of the fragment survived. The result is cached outside the clone, keyed by a hash
-# of (fragment, kernel source tarball, this script, compiler version), so later runs and CI reuse
+# of (fragment, kernel source tarball, the recipe version below, compiler version), so later runs and CI reuse
 # it. Progress goes to stderr; the LAST line of stdout is the path of the bzImage (the vmlinux
 # with its symbol table, the .config and the build log are next to it). See docs/guest-kernel.md.
 #
@@ -13,6 +13,9 @@
 #   KVMRX_LINUX_SOURCE        kernel source tarball (default /usr/src/linux-source-6.1.tar.xz)
 #   KVMRX_GUEST_KERNEL_FORCE  1: rebuild even when the cache has this key (the entry is replaced)
 #   TMPDIR                    where the source is unpacked and built (~1.5 GB while building)
+#
+# `--cached`: print the cached image's path if there is one for these inputs, else exit 3 without
+# building or installing anything (how the specs find the kernel).
 set -euo pipefail
 
 script=$(readlink -f "${BASH_SOURCE[0]}")
@@ -25,6 +28,8 @@ log() { echo "guest-kernel: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 [ -f "$fragment" ] || die "config fragment $fragment not found"
+cached_only=0
+if [ "${1:-}" = --cached ]; then cached_only=1; elif [ $# -gt 0 ]; then die "unknown argument: $1 (usage: guest-kernel.sh [--cached])"; fi
 
 # --- Build tools and the kernel source: install what is missing when we may (root, as in CI) ---
 have_libelf() { echo '#include <gelf.h>' | gcc -E -x c - >/dev/null 2>&1; }
@@ -43,6 +48,10 @@ missing_pkgs() {
   echo "${pkgs[*]}"
 }
 missing=$(missing_pkgs)
+if [ -n "$missing" ] && [ "$cached_only" = 1 ]; then
+  [ -f "$tarball" ] || { log "not built: $tarball is missing"; exit 3; }
+  missing=
+fi
 if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     log "installing: $missing"
@@ -63,9 +72,11 @@ sha() { sha256sum "$1" | cut -d' ' -f1; }
 log "hashing the inputs (source tarball $tarball)"
 frag_sha=$(sha "$fragment")
 src_sha=$(sha "$tarball")
-script_sha=$(sha "$script")
+# The build recipe's version: bump it when a change to this script changes what gets built (the
+# configuration or make steps), so that comments and messages do not invalidate the cache.
+recipe=1
 cc_version=$(gcc --version | head -1)
-key=$(printf 'fragment %s\nsource %s\nscript %s\ncc %s\n' "$frag_sha" "$src_sha" "$script_sha" "$cc_version" |
+key=$(printf 'fragment %s\nsource %s\nrecipe %s\ncc %s\n' "$frag_sha" "$src_sha" "$recipe" "$cc_version" |
   sha256sum | cut -c1-16)
 entry=$cache_root/$key
 
@@ -79,6 +90,10 @@ if ! flock -n 9; then
   flock 9
 fi
 
+if [ "$cached_only" = 1 ] && ! complete "$entry"; then
+  log "not built yet for these inputs ($entry): run npm run guest:kernel"
+  exit 3
+fi
 if complete "$entry" && [ "${KVMRX_GUEST_KERNEL_FORCE:-}" != 1 ]; then
   log "cached: $entry ($(sed -n 's/^source_version=//p' "$entry/build-info"), built $(sed -n 's/^built_at=//p' "$entry/build-info"))"
   echo "$entry/bzImage"
@@ -156,7 +171,7 @@ kernel_version=$kver
 source_version=$src_version
 source_sha256=$src_sha
 fragment_sha256=$frag_sha
-script_sha256=$script_sha
+recipe=$recipe
 cc=$cc_version
 jobs=$jobs
 build_seconds=$((end - start))
