@@ -7,13 +7,10 @@ import { runInThread } from '../../src/runtime/in-thread';
 import { legacyPc } from '../../src/devices/legacy-pc';
 import { uart16550 } from '../../src/devices/uart16550';
 import { untilHalt } from '../../src/runtime/operators/untilHalt';
-import { GuestMemory } from '../../src/wrappers/guest-memory';
-import { Kvm } from '../../src/wrappers/kvm';
 import type { VcpuExit } from '../../src/wrappers/vcpu-exit';
 import type { VcpuFd } from '../../src/wrappers/vcpu-fd';
-import type { VmFd } from '../../src/wrappers/vm-fd';
 import { describeKvm } from '../helpers/kvm';
-import { enterRealMode } from '../../src/testing/real-mode';
+import { realModeGuest, type RealModeGuest } from '../helpers/real-mode-guest';
 
 // prettier-ignore
 const HI_THEN_READ = [
@@ -80,24 +77,16 @@ const IRQ_ISR = [
 ];
 
 describeKvm('16550A UART model', () => {
-  let kvm: Kvm;
-  let vm: VmFd;
-  let mem: GuestMemory;
+  let machine: RealModeGuest | undefined;
   afterEach(() => {
-    vm?.close();
-    mem?.close();
-    kvm?.close();
+    machine?.close();
+    machine = undefined;
   });
 
-  /** A real-mode guest at 0x1000 (slot 0x1000–0x5000), cs = 0. */
+  /** A real-mode guest at 0x1000 (slot 0x1000–0x5000), cs = 0, rsp = 0x4000. */
   function guest(code: number[]): VcpuFd {
-    kvm = new Kvm();
-    vm = kvm.createVm();
-    mem = GuestMemory.anonymous(0x4000);
-    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0x1000n, memory: mem });
-    mem.bytes.set(code);
-    const vcpu = vm.createVcpu(0);
-    return enterRealMode(vcpu, { rip: 0x1000n, rax: 0n, rbx: 0n, rsp: 0x4000n });
+    machine = realModeGuest(code, { regs: { rsp: 0x4000n } });
+    return machine.vcpu;
   }
 
   it('transmits "Hi" after polling THRE and receives a byte injected once the guest polls DR', async () => {
@@ -152,16 +141,16 @@ describeKvm('16550A UART model', () => {
     expect(vcpu.getRegs().rbx & 0xffn).toBe(0x7en);
   });
   it('interrupts the guest through the in-kernel PIC (IRQ 4) when a byte arrives, then ends at an i8042 reset', async () => {
-    kvm = new Kvm();
-    vm = kvm.createVm();
-    vm.createIrqChip();
-    mem = GuestMemory.anonymous(0x5000);
-    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
-    mem.bytes.set(IRQ_MAIN, 0x1000);
-    mem.bytes.set(IRQ_ISR, 0x1100);
-    mem.bytes.set([0x00, 0x11, 0x00, 0x00], 12 * 4); // IVT[12] = 0000:1100
-    const vcpu = vm.createVcpu(0);
-    enterRealMode(vcpu, { rip: 0x1000n, rsp: 0x4000n });
+    machine = realModeGuest(IRQ_MAIN, {
+      guestPhysAddr: 0n,
+      codeAt: 0x1000n,
+      memSize: 0x5000,
+      regs: { rsp: 0x4000n },
+      beforeVcpu: (v) => v.createIrqChip(),
+    });
+    const { vm, mem, vcpu } = machine;
+    mem.write(0x1100, IRQ_ISR);
+    mem.write(12 * 4, [0x00, 0x11, 0x00, 0x00]); // IVT[12] = 0000:1100
 
     const levels: boolean[] = [];
     const tx: number[] = [];
