@@ -86,7 +86,7 @@ export * from './devices/index';
 // The VMM: bootLinux at the high level; createLinuxMachine for your own run loop; prepareKernel
 // (recognise, decompress and load a kernel image) and e820Map for your own layout; cpioNewc for
 // initramfs images. (The other building blocks stay in src/vmm/: not public API.)
-export { bootLinux } from './vmm/linux';
+export { bootLinux, VIRTIO_MMIO_BASE, VIRTIO_GSIS } from './vmm/linux';
 export { createLinuxMachine, e820Map, prepareKernel } from './vmm/boot';
 export type {
   BootInfo,

@@ -16,3 +16,38 @@ export { DebugPorts, debugPorts, DEBUGCON_READBACK } from './debug-ports';
 export type { DebugPortsOptions } from './debug-ports';
 export { legacyPc } from './legacy-pc';
 export type { LegacyPcOptions, LegacyPcDevices } from './legacy-pc';
+
+// virtio over MMIO: the transport, split virtqueues, devices.
+export {
+  VirtioMmioReg,
+  VirtioStatus,
+  VirtioFeature,
+  VirtioInterrupt,
+  VIRTIO_MMIO_MAGIC,
+  VIRTIO_MMIO_WINDOW,
+  VIRTIO_MMIO_MAX_QUEUES,
+  VIRTIO_MMIO_MAX_CONFIG,
+  VirtioMmioRegisters,
+  VirtioMmioDeviceState,
+  createVirtioMmioState,
+} from './virtio/mmio-transport';
+export type { VirtioMmioLayout, VirtioMmioShared, VirtioQueueRegisters } from './virtio/mmio-transport';
+export { VirtioMmioDevice } from './virtio/mmio-device';
+export type { VirtioDevice, VirtioDeviceContext, VirtioQueue, VirtioMmioDeviceOptions } from './virtio/mmio-device';
+export { virtioMmio } from './virtio/virtioMmio';
+export {
+  SplitQueue,
+  DescriptorChain,
+  splitQueueSizes,
+  VIRTQ_DESC_F,
+  VIRTQ_AVAIL_F_NO_INTERRUPT,
+  VIRTQ_USED_F_NO_NOTIFY,
+  VIRTQ_MAX_SIZE,
+} from './virtio/split-queue';
+export type { SplitQueueConfig, SplitQueueOptions, Descriptor } from './virtio/split-queue';
+export { VirtqueueError } from './virtio/errors';
+export type { VirtqueueErrorCode, VirtqueueRule } from './virtio/errors';
+export { virtioRng } from './virtio/rng';
+export type { VirtioRngOptions } from './virtio/rng';
+export { virtioConsole } from './virtio/console';
+export type { VirtioConsoleOptions } from './virtio/console';

@@ -31,6 +31,8 @@ import { failOnUnhandled } from '../runtime/operators/failOnUnhandled';
 import { traceExits } from '../runtime/operators/traceExits';
 import type { VcpuExit } from '../wrappers/vcpu-exit';
 import { exportedFunction, registerTypeScript, type VcpuContext } from '../runtime/pipeline';
+import type { VirtioMmioShared } from '../devices/virtio/mmio-transport';
+import { virtioMmio } from '../devices/virtio/virtioMmio';
 import { emulationFallbackStats, handleEmulationFailure, type EmulationFallbackStats } from './emulation-fallback';
 
 /** `ctx.options` of the Linux device pipeline (structured-cloneable). */
@@ -41,6 +43,8 @@ export interface LinuxDevicesOptions {
   trace?: boolean;
   /** COM1's IRQ line on the in-kernel irqchip (default 4); `false` without an irqchip. */
   com1Irq?: number | false;
+  /** The register files of the VM's virtio-mmio devices (`VirtioMmioDevice.shared`), served in this thread. */
+  virtio?: VirtioMmioShared[];
   /** Your device models: a module loaded in the vCPU's thread (see {@link LinuxDeviceStage}). */
   devices?: {
     /** Absolute path of a CommonJS module (or an ES module without top-level await). */
@@ -185,6 +189,7 @@ export default function linuxDevices(exits$: Observable<VcpuExit>, ctx: VcpuCont
   return exits$.pipe(
     exitStats ? traceExits(exitStats) : identity,
     stage ? (source: Observable<VcpuExit>) => stage(source, stageCtx) : identity,
+    options.virtio !== undefined && options.virtio.length > 0 ? virtioMmio(options.virtio) : identity,
     legacyPc({
       com1: {
         ...(irqLine === false ? {} : { irq: (level: boolean) => ctx.vm.setIrqLine(irqLine, level) }),

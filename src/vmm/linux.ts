@@ -12,6 +12,8 @@ import type { ExitStatsSnapshot } from '../runtime/operators/ExitStats';
 import type { VcpuRun } from '../runtime/vcpu-run';
 import { VcpuRuntime, modulePath } from '../runtime/pool';
 import { Kvm } from '../wrappers/kvm';
+import { VirtioMmioDevice, type VirtioDevice } from '../devices/virtio/mmio-device';
+import { KvmRangeError } from '../abi/errors';
 import { createLinuxMachine, type BootInfo, type LinuxMachineConfig } from './boot';
 import { emulationFallbackStats, type EmulationFallbackStats } from './emulation-fallback';
 import type { LinuxDevicesOptions, LinuxDevicesStats, LinuxResetCause } from './linux-devices';
@@ -35,7 +37,22 @@ export interface BootLinuxOptions extends LinuxMachineConfig {
    * Its `ctx.emit()` values arrive on {@link LinuxVm.events$}.
    */
   devices?: { pipeline: string | URL; export?: string; options?: unknown };
+  /**
+   * virtio devices (`virtioRng()`, `virtioConsole()`, …), each on a virtio-mmio transport: device
+   * i at guest-physical 0xd0000000 + i × 4 KiB with its interrupt on {@link VIRTIO_GSIS}[i],
+   * announced to the kernel with `virtio_mmio.device=` entries appended to the command line. Needs
+   * the in-kernel irqchip, RAM below 0xd0000000, and a kernel with virtio-mmio built in
+   * (`npm run guest:kernel`). At most 8.
+   */
+  virtio?: VirtioDevice[];
+  /** Where a virtio device that needs a reset says why (default: `process.emitWarning`). */
+  virtioLog?: (message: string) => void;
 }
+
+/** Guest-physical base of the first virtio-mmio device of {@link bootLinux}. */
+export const VIRTIO_MMIO_BASE = 0xd000_0000n;
+/** The ISA interrupts {@link bootLinux} gives its virtio devices, in order (the ones a PC leaves free). */
+export const VIRTIO_GSIS: readonly number[] = [5, 6, 7, 9, 10, 11, 14, 15];
 
 /** How a Linux guest's run ended. */
 export interface LinuxOutcome {
@@ -66,6 +83,8 @@ export interface LinuxOutcome {
 export interface LinuxVm {
   /** Where the loader put the kernel, initrd, command line and zero page. */
   readonly boot: BootInfo;
+  /** The virtio devices, in the order given (closed at the end). */
+  readonly virtio: readonly VirtioMmioDevice[];
   readonly memSize: number;
   /** What the guest writes to COM1, one chunk per exit. Completes at the end. */
   readonly output$: Observable<Uint8Array>;
@@ -123,11 +142,35 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
   if (options.output !== undefined && typeof options.output !== 'function')
     invalidType('options.output', 'of type function', options.output);
   const devices = options.devices === undefined ? undefined : checkDevices(options.devices);
+  const virtio = checkVirtio(options);
   const ownKvm = options.kvm === undefined;
   const kvm = options.kvm ?? new Kvm();
   let machine;
+  const virtioDevices: VirtioMmioDevice[] = [];
   try {
-    machine = createLinuxMachine(kvm, options);
+    const placed = virtio.map((_, i) => ({ base: VIRTIO_MMIO_BASE + BigInt(i) * 0x1000n, gsi: VIRTIO_GSIS[i] }));
+    const entries = placed.map(({ base, gsi }) => `virtio_mmio.device=4K@0x${base.toString(16)}:${gsi}`);
+    const cmdline = [options.cmdline ?? '', ...entries].filter((s) => s !== '').join(' ');
+    machine = createLinuxMachine(kvm, virtio.length > 0 ? { ...options, cmdline } : options);
+    if (virtio.length > 0 && BigInt(machine.memSize) > VIRTIO_MMIO_BASE) {
+      machine.close();
+      throw new KvmRangeError(
+        'ERR_OUT_OF_RANGE',
+        `options.memSize must be at most 0x${VIRTIO_MMIO_BASE.toString(16)} bytes with virtio devices (their registers start there); got ${machine.memSize}`,
+      );
+    }
+    try {
+      for (const [i, device] of virtio.entries())
+        virtioDevices.push(
+          new VirtioMmioDevice(machine.vm, device, {
+            ...placed[i],
+            ...(options.virtioLog ? { log: options.virtioLog } : {}),
+          }),
+        );
+    } catch (e) {
+      machine.close(); // closes the devices made so far with the VM
+      throw e;
+    }
   } catch (e) {
     if (ownKvm) kvm.close();
     throw e;
@@ -140,6 +183,7 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
     trace: options.trace === true,
     com1Irq: irqchip ? 4 : false,
     ...(devices ? { devices } : {}),
+    ...(virtioDevices.length > 0 ? { virtio: virtioDevices.map((d) => d.shared) } : {}),
   };
   const output = new Subject<Uint8Array>();
   const events = new Subject<{ channel: string; data: unknown }>();
@@ -179,6 +223,7 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
       exits = run.exitCount;
     }
     const wallMs = performance.now() - t0;
+    for (const d of virtioDevices) d.close();
     machine.close();
     if (ownKvm) kvm.close();
     if (ownRuntime) await runtime.close();
@@ -204,6 +249,7 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
   const done = finish();
   return {
     boot: machine.boot,
+    virtio: virtioDevices,
     memSize: machine.memSize,
     output$: output.asObservable(),
     events$: events.asObservable(),
@@ -221,6 +267,23 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
     },
     done,
   };
+}
+
+function checkVirtio(options: BootLinuxOptions): VirtioDevice[] {
+  if (options.virtio === undefined) return [];
+  if (!Array.isArray(options.virtio)) invalidType('options.virtio', 'an array of VirtioDevice', options.virtio);
+  if (options.virtio.length > VIRTIO_GSIS.length)
+    throw new KvmRangeError(
+      'ERR_OUT_OF_RANGE',
+      `options.virtio must have at most ${VIRTIO_GSIS.length} devices; got ${options.virtio.length}`,
+    );
+  if (options.virtio.length > 0 && options.irqchip === false)
+    invalidValue('options.irqchip', 'must not be false with virtio devices (their interrupts are irqfds)', false);
+  for (const [i, d] of options.virtio.entries()) {
+    checkObject(`options.virtio[${i}]`, d);
+    if (typeof d.activate !== 'function') invalidType(`options.virtio[${i}].activate`, 'a function', typeof d.activate);
+  }
+  return options.virtio;
 }
 
 function checkDevices(devices: NonNullable<BootLinuxOptions['devices']>): NonNullable<LinuxDevicesOptions['devices']> {
