@@ -296,7 +296,11 @@ export class VirtioMmioRegisters extends TransportWords {
    * What the guest reads at `offset` (0 to 0xfff) with an access of `size` bytes (1, 2, 4 or 8).
    * Registers below 0x100 answer 32-bit accesses only (the spec's rule for drivers); anything
    * else reads 0. Config space reads any width within it.
-   * @example `regs.read(0x070, 4); // the status`
+   * @example
+   * ```ts
+   * // @ts-setup: import { VirtioMmioRegisters } from 'kvm-rx'; declare const regs: VirtioMmioRegisters;
+   * regs.read(0x070, 4); // the status
+   * ```
    */
   read(offset: number, size: number): number {
     if (offset >= VirtioMmioReg.config) return this.readConfig(offset - VirtioMmioReg.config, size);
@@ -343,7 +347,11 @@ export class VirtioMmioRegisters extends TransportWords {
    * The guest writes `value` (the access's bytes as a little-endian number) at `offset` with an
    * access of `size` bytes. Writes in the wrong state, of the wrong width or to read-only or
    * unknown registers are ignored, as a device ignores what it does not implement.
-   * @example `regs.write(0x070, 4, 1); // ACKNOWLEDGE`
+   * @example
+   * ```ts
+   * // @ts-setup: import { VirtioMmioRegisters } from 'kvm-rx'; declare const regs: VirtioMmioRegisters;
+   * regs.write(0x070, 4, 1); // ACKNOWLEDGE
+   * ```
    */
   write(offset: number, size: number, value: number): void {
     if (offset >= VirtioMmioReg.config) return; // the devices here have no writable config
