@@ -51,3 +51,12 @@ export { virtioRng } from './virtio/rng';
 export type { VirtioRngOptions } from './virtio/rng';
 export { virtioConsole } from './virtio/console';
 export type { VirtioConsoleOptions } from './virtio/console';
+export {
+  virtioBlk,
+  VirtioBlkFeature,
+  VirtioBlkRequest,
+  VirtioBlkStatus,
+  VIRTIO_BLK_SECTOR,
+  VIRTIO_BLK_ID_BYTES,
+} from './virtio/blk';
+export type { VirtioBlkOptions } from './virtio/blk';

@@ -93,8 +93,9 @@ export interface VirtioQueue {
   /** The queue's index. */
   readonly index: number;
   /**
-   * The chains the guest makes available, in ring order, as it notifies (hot: it emits to
-   * whoever is subscribed at the time; `activate` subscribes before any chain is taken).
+   * The chains the guest makes available, in ring order, as it notifies. Chains are taken from the
+   * ring only while it has a subscriber (so a model that subscribes after an asynchronous set-up
+   * loses none); with several subscribers each chain goes to all of them, which is rarely wanted.
    */
   readonly chains$: Observable<DescriptorChain>;
   /**
@@ -329,7 +330,13 @@ export class VirtioMmioDevice {
     }
     const queues: VirtioQueue[] = act.subjects.map((subject, index) => ({
       index,
-      chains$: subject.asObservable(),
+      // Chains are taken from the ring only while someone is subscribed (a model may subscribe
+      // late, e.g. after opening its backend): a subscription takes what is waiting.
+      chains$: new Observable<DescriptorChain>((subscriber) => {
+        const s = subject.subscribe(subscriber);
+        queueMicrotask(() => this.#drain(index));
+        return s;
+      }),
       complete: (chain, len) => this.#complete(act, index, chain, len),
     }));
     const ctx: VirtioDeviceContext = {
@@ -372,6 +379,7 @@ export class VirtioMmioDevice {
     const q = act.queues[i];
     if (q === undefined) return;
     const subject = act.subjects[i];
+    if (!subject.observed) return; // left on the ring until the model subscribes
     try {
       let taken = 0;
       for (;;) {
