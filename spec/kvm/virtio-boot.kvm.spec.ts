@@ -4,7 +4,11 @@
  * notifies through ioeventfds and takes interrupts through irqfds. With no root device it panics,
  * and `panic=-1 reboot=k` resets the machine: that is the end of each boot here.
  */
-import { readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { virtioBlk } from '../../src/devices/virtio/blk';
 import { virtioConsole } from '../../src/devices/virtio/console';
 import { virtioRng } from '../../src/devices/virtio/rng';
 import { hostVirtualization, stockKernelCmdline } from '../../src/vmm/host';
@@ -88,5 +92,56 @@ describeGuestKernel('virtio-mmio devices under the guest kernel', (kernelPath) =
     expect(rng.status & 64).toBe(64); // DEVICE_NEEDS_RESET
     expect(logged).toEqual(['virtio-rng at 0xd0000000: entropy source is gone; the device needs a reset']);
     expect([hvcDevice.status, hvcDevice.failures]).toEqual([15, 0]);
+  });
+
+  describe('virtio-blk with an ext4 root', () => {
+    let dir: string;
+    let image: string;
+    beforeEach(() => {
+      dir = mkdtempSync(join(tmpdir(), 'kvmrx-root-'));
+      image = join(dir, 'root.ext4');
+      // mkfs.ext4 is in e2fsprogs (Debian: priority required). No journal: one superblock to look at.
+      const r = spawnSync('mkfs.ext4', ['-q', '-F', '-O', '^has_journal', image, '16M'], { encoding: 'utf8' });
+      expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+    });
+    afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+    /** ext4's mount count (s_mnt_count, at 0x34 in the superblock at byte 1024). */
+    const mountCount = (): number => readFileSync(image).readUInt16LE(1024 + 0x34);
+
+    const boot = async (root: string, readOnly: boolean) => {
+      const serial: Buffer[] = [];
+      const errors: string[] = [];
+      const vm = bootLinux({
+        kernel: readFileSync(kernelPath),
+        cmdline: `${stockKernelCmdline(hostVirtualization())} root=/dev/vda ${root}`,
+        output: (b) => serial.push(Buffer.from(b)),
+        virtio: [virtioBlk({ path: image, readOnly, onError: (e) => errors.push(e) })],
+        virtioLog: (m) => errors.push(m),
+      });
+      const outcome = await vm.done;
+      return { outcome, console: Buffer.concat(serial).toString('latin1'), errors, device: vm.virtio[0] };
+    };
+
+    it('the kernel mounts it read-write, and the superblock it writes back reaches the file', async () => {
+      expect(mountCount()).toBe(0);
+      const { outcome, console, errors, device } = await boot('rw', false);
+      expect(outcome.reason).toBe('reset');
+      expect(console).toContain('virtio_blk virtio0: [vda] 32768 512-byte logical blocks');
+      expect(console).toContain('VFS: Mounted root (ext4 filesystem) on device 254:0.');
+      expect(console).toContain('Kernel panic - not syncing: No working init found.');
+      expect(mountCount()).toBe(1);
+      expect(errors).toEqual([]);
+      expect([device.status, device.failures]).toEqual([15, 0]);
+    });
+
+    it('read-only: the kernel sees a read-only disk, mounts it read-only, and the file is unchanged', async () => {
+      const before = readFileSync(image);
+      const { outcome, console, errors } = await boot('ro', true);
+      expect(outcome.reason).toBe('reset');
+      expect(console).toContain('VFS: Mounted root (ext4 filesystem) readonly on device 254:0.');
+      expect(readFileSync(image).equals(before)).toBe(true);
+      expect(errors).toEqual([]);
+    });
   });
 });
