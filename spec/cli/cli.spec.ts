@@ -120,6 +120,27 @@ describe('kvm-rx boot: bad kernel and initrd files', () => {
     expect(b.status).toBe(1);
     expect(b.stderr).toMatch(/^kvm-rx boot: bad initrd image: the initrd is empty\n$/m);
   });
+
+  it('--disk: a missing image is a usage error (exit 2); one that is not whole sectors fails (exit 1), one line each', () => {
+    const elf = buildElf({
+      entry: 0x200000n,
+      segments: [{ paddr: 0x200000, data: new Uint8Array(64), memsz: 0x1000 }],
+    });
+    const good = join(dir, 'good-for-disk');
+    writeFileSync(good, elf);
+    const missing = join(dir, 'no-such.img');
+    const a = cli(['boot', '--kernel', good, '--disk', `${missing},ro`]);
+    expect(a.status).toBe(2);
+    expect(a.stderr).toBe(`kvm-rx boot: --disk: ${missing} does not exist\nTry 'kvm-rx boot --help'.\n`);
+    const odd = join(dir, 'odd.img');
+    writeFileSync(odd, new Uint8Array(1000));
+    const b = cli(['boot', '--kernel', good, '--disk', odd]);
+    expect(b.status).toBe(1);
+    expect(b.stderr).toMatch(
+      /^kvm-rx boot: options\.path: the image's size \(1000 bytes\) must be a multiple of 512\n$/,
+    );
+    expectOneLine(b.stderr);
+  });
 });
 
 describeKvm('kvm-rx on the real kernel', () => {

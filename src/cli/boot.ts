@@ -11,6 +11,9 @@ import { DEFAULT_MEM_SIZE, type BootInfo } from '../vmm/boot';
 import { BootImageError } from '../vmm/errors';
 import { BASE_CMDLINE, hostVirtualization, stockKernelCmdline } from '../vmm/host';
 import { bootLinux, type LinuxOutcome } from '../vmm/linux';
+import { virtioBlk } from '../devices/virtio/blk';
+import { virtioRng } from '../devices/virtio/rng';
+import type { VirtioDevice } from '../devices/virtio/mmio-device';
 import { LINUX_EVENT_CHANNELS } from '../vmm/linux-devices';
 import { attachConsole } from './console';
 
@@ -44,6 +47,10 @@ Options:
                      --cmdline's), e.g. --append 'loglevel=8 initcall_debug'.
   --mem <MiB>        Guest RAM in MiB, a multiple of 2 (default: ${DEFAULT_MEM_SIZE >>> 20}).
   --trace            At the end, print exit statistics (counts by kind and by port) on stderr.
+  --disk <file>[,ro] A virtio-blk disk over a raw image (repeat for more: /dev/vda, /dev/vdb,
+                     …; ",ro" serves it read-only). Needs a kernel with virtio-mmio built in
+                     (npm run guest:kernel); boot from it with --append 'root=/dev/vda rw'.
+  --rng              A virtio-rng device (the host's CSPRNG).
   --timeout <s>      Stop the VM after this many seconds.
   --devices <module> Your own device models: a module whose default export is a
                      LinuxDeviceStage (see docs/vmm.md), run in the vCPU's thread in
@@ -150,6 +157,8 @@ export async function cmdBoot(argv: string[]): Promise<number> {
   let trace: boolean;
   let timeoutS: number | undefined;
   let devicesPath: string | undefined;
+  let disks: Array<{ path: string; readOnly: boolean }> = [];
+  let rng = false;
   try {
     let values;
     try {
@@ -165,6 +174,8 @@ export async function cmdBoot(argv: string[]): Promise<number> {
           trace: { type: 'boolean' },
           timeout: { type: 'string' },
           devices: { type: 'string' },
+          disk: { type: 'string', multiple: true },
+          rng: { type: 'boolean' },
         },
         strict: true,
         allowPositionals: false,
@@ -190,6 +201,14 @@ export async function cmdBoot(argv: string[]): Promise<number> {
       throw new UsageError(`--mem must be an even number of MiB from 16 to 3072, not ${values.mem}`);
     }
     trace = values.trace === true;
+    rng = values.rng === true;
+    disks = (values.disk ?? []).map((d) => {
+      const ro = d.endsWith(',ro');
+      const path = ro ? d.slice(0, -3) : d;
+      if (path === '' || !existsSync(path)) throw new UsageError(`--disk: ${path || d} does not exist`);
+      return { path, readOnly: ro };
+    });
+    if (disks.length + (rng ? 1 : 0) > 8) throw new UsageError('at most 8 virtio devices (--disk, --rng)');
     if (values.timeout !== undefined) {
       timeoutS = Number(values.timeout);
       if (!Number.isFinite(timeoutS) || timeoutS <= 0)
@@ -205,6 +224,8 @@ export async function cmdBoot(argv: string[]): Promise<number> {
   try {
     const kernel = readImage('kernel', kernelPath);
     const initrd = initrdPath === undefined ? undefined : readImage('initrd', initrdPath);
+    const virtio: VirtioDevice[] = disks.map((d) => virtioBlk({ path: d.path, readOnly: d.readOnly }));
+    if (rng) virtio.push(virtioRng());
     const ac = new AbortController();
     let why: 'quit' | 'timeout' | undefined;
     const stop = (w: 'quit' | 'timeout') => {
@@ -221,6 +242,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
         signal: ac.signal,
         output: (bytes) => process.stdout.write(bytes),
         ...(devicesPath !== undefined ? { devices: { pipeline: resolve(devicesPath) } } : {}),
+        ...(virtio.length > 0 ? { virtio, virtioLog: (m: string) => process.stderr.write(`\r\n[kvm-rx] ${m}\n`) } : {}),
       }),
       why: () => why,
       stop,
@@ -237,7 +259,13 @@ export async function cmdBoot(argv: string[]): Promise<number> {
     );
   } catch (e) {
     const err = e as Error & { code?: string };
-    if (e instanceof BootImageError || err.code === 'ERR_OUT_OF_RANGE' || err.code === 'ERR_INVALID_ARG_VALUE') {
+    const fsError = typeof err.code === 'string' && /^E[A-Z]+$/.test(err.code) && 'syscall' in err; // a disk image
+    if (
+      e instanceof BootImageError ||
+      fsError ||
+      err.code === 'ERR_OUT_OF_RANGE' ||
+      err.code === 'ERR_INVALID_ARG_VALUE'
+    ) {
       process.stderr.write(`kvm-rx boot: ${err.message}\n`);
       return BOOT_STATUS.error;
     }
