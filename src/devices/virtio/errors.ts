@@ -70,13 +70,16 @@ export type VirtqueueRule =
  *
  * @example
  * ```ts
+ * // @ts-setup: declare const queue: SplitQueue;
+ * // @ts-setup: declare const ctx: VirtioDeviceContext;
+ * // @ts-setup: declare function handle(chain: DescriptorChain): void; // serves it, then addUsed
  * try {
- *   const chain = queue.pop();
+ *   for (let chain = queue.pop(); chain; chain = queue.pop()) handle(chain);
  * } catch (e) {
  *   if (e instanceof VirtqueueError && e.code !== 'ERR_VIRTIO_USED') {
- *     log(`virtio-blk: ${e.message}`); // e.g. "descriptor 3: next 300 is outside the 256-entry queue"
- *     transport.needsReset();
- *   } else throw e;
+ *     // the guest's fault, e.g. "descriptor 3 (chain at head 0): next 300 is outside the 256-entry queue"
+ *     ctx.needsReset(`virtio-blk: ${e.message}`);
+ *   } else throw e; // ERR_VIRTIO_USED: a bug in the device model
  * }
  * ```
  */

@@ -101,11 +101,13 @@ export interface Descriptor {
  *
  * @example
  * ```ts
+ * // @ts-setup: declare const queue: SplitQueue;
+ * // @ts-setup: declare function answer(request: Uint8Array): Uint8Array;
  * const chain = queue.pop();
  * if (chain) {
- *   const request = chain.readAll(4096);
- *   chain.write(0, answer(request));
- *   queue.addUsed(chain.head, answer.length);
+ *   const reply = answer(chain.readAll(4096));
+ *   chain.write(0, reply);
+ *   queue.addUsed(chain.head, reply.length);
  * }
  * ```
  */
@@ -116,6 +118,7 @@ export class DescriptorChain {
    * The device-readable buffers, in order.
    * @example
    * ```ts
+   * // @ts-setup: declare const chain: DescriptorChain;
    * for (const d of chain.readable) console.log(d.addr.toString(16), d.len);
    * ```
    */
@@ -124,6 +127,7 @@ export class DescriptorChain {
    * The device-writable buffers, in order.
    * @example
    * ```ts
+   * // @ts-setup: declare const chain: DescriptorChain;
    * const room = chain.writable.reduce((n, d) => n + d.len, 0); // === chain.writableLength
    * ```
    */
@@ -132,7 +136,9 @@ export class DescriptorChain {
    * Total bytes of the readable buffers.
    * @example
    * ```ts
-   * if (chain.readableLength < 16) failRequest(chain);
+   * // @ts-setup: declare const chain: DescriptorChain;
+   * // @ts-setup: declare function failRequest(chain: DescriptorChain): void;
+   * if (chain.readableLength < 16) failRequest(chain); // virtio-blk: no room for the header
    * ```
    */
   readonly readableLength: number;
@@ -140,6 +146,7 @@ export class DescriptorChain {
    * Total bytes of the writable buffers (at most 2^32 − 1, with the readable part).
    * @example
    * ```ts
+   * // @ts-setup: declare const chain: DescriptorChain;
    * const status = chain.writableLength - 1; // virtio-blk: the status byte is the last one
    * ```
    */
@@ -150,7 +157,7 @@ export class DescriptorChain {
    * @internal Built by {@link SplitQueue.pop}, which has checked every descriptor.
    * @example
    * ```ts
-   * const chain = new DescriptorChain(memory, 0, [{ addr: 0x1000n, len: 16 }], []);
+   * const chain = new DescriptorChain(vm.guestMemory, 0, [{ addr: 0x1000n, len: 16 }], []);
    * ```
    */
   constructor(memory: GuestMemoryMap, head: number, readable: Descriptor[], writable: Descriptor[]) {
@@ -172,6 +179,7 @@ export class DescriptorChain {
    *   {@link SplitQueue.pop}, `ERR_KVM_CLOSED` when it was closed
    * @example
    * ```ts
+   * // @ts-setup: declare const chain: DescriptorChain;
    * const header = chain.read(0, 16); // virtio-blk: type, reserved, sector
    * ```
    */
@@ -209,6 +217,7 @@ export class DescriptorChain {
    *   bytes (nothing is read: the device fails the request)
    * @example
    * ```ts
+   * // @ts-setup: declare const chain: DescriptorChain;
    * const packet = chain.readAll(65550); // virtio-net TX: header and frame
    * ```
    */
@@ -235,6 +244,7 @@ export class DescriptorChain {
    *   {@link SplitQueue.pop}, `ERR_KVM_CLOSED` when it was closed
    * @example
    * ```ts
+   * // @ts-setup: declare const chain: DescriptorChain;
    * chain.write(chain.writableLength - 1, Uint8Array.of(0)); // virtio-blk: VIRTIO_BLK_S_OK
    * ```
    */
@@ -330,6 +340,8 @@ function place(memory: GuestMemoryMap, what: string, gpa: bigint, length: number
  *
  * @example
  * ```ts
+ * // @ts-setup: declare function serve(chain: DescriptorChain): number; // the bytes it wrote
+ * // @ts-setup: declare const irq: EventFd; // the queue's interrupt (an irqfd)
  * const queue = new SplitQueue(vm.guestMemory, {
  *   size: 256, descTable: 0x10_0000n, availRing: 0x10_1000n, usedRing: 0x10_2000n, eventIdx: true,
  * });
@@ -349,6 +361,7 @@ export class SplitQueue {
    * The queue size (a power of two).
    * @example
    * ```ts
+   * // @ts-setup: declare const queue: SplitQueue;
    * queue.size; // 256
    * ```
    */
@@ -357,6 +370,7 @@ export class SplitQueue {
    * Whether `VIRTIO_F_EVENT_IDX` is in use.
    * @example
    * ```ts
+   * // @ts-setup: declare const queue: SplitQueue;
    * if (queue.eventIdx) console.log('used_event/avail_event suppression');
    * ```
    */
@@ -365,7 +379,8 @@ export class SplitQueue {
    * The longest chain {@link pop} accepts, in descriptors.
    * @example
    * ```ts
-   * new SplitQueue(mem, config, { maxChainLength: 4 }).maxChainLength; // 4
+   * // @ts-setup: declare const config: SplitQueueConfig;
+   * new SplitQueue(vm.guestMemory, config, { maxChainLength: 4 }).maxChainLength; // 4
    * ```
    */
   readonly maxChainLength: number;
@@ -373,6 +388,7 @@ export class SplitQueue {
    * The configuration the queue was built from (addresses validated).
    * @example
    * ```ts
+   * // @ts-setup: declare const queue: SplitQueue;
    * queue.config.usedRing; // 0x102000n
    * ```
    */
@@ -468,6 +484,8 @@ export class SplitQueue {
    * to restore a snapshot (before any {@link pop}; chains held at the snapshot are not restored).
    * @example
    * ```ts
+   * // @ts-setup: declare const queue: SplitQueue;
+   * // @ts-setup: declare const restored: SplitQueue; // the same queue, rebuilt after a restore
    * const saved = { nextAvail: queue.nextAvail, nextUsed: queue.nextUsed }; // inFlight === 0
    * restored.nextAvail = saved.nextAvail;
    * ```
@@ -485,6 +503,8 @@ export class SplitQueue {
    * `true` once, as nothing is known of what the driver saw).
    * @example
    * ```ts
+   * // @ts-setup: declare const restored: SplitQueue;
+   * // @ts-setup: declare const saved: { nextAvail: number; nextUsed: number };
    * restored.nextUsed = saved.nextUsed;
    * ```
    */
@@ -502,6 +522,8 @@ export class SplitQueue {
    * How many chains the device holds (popped, not yet given back with {@link addUsed}).
    * @example
    * ```ts
+   * // @ts-setup: declare const queue: SplitQueue;
+   * // @ts-setup: declare function snapshot(nextAvail: number, nextUsed: number): void;
    * if (queue.inFlight === 0) snapshot(queue.nextAvail, queue.nextUsed);
    * ```
    */
@@ -513,7 +535,9 @@ export class SplitQueue {
    * The guest's broken rule that stopped the queue, if any (see the class description).
    * @example
    * ```ts
-   * if (queue.error) transport.needsReset(queue.error.message);
+   * // @ts-setup: declare const queue: SplitQueue;
+   * // @ts-setup: declare const ctx: VirtioDeviceContext;
+   * if (queue.error) ctx.needsReset(queue.error.message);
    * ```
    */
   get error(): VirtqueueError | undefined {
@@ -558,6 +582,8 @@ export class SplitQueue {
    *   memory was closed
    * @example
    * ```ts
+   * // @ts-setup: declare const queue: SplitQueue;
+   * // @ts-setup: declare function handle(chain: DescriptorChain): void; // serves it, then addUsed
    * for (let chain = queue.pop(); chain; chain = queue.pop()) handle(chain);
    * ```
    */
@@ -692,6 +718,9 @@ export class SplitQueue {
    * @throws `TypeError` / `RangeError` for a `head` or `len` that is not a u16 / u32 integer
    * @example
    * ```ts
+   * // @ts-setup: declare const queue: SplitQueue;
+   * // @ts-setup: declare const chain: DescriptorChain;
+   * // @ts-setup: declare const reply: Uint8Array;
    * chain.write(0, reply);
    * queue.addUsed(chain.head, reply.length);
    * ```
@@ -738,6 +767,10 @@ export class SplitQueue {
    *
    * @example
    * ```ts
+   * // @ts-setup: declare const queue: SplitQueue;
+   * // @ts-setup: declare const chain: DescriptorChain;
+   * // @ts-setup: declare const n: number; // the bytes written into chain
+   * // @ts-setup: declare const irqfd: EventFd;
    * queue.addUsed(chain.head, n);
    * if (queue.needsNotification()) irqfd.write(1n);
    * ```
@@ -767,6 +800,8 @@ export class SplitQueue {
    * @returns `true` when entries are available: drain again, as no notification may come for them
    * @example
    * ```ts
+   * // @ts-setup: declare const queue: SplitQueue;
+   * // @ts-setup: declare function drain(queue: SplitQueue): void; // pop and serve until undefined
    * do { drain(queue); } while (queue.enableNotification());
    * ```
    */
@@ -789,6 +824,8 @@ export class SplitQueue {
    *
    * @example
    * ```ts
+   * // @ts-setup: declare const queue: SplitQueue;
+   * // @ts-setup: declare function handle(chain: DescriptorChain): void;
    * queue.disableNotification();
    * for (let c = queue.pop(); c; c = queue.pop()) handle(c);
    * ```
