@@ -22,7 +22,7 @@
  */
 import { KvmRangeError } from '../../abi/errors';
 import { checkBool, checkBytes, checkInt, checkObject, checkU32, checkU64, invalidType } from '../../abi/validate';
-import type { GuestMemoryMap } from '../../wrappers/guest-memory';
+import { GuestMemoryMap } from '../../wrappers/guest-memory';
 import { VirtqueueError } from './errors';
 import type { VirtqueueErrorCode, VirtqueueRule } from './errors';
 
@@ -58,6 +58,7 @@ const U32_MAX = 0xffff_ffff;
  * ```
  */
 export function splitQueueSizes(size: number): { descTable: number; availRing: number; usedRing: number } {
+  checkInt('size', size, 1, VIRTQ_MAX_SIZE);
   return { descTable: 16 * size, availRing: 6 + 2 * size, usedRing: 6 + 8 * size };
 }
 
@@ -161,6 +162,19 @@ export class DescriptorChain {
    * ```
    */
   constructor(memory: GuestMemoryMap, head: number, readable: Descriptor[], writable: Descriptor[]) {
+    if (!(memory instanceof GuestMemoryMap)) invalidType('memory', 'a GuestMemoryMap', memory);
+    checkInt('head', head, 0, VIRTQ_MAX_SIZE - 1);
+    for (const [name, list] of [
+      ['readable', readable],
+      ['writable', writable],
+    ] as const) {
+      if (!Array.isArray(list)) invalidType(name, 'an array of descriptors', list);
+      list.forEach((d: Descriptor, i) => {
+        checkObject(`${name}[${i}]`, d);
+        checkU64(`${name}[${i}].addr`, d.addr);
+        checkU32(`${name}[${i}].len`, d.len);
+      });
+    }
     this.#memory = memory;
     this.head = head;
     this.readable = Object.freeze(readable);
