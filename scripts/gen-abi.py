@@ -27,7 +27,8 @@ kvm_reg_list kvm_signal_mask kvm_debug_exit_arch kvm_irq_routing_irqchip kvm_irq
 kvm_vmx_nested_state_hdr kvm_svm_nested_state_hdr kvm_vmx_nested_state_data kvm_svm_nested_state_data'''.split()
 
 SYS = ['O_RDWR', 'O_CLOEXEC', 'O_NONBLOCK', 'EFD_NONBLOCK', 'EFD_SEMAPHORE', 'EFD_CLOEXEC', 'FD_CLOEXEC',
-       'MADV_HUGEPAGE', 'MADV_DONTNEED', 'EHWPOISON', 'ERFKILL', 'EKEYEXPIRED', 'ENOTRECOVERABLE']
+       'MADV_HUGEPAGE', 'MADV_DONTNEED', 'EHWPOISON', 'ERFKILL', 'EKEYEXPIRED', 'ENOTRECOVERABLE',
+       'TUNSETIFF', 'TUNSETVNETHDRSZ', 'TUNSETOFFLOAD', 'IFF_TAP', 'IFF_NO_PI', 'IFF_VNET_HDR']
 
 SCALARS = {
     '__u8': 'u8', 'unsigned char': 'u8', 'char': 'u8', '__s8': 'i8', 'signed char': 'i8',
@@ -148,7 +149,8 @@ def walk(node, path, out, struct):
 def main():
     tmp = tempfile.mkdtemp()
     hdr = '#include <stddef.h>\n#include <stdio.h>\n#include "%s"\n' % COMPAT
-    syshdr = '#include <errno.h>\n#include <fcntl.h>\n#include <sys/eventfd.h>\n#include <sys/mman.h>\n#include <signal.h>\n'
+    syshdr = ('#include <errno.h>\n#include <fcntl.h>\n#include <sys/eventfd.h>\n#include <sys/mman.h>\n#include <signal.h>\n'
+              '#include <sys/ioctl.h>\n#include <linux/if_tun.h>\n')
     # 1. debug info
     src = hdr + ''.join('struct %s v_%s;\n' % (s, s) for s in STRUCTS) + 'int main(void){return 0;}\n'
     open(os.path.join(tmp, 'dbg.c'), 'w').write(src)

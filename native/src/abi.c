@@ -12,6 +12,13 @@
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/ioctl.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+
+/* TAP interfaces (src/wrappers/tap.ts): the ifreq TUNSETIFF takes. */
+_Static_assert(sizeof(struct ifreq) == 40, "if.h ABI: struct ifreq");
+_Static_assert(IFNAMSIZ == 16, "if.h ABI: IFNAMSIZ");
 
 _Static_assert(KVM_SET_SIGNAL_MASK == 0x4004ae8b, "kvm.h ABI: KVM_SET_SIGNAL_MASK");
 _Static_assert(KVM_GET_MSRS == 0xc008ae88, "kvm.h ABI: KVM_GET_MSRS");

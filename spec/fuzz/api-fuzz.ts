@@ -30,7 +30,8 @@
  *
  * Not fuzzed, on purpose (the unsafe seam, like kvm-ioctls' `unsafe fn`s): the backend's raw
  * syscalls (`NativeBackend`: raw fds, addresses, ioctl numbers and pointers), adopting raw fds or
- * addresses (`Kvm.fromRawFd`, `DeviceFd.fromRawFd`, `new Kvm(opts, fd)`, `createVmfdFromRawfd`, `createVcpuFromRawfd`,
+ * addresses (`Kvm.fromRawFd`, `DeviceFd.fromRawFd`, `Tap.open` (it would create an interface in the
+ * host's network namespace), `new Kvm(opts, fd)`, `createVmfdFromRawfd`, `createVcpuFromRawfd`,
  * `VmFd.borrow`, `borrowVcpu`, `VcpuFd.borrowed`, `GuestMemory.borrow`, `KvmRunWrapper.mmapFromFd`,
  * the `VmFd`/`VcpuFd`/`DeviceFd`/`GuestMemfd` constructors) and the TypeScript-`protected`/
  * `@internal` members (`ioctl`, `getStruct`, `onClosed`, `adopt`, `setOwner`, `attachRun`, `whenEnded`, `kick`, `GuestMemory#retain`, `KvmRunWrapper#pin`).
@@ -84,6 +85,9 @@ const UNSAFE_MEMBERS = new Set([
   'borrowVcpu',
 ]);
 const UNSAFE_STATICS = new Set([
+  // Creates a network interface in this process's namespace: network tests run only in a
+  // namespace they create (spec/kvm/virtio-net.kvm.spec.ts), never in the host's.
+  'Tap.open',
   'Kvm.fromRawFd',
   'DeviceFd.fromRawFd',
   'VmFd.borrow',
