@@ -38,6 +38,8 @@ export { DeviceFd } from './wrappers/device-fd';
 export type { DeviceAttr } from './wrappers/device-fd';
 export { EventFd, AbortError } from './wrappers/event-fd';
 export type { EventFdOptions } from './wrappers/event-fd';
+export { Tap, TUN, VNET_HDR_SIZE } from './wrappers/tap';
+export type { TapOptions } from './wrappers/tap';
 export { IoEventAddress, NoDatamatch, Datamatch } from './wrappers/io-event';
 export type { IoEventDatamatch } from './wrappers/io-event';
 export { GuestMemfd } from './wrappers/guest-memfd';

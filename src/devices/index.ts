@@ -60,3 +60,5 @@ export {
   VIRTIO_BLK_ID_BYTES,
 } from './virtio/blk';
 export type { VirtioBlkOptions } from './virtio/blk';
+export { virtioNet, VirtioNetFeature, VIRTIO_NET_HDR_SIZE, VIRTIO_NET_MAX_PACKET } from './virtio/net';
+export type { VirtioNetBackend, VirtioNetOptions, VirtioNetStats } from './virtio/net';
