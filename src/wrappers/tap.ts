@@ -106,7 +106,12 @@ export class Tap extends FdOwner {
   /**
    * Reads one frame (virtio-net header + Ethernet frame) into `buffer`; returns its length, or 0
    * when none is waiting. A frame longer than `buffer` is truncated by the kernel: give 65562 bytes.
-   * @example `const n = tap.read(buffer);`
+   * @example
+   * ```ts
+   * // @ts-setup: declare const tap: Tap;
+   * const buffer = new Uint8Array(65562);
+   * const n = tap.read(buffer); // 0: nothing waiting
+   * ```
    * @throws {@link KvmError} from `read(2)` other than EAGAIN; `ERR_KVM_CLOSED` after close
    */
   read(buffer: Uint8Array): number {
@@ -122,7 +127,12 @@ export class Tap extends FdOwner {
   /**
    * Sends one frame (virtio-net header + Ethernet frame). Returns `false` when the interface's
    * queue is full (EAGAIN: the frame is dropped, as a full NIC queue drops it) or down (EIO).
-   * @example `tap.write(packet);`
+   * @example
+   * ```ts
+   * // @ts-setup: declare const tap: Tap;
+   * // @ts-setup: declare const packet: Uint8Array;
+   * if (!tap.write(packet)) console.log('dropped: the queue is full');
+   * ```
    * @throws `RangeError` `ERR_OUT_OF_RANGE` for a packet shorter than the header; {@link KvmError}
    *   from `write(2)` otherwise; `ERR_KVM_CLOSED` after close
    */
@@ -145,7 +155,13 @@ export class Tap extends FdOwner {
   /**
    * Calls `onReadable` on the event loop whenever a frame may be waiting (libuv poll); returns the
    * function that stops it. Closing the Tap stops it too.
-   * @example `const stop = tap.watchReadable(() => drain(tap));`
+   * @example
+   * ```ts
+   * // @ts-setup: declare const tap: Tap;
+   * // @ts-setup: declare function drain(tap: Tap): void;
+   * const stop = tap.watchReadable(() => drain(tap));
+   * stop();
+   * ```
    * @throws `ERR_KVM_CLOSED` after close
    */
   watchReadable(onReadable: () => void): () => void {
