@@ -454,7 +454,10 @@ export class VcpuRun implements AsyncDisposable {
       }
       return Promise.all(holds).then(answer, (e: unknown) => this.#fail(e as Error));
     }
-    if (this.#stopping) return undefined; // the last subscriber left and the run is ending
+    // The last subscriber left and the run is ending, or a stop was requested (a kick: the VM or
+    // vCPU was closed) that the worker had not seen before this exit: a stop wins over an exit
+    // nobody is there to take. The worker sees the flag within its wait and ends as 'stopped'.
+    if (this.#stopping || Atomics.load(this.#ctrl, ControlWord.stopRequested) !== 0) return undefined;
     this.#fail(
       new UnhandledExitError(
         exit,
