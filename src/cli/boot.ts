@@ -51,6 +51,8 @@ Options:
                      …; ",ro" serves it read-only). Needs a kernel with virtio-mmio built in
                      (npm run guest:kernel); boot from it with --append 'root=/dev/vda rw'.
   --rng              A virtio-rng device (the host's CSPRNG).
+  --cpus <n>         Virtual CPUs, 1 to 64 (default 1). With more than one the guest gets an MP
+                     table and the legacy devices run on the main thread for all vCPUs.
   --timeout <s>      Stop the VM after this many seconds.
   --devices <module> Your own device models: a module whose default export is a
                      LinuxDeviceStage (see docs/vmm.md), run in the vCPU's thread in
@@ -159,6 +161,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
   let devicesPath: string | undefined;
   let disks: Array<{ path: string; readOnly: boolean }> = [];
   let rng = false;
+  let cpus = 1;
   try {
     let values;
     try {
@@ -176,6 +179,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
           devices: { type: 'string' },
           disk: { type: 'string', multiple: true },
           rng: { type: 'boolean' },
+          cpus: { type: 'string' },
         },
         strict: true,
         allowPositionals: false,
@@ -202,6 +206,11 @@ export async function cmdBoot(argv: string[]): Promise<number> {
     }
     trace = values.trace === true;
     rng = values.rng === true;
+    if (values.cpus !== undefined) {
+      cpus = Number(values.cpus);
+      if (!Number.isInteger(cpus) || cpus < 1 || cpus > 64)
+        throw new UsageError(`--cpus must be a whole number from 1 to 64, not ${values.cpus}`);
+    }
     disks = (values.disk ?? []).map((d) => {
       const ro = d.endsWith(',ro');
       const path = ro ? d.slice(0, -3) : d;
@@ -238,6 +247,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
         ...(initrd ? { initrd } : {}),
         cmdline,
         memSize: memMiB << 20,
+        cpus,
         trace,
         signal: ac.signal,
         output: (bytes) => process.stdout.write(bytes),

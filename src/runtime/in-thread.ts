@@ -26,6 +26,8 @@ function runPastStraySignals(vcpu: VcpuFd): VcpuExit {
     try {
       return vcpu.run();
     } catch (e) {
+      // An AP waiting for its SIPI (in-kernel LAPIC) returns EAGAIN when INIT moves it on: run again.
+      if (e instanceof KvmError && e.code === 'EAGAIN' && vcpu.backend.kind === 'native' && !vcpu.closed) continue;
       if (
         !(e instanceof KvmError && e.code === 'EINTR') ||
         vcpu.backend.kind !== 'native' ||

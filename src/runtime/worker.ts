@@ -346,6 +346,11 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
           if (shared.stopRequested) break;
           continue; // a stray signal: go back into the guest
         }
+        // An AP waiting for its SIPI (in-kernel LAPIC) returns EAGAIN when INIT moves it on.
+        if (e instanceof KvmError && e.code === 'EAGAIN' && backend.kind === 'native') {
+          if (shared.stopRequested) break;
+          continue;
+        }
         throw e;
       }
       if (source.batch.length > 0) {

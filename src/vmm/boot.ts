@@ -36,6 +36,7 @@ import { HOST_DECOMPRESSIBLE, decompressPayload } from './decompress';
 import { hex, badInitrd, badKernel, unsupportedKernel } from './errors';
 import { isElf, loadElf, parseElf, type ElfKernel, type PhysWriter } from './elf';
 import { zeroFilledRegs } from './regs';
+import { MPTABLE_ADDR, MPTABLE_MAX_CPUS, buildMpTable } from './mptable';
 
 /** Guest-physical addresses of the boot structures. */
 export const BOOT_LAYOUT = {
@@ -466,12 +467,21 @@ export function configureLapic(vcpu: VcpuFd): void {
   vcpu.setLapic(lapic);
 }
 
-/** The supported CPUID with the vCPU's APIC id in leaf 1 (EBX[31:24]) and leaf 0xb (EDX). */
-export function vcpuCpuid(kvm: Kvm, vcpuId: number): CpuId {
+/** KVM's paravirtual features (CPUID 0x40000001 EAX) that send IPIs, yield or unhalt through `vmcall`. */
+export const KVM_PV_IPI_FEATURES = (1 << 11) | (1 << 13) | (1 << 7); // PV_SEND_IPI, PV_SCHED_YIELD, PV_UNHALT
+
+/**
+ * The supported CPUID with the vCPU's APIC id in leaf 1 (EBX[31:24]) and leaf 0xb (EDX). With
+ * `hidePvIpi`, KVM's PV_SEND_IPI, PV_SCHED_YIELD and PV_UNHALT are hidden: a guest with more than
+ * one CPU uses them through `vmcall`, which never completes on PVM hosts (the guest's CPL-0 code is
+ * emulated there), so an SMP guest would hang bringing up its second CPU.
+ */
+export function vcpuCpuid(kvm: Kvm, vcpuId: number, hidePvIpi = false): CpuId {
   const cpuid = kvm.getSupportedCpuid(KVM_MAX_CPUID_ENTRIES);
   for (const e of cpuid.entries) {
     if (e.function === 1) e.ebx = ((e.ebx & 0x00ff_ffff) | (vcpuId << 24)) >>> 0;
     if (e.function === 0xb || e.function === 0x1f) e.edx = vcpuId;
+    if (hidePvIpi && e.function === 0x4000_0001) e.eax = (e.eax & ~KVM_PV_IPI_FEATURES) >>> 0;
   }
   return cpuid;
 }
@@ -496,6 +506,12 @@ export interface LinuxMachineConfig extends PrepareKernelOptions {
    * `{ shared: false, hugePages: 'madvise' }` asks for transparent huge pages.
    */
   memory?: Omit<GuestMemoryOptions, 'backend'>;
+  /**
+   * Virtual CPUs (default 1; at most 64). With more than one, the machine gets an MP table (at
+   * 0x9fc00: the CPUs, the IOAPIC, ISA IRQ i on pin i) and KVM's PV IPI features are hidden; the
+   * other vCPUs wait in the in-kernel LAPIC for the guest's INIT/SIPI. Needs the irqchip.
+   */
+  cpus?: number;
 }
 
 /** Where things were put. */
@@ -514,7 +530,10 @@ export interface BootInfo {
 /** A VM ready to run Linux on vCPU 0. `close()` closes the vCPU, the VM and the guest memory. */
 export interface LinuxMachine extends Disposable {
   vm: VmFd;
+  /** vCPU 0, the one that enters the kernel. */
   vcpu: VcpuFd;
+  /** Every vCPU, in APIC-id order (`vcpus[0] === vcpu`). */
+  vcpus: VcpuFd[];
   memory: GuestMemory;
   memSize: number;
   boot: BootInfo;
@@ -589,8 +608,8 @@ export function layoutGuest(
  * (when `lapic`, i.e. with the in-kernel irqchip),
  * long-mode sregs, FPU defaults, and RIP = entry, RSI = zero page, RSP = stack, RFLAGS = 2.
  */
-export function setupBootVcpu(kvm: Kvm, vcpu: VcpuFd, entry: number, lapic = true): void {
-  vcpu.setCpuid2(vcpuCpuid(kvm, Math.max(vcpu.id, 0)));
+export function setupBootVcpu(kvm: Kvm, vcpu: VcpuFd, entry: number, lapic = true, hidePvIpi = false): void {
+  vcpu.setCpuid2(vcpuCpuid(kvm, Math.max(vcpu.id, 0), hidePvIpi));
   if (lapic) configureLapic(vcpu);
   vcpu.setSregs(longModeSregs(vcpu.getSregs()));
   vcpu.setFpu({ fcw: 0x37f, mxcsr: 0x1f80 });
@@ -634,6 +653,9 @@ export function createLinuxMachine(kvm: Kvm, config: LinuxMachineConfig): LinuxM
   if (config.irqchip !== undefined) checkBool('config.irqchip', config.irqchip);
   if (config.memory !== undefined) checkObject('config.memory', config.memory);
   const memSize = checkMemSize(config.memSize ?? DEFAULT_MEM_SIZE);
+  const cpus = config.cpus === undefined ? 1 : checkInt('config.cpus', config.cpus, 1, MPTABLE_MAX_CPUS);
+  if (cpus > 1 && config.irqchip === false)
+    invalidValue('config.irqchip', 'must not be false with more than one CPU (the APs start through the in-kernel LAPIC)', false);
   const kernel = prepareKernel(config.kernel, config);
   const cmdline = config.cmdline ?? '';
   if (typeof cmdline !== 'string') invalidValue('config.cmdline', 'must be a string', cmdline);
@@ -650,14 +672,23 @@ export function createLinuxMachine(kvm: Kvm, config: LinuxMachineConfig): LinuxM
     memory = GuestMemory.anonymous(memSize, { ...(config.memory ?? {}), backend: vm.backend });
     vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory });
     const boot = layoutGuest(vm.guestMemory, memSize, kernel, cmdline, config.initrd);
+    const smp = cpus > 1;
+    if (smp) vm.guestMemory.write(BigInt(MPTABLE_ADDR), buildMpTable(cpus));
     const vcpu = vm.createVcpu(0);
-    setupBootVcpu(kvm, vcpu, kernel.entry, irqchip);
+    setupBootVcpu(kvm, vcpu, kernel.entry, irqchip, smp);
+    const vcpus = [vcpu];
+    for (let id = 1; id < cpus; id++) {
+      // An AP: its own APIC id, the same features; it starts when the guest sends INIT/SIPI.
+      const ap = vm.createVcpu(id);
+      ap.setCpuid2(vcpuCpuid(kvm, id, true));
+      vcpus.push(ap);
+    }
     const mem = memory;
     const close = () => {
       vm.close();
       mem.close();
     };
-    return { vm, vcpu, memory: mem, memSize, boot, close, [Symbol.dispose]: close };
+    return { vm, vcpu, vcpus, memory: mem, memSize, boot, close, [Symbol.dispose]: close };
   } catch (e) {
     vm.close();
     memory?.close();

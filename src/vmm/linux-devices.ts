@@ -43,6 +43,12 @@ export interface LinuxDevicesOptions {
   trace?: boolean;
   /** COM1's IRQ line on the in-kernel irqchip (default 4); `false` without an irqchip. */
   com1Irq?: number | false;
+  /**
+   * Where the legacy PC devices (COM1, i8042, CMOS, PCI, debug ports) run: `'worker'` (default:
+   * in this thread, one vCPU's machine) or `'main'`: they are left out here, and port I/O and
+   * other MMIO go to the main thread, where one set of devices serves every vCPU of an SMP guest.
+   */
+  legacy?: 'worker' | 'main';
   /** The register files of the VM's virtio-mmio devices (`VirtioMmioDevice.shared`), served in this thread. */
   virtio?: VirtioMmioShared[];
   /** Your device models: a module loaded in the vCPU's thread (see {@link LinuxDeviceStage}). */
@@ -173,7 +179,7 @@ function untilGuestStops(ctx: VcpuContext): MonoTypeOperatorFunction<VcpuExit> {
  * });
  * ```
  */
-export default function linuxDevices(exits$: Observable<VcpuExit>, ctx: VcpuContext): Observable<never> {
+export default function linuxDevices(exits$: Observable<VcpuExit>, ctx: VcpuContext): Observable<VcpuExit> {
   const options = (ctx.options ?? {}) as Partial<LinuxDevicesOptions>;
   const memSize = options.memSize ?? 0;
   const irqLine = options.com1Irq === undefined ? 4 : options.com1Irq;
@@ -190,17 +196,19 @@ export default function linuxDevices(exits$: Observable<VcpuExit>, ctx: VcpuCont
     exitStats ? traceExits(exitStats) : identity,
     stage ? (source: Observable<VcpuExit>) => stage(source, stageCtx) : identity,
     options.virtio !== undefined && options.virtio.length > 0 ? virtioMmio(options.virtio) : identity,
-    legacyPc({
-      com1: {
-        ...(irqLine === false ? {} : { irq: (level: boolean) => ctx.vm.setIrqLine(irqLine, level) }),
-        onTx: (bytes) => ctx.emit('tx', bytes),
-        input$,
-      },
-      i8042: { onReset: () => ctx.emit('reset', 'i8042' satisfies LinuxResetCause) },
-      cmos: { memorySize: memSize },
-      pci: true,
-      debug: { onDebugOutput: (bytes) => ctx.emit('debugcon', bytes) },
-    }),
+    options.legacy === 'main'
+      ? identity
+      : legacyPc({
+          com1: {
+            ...(irqLine === false ? {} : { irq: (level: boolean) => ctx.vm.setIrqLine(irqLine, level) }),
+            onTx: (bytes) => ctx.emit('tx', bytes),
+            input$,
+          },
+          i8042: { onReset: () => ctx.emit('reset', 'i8042' satisfies LinuxResetCause) },
+          cmos: { memorySize: memSize },
+          pci: true,
+          debug: { onDebugOutput: (bytes) => ctx.emit('debugcon', bytes) },
+        }),
     emulationFallback(ctx, emulation),
     untilGuestStops(ctx),
     finalize(() => {
@@ -208,15 +216,22 @@ export default function linuxDevices(exits$: Observable<VcpuExit>, ctx: VcpuCont
       if (exitStats) stats.exits = exitStats.snapshot();
       ctx.emit('stats', stats);
     }),
-    failOnUnhandled({
-      policy: (exit) => {
-        if (exit.kind === 'IoIn' || exit.kind === 'IoOut' || exit.kind === 'MmioRead' || exit.kind === 'MmioWrite') {
-          openBus++;
-          return 'ignore';
-        }
-        // The runner appends the vCPU's RIP to the message (the vCPU has not moved on yet).
-        throw new UnhandledExitError(exit, describeExit(exit));
-      },
-    }),
+    options.legacy === 'main'
+      ? identity // what is left goes to the main thread's devices (start() with unhandled: 'main')
+      : (failOnUnhandled({
+          policy: (exit) => {
+            if (
+              exit.kind === 'IoIn' ||
+              exit.kind === 'IoOut' ||
+              exit.kind === 'MmioRead' ||
+              exit.kind === 'MmioWrite'
+            ) {
+              openBus++;
+              return 'ignore';
+            }
+            // The runner appends the vCPU's RIP to the message (the vCPU has not moved on yet).
+            throw new UnhandledExitError(exit, describeExit(exit));
+          },
+        }) as MonoTypeOperatorFunction<VcpuExit>),
   );
 }

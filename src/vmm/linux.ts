@@ -6,7 +6,10 @@
  * @module
  */
 import { extname, join } from 'node:path';
-import { Subject, type Observable } from 'rxjs';
+import { Subject, merge, type Observable } from 'rxjs';
+import { legacyPc } from '../devices/legacy-pc';
+import { UnhandledExitError, describeExit } from '../runtime/errors';
+import { failOnUnhandled } from '../runtime/operators/failOnUnhandled';
 import { checkObject, checkString, invalidType, invalidValue } from '../abi/validate';
 import type { ExitStatsSnapshot } from '../runtime/operators/ExitStats';
 import type { VcpuRun } from '../runtime/vcpu-run';
@@ -85,6 +88,8 @@ export interface LinuxVm {
   readonly boot: BootInfo;
   /** The virtio devices, in the order given (closed at the end). */
   readonly virtio: readonly VirtioMmioDevice[];
+  /** The number of vCPUs. */
+  readonly cpus: number;
   readonly memSize: number;
   /** What the guest writes to COM1, one chunk per exit. Completes at the end. */
   readonly output$: Observable<Uint8Array>;
@@ -176,7 +181,9 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
     throw e;
   }
   const ownRuntime = options.runtime === undefined;
-  const runtime = options.runtime ?? new VcpuRuntime({ maxVcpus: 1 });
+  const cpus = machine.vcpus.length;
+  const smp = cpus > 1;
+  const runtime = options.runtime ?? new VcpuRuntime({ maxVcpus: cpus });
   const irqchip = options.irqchip ?? true;
   const pipelineOptions: LinuxDevicesOptions = {
     memSize: machine.memSize,
@@ -184,44 +191,106 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
     com1Irq: irqchip ? 4 : false,
     ...(devices ? { devices } : {}),
     ...(virtioDevices.length > 0 ? { virtio: virtioDevices.map((d) => d.shared) } : {}),
+    // With several vCPUs the legacy devices run once, on this thread, for all of them.
+    ...(smp ? { legacy: 'main' as const } : {}),
   };
   const output = new Subject<Uint8Array>();
   const events = new Subject<{ channel: string; data: unknown }>();
+  const stdin = new Subject<Uint8Array>();
   const t0 = performance.now();
-  let run;
+  const runs: VcpuRun[] = [];
+  let resetBy: LinuxResetCause | undefined;
+  let halted = false;
+  let mainError: Error | undefined;
+  let mainOpenBus = 0;
+  const stats: LinuxDevicesStats[] = [];
+  const stopAll = () => {
+    for (const r of runs) void r.stop();
+  };
   try {
-    run = runtime.start(machine.vcpu, { pipeline: pipelinePath(), pipelineOptions, signal: options.signal });
+    for (const vcpu of machine.vcpus) {
+      runs.push(
+        runtime.start(vcpu, {
+          pipeline: pipelinePath(),
+          pipelineOptions,
+          signal: options.signal,
+          ...(smp ? { unhandled: 'main' as const } : {}),
+        }),
+      );
+    }
   } catch (e) {
+    for (const r of runs) void r.stop();
     machine.close();
     if (ownKvm) kvm.close();
     if (ownRuntime) void runtime.close();
     throw e;
   }
-  let resetBy: LinuxResetCause | undefined;
-  let halted = false;
-  let stats: LinuxDevicesStats | undefined;
-  run.events$.subscribe(({ channel, data }) => {
-    events.next({ channel, data });
-    if (channel === 'tx') {
-      const bytes = data as Uint8Array;
-      options.output?.(bytes);
-      output.next(bytes);
-    } else if (channel === 'reset') resetBy ??= data as LinuxResetCause;
-    else if (channel === 'halt') halted = true;
-    else if (channel === 'stats') stats = data as LinuxDevicesStats;
-  });
+  const emitTx = (bytes: Uint8Array) => {
+    options.output?.(bytes);
+    output.next(bytes);
+  };
+  if (smp) {
+    // One set of legacy devices for every vCPU: the exits the workers leave reach this thread,
+    // one at a time, each answered before its vCPU resumes.
+    const pc = legacyPc({
+      com1: { irq: (level: boolean) => machine.vm.setIrqLine(4, level), onTx: emitTx, input$: stdin },
+      i8042: {
+        onReset: () => {
+          resetBy ??= 'i8042';
+          stopAll();
+        },
+      },
+      cmos: { memorySize: machine.memSize },
+      pci: true,
+      debug: { onDebugOutput: (bytes) => events.next({ channel: 'debugcon', data: bytes }) },
+    });
+    merge(...runs.map((r) => r.exits$))
+      .pipe(
+        pc,
+        failOnUnhandled({
+          policy: (exit) => {
+            if (exit.kind === 'IoIn' || exit.kind === 'IoOut' || exit.kind === 'MmioRead' || exit.kind === 'MmioWrite') {
+              mainOpenBus++;
+              return 'ignore';
+            }
+            throw new UnhandledExitError(exit, describeExit(exit));
+          },
+        }),
+      )
+      .subscribe({
+        error: (e: unknown) => {
+          mainError ??= e as Error;
+          stopAll();
+        },
+      });
+  }
+  for (const run of runs) {
+    run.events$.subscribe(({ channel, data }) => {
+      events.next({ channel, data });
+      if (channel === 'tx') emitTx(data as Uint8Array);
+      else if (channel === 'reset') {
+        resetBy ??= data as LinuxResetCause;
+        if (smp) stopAll();
+      } else if (channel === 'halt') halted = true;
+      else if (channel === 'stats') stats.push(data as LinuxDevicesStats);
+    });
+  }
   const finish = async (): Promise<LinuxOutcome> => {
     let exits = 0;
     let error: Error | undefined;
     let completed = false;
-    try {
-      const r = await run.done;
-      exits = r.exits;
-      completed = r.reason === 'completed';
-    } catch (e) {
-      error = e as Error;
-      exits = run.exitCount;
-    }
+    const settled = await Promise.allSettled(runs.map((r) => r.done));
+    settled.forEach((r, i) => {
+      if (r.status === 'fulfilled') {
+        exits += r.value.exits;
+        if (r.value.reason === 'completed') completed = true;
+      } else {
+        error ??= r.reason as Error;
+        exits += runs[i].exitCount;
+      }
+      // The first run to end ends the machine.
+    });
+    error ??= mainError;
     const wallMs = performance.now() - t0;
     for (const d of virtioDevices) d.close();
     machine.close();
@@ -229,40 +298,52 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
     if (ownRuntime) await runtime.close();
     output.complete();
     events.complete();
+    stdin.complete();
     let reason: LinuxOutcome['reason'];
     if (error !== undefined) reason = 'error';
-    else if (completed && resetBy !== undefined) reason = 'reset';
+    else if ((completed || smp) && resetBy !== undefined) reason = 'reset';
     else if (completed && halted) reason = 'halt';
     else reason = 'stopped';
+    const emulation = emulationFallbackStats();
+    for (const st of stats)
+      for (const k of Object.keys(emulation) as Array<keyof EmulationFallbackStats>) emulation[k] += st.emulation[k];
     const outcome: LinuxOutcome = {
       reason,
       exits,
       wallMs,
-      emulation: stats?.emulation ?? emulationFallbackStats(),
-      openBus: stats?.openBus ?? 0,
+      emulation,
+      openBus: stats.reduce((n, st) => n + st.openBus, 0) + mainOpenBus,
     };
     if (reason === 'reset') outcome.resetBy = resetBy;
     if (error !== undefined) outcome.error = error;
-    if (stats?.exits !== undefined) outcome.stats = stats.exits;
+    const traced = stats.find((st) => st.exits !== undefined);
+    if (traced?.exits !== undefined && stats.length === 1) outcome.stats = traced.exits;
     return outcome;
   };
+  // When one vCPU's run ends (a triple fault, an error), the machine ends: stop the others.
+  for (const r of runs) void r.done.then(stopAll, stopAll);
   const done = finish();
+  const run0 = runs[0];
   return {
     boot: machine.boot,
     virtio: virtioDevices,
+    cpus,
     memSize: machine.memSize,
     output$: output.asObservable(),
     events$: events.asObservable(),
-    send: (bytes) =>
-      run.send('stdin', typeof bytes === 'string' ? new Uint8Array(Buffer.from(bytes, 'latin1')) : bytes),
+    send: (bytes) => {
+      const data = typeof bytes === 'string' ? new Uint8Array(Buffer.from(bytes, 'latin1')) : bytes;
+      if (smp) stdin.next(data);
+      else run0.send('stdin', data);
+    },
     post: (channel, data) => {
       checkString('channel', channel);
       if (channel === 'stdin') invalidValue('channel', "is the VM's own (COM1 input: use send())", channel);
-      run.send(channel, data);
+      run0.send(channel, data);
     },
-    call: (method, ...args) => run.call(method, ...args),
+    call: (method, ...args) => run0.call(method, ...args),
     stop: async () => {
-      await run.stop();
+      await Promise.all(runs.map((r) => r.stop()));
       return done;
     },
     done,
