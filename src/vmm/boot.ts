@@ -655,7 +655,11 @@ export function createLinuxMachine(kvm: Kvm, config: LinuxMachineConfig): LinuxM
   const memSize = checkMemSize(config.memSize ?? DEFAULT_MEM_SIZE);
   const cpus = config.cpus === undefined ? 1 : checkInt('config.cpus', config.cpus, 1, MPTABLE_MAX_CPUS);
   if (cpus > 1 && config.irqchip === false)
-    invalidValue('config.irqchip', 'must not be false with more than one CPU (the APs start through the in-kernel LAPIC)', false);
+    invalidValue(
+      'config.irqchip',
+      'must not be false with more than one CPU (the APs start through the in-kernel LAPIC)',
+      false,
+    );
   const kernel = prepareKernel(config.kernel, config);
   const cmdline = config.cmdline ?? '';
   if (typeof cmdline !== 'string') invalidValue('config.cmdline', 'must be a string', cmdline);

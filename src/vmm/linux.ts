@@ -249,7 +249,12 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
         pc,
         failOnUnhandled({
           policy: (exit) => {
-            if (exit.kind === 'IoIn' || exit.kind === 'IoOut' || exit.kind === 'MmioRead' || exit.kind === 'MmioWrite') {
+            if (
+              exit.kind === 'IoIn' ||
+              exit.kind === 'IoOut' ||
+              exit.kind === 'MmioRead' ||
+              exit.kind === 'MmioWrite'
+            ) {
               mainOpenBus++;
               return 'ignore';
             }
