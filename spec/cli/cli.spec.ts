@@ -121,6 +121,18 @@ describe('kvm-rx boot: bad kernel and initrd files', () => {
     expect(b.stderr).toMatch(/^kvm-rx boot: bad initrd image: the initrd is empty\n$/m);
   });
 
+  it.each([
+    [['--console', 'com2'], /^kvm-rx boot: --console must be ttyS0 or hvc0, not com2\n/],
+    [['--net', 'tap='], /^kvm-rx boot: --net must be tap=<name>\[,mac=<mac>\], not tap=\n/],
+    [['--net', 'tap=t0,speed=10'], /^kvm-rx boot: --net must be tap=<name>\[,mac=<mac>\], not tap=t0,speed=10\n/],
+    [['--cpus', '0'], /^kvm-rx boot: --cpus must be a whole number from 1 to 64, not 0\n/],
+  ])('boot %j is a usage error (exit 2), before anything is opened', (args, message) => {
+    const r = cli(['boot', '--kernel', 'x', ...args]);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(message);
+    expect(r.stderr).toContain("Try 'kvm-rx boot --help'.");
+  });
+
   it('--disk: a missing image is a usage error (exit 2); one that is not whole sectors fails (exit 1), one line each', () => {
     const elf = buildElf({
       entry: 0x200000n,

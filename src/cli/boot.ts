@@ -14,6 +14,10 @@ import { bootLinux, type LinuxOutcome } from '../vmm/linux';
 import { virtioBlk } from '../devices/virtio/blk';
 import { virtioRng } from '../devices/virtio/rng';
 import type { VirtioDevice } from '../devices/virtio/mmio-device';
+import { virtioConsole } from '../devices/virtio/console';
+import { virtioNet } from '../devices/virtio/net';
+import { Tap } from '../wrappers/tap';
+import { Subject } from 'rxjs';
 import { LINUX_EVENT_CHANNELS } from '../vmm/linux-devices';
 import { attachConsole } from './console';
 
@@ -51,6 +55,14 @@ Options:
                      …; ",ro" serves it read-only). Needs a kernel with virtio-mmio built in
                      (npm run guest:kernel); boot from it with --append 'root=/dev/vda rw'.
   --rng              A virtio-rng device (the host's CSPRNG).
+  --net tap=<name>[,mac=<mac>]
+                     A virtio-net device on the TAP interface <name> (opened, or created when
+                     this process may, in this process's network namespace), with the MAC
+                     address <mac> if given; configure the guest with e.g.
+                     --append 'ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off'.
+  --console ttyS0|hvc0
+                     Where the guest's console is on this terminal: COM1 (default) or a
+                     virtio-console (hvc0; the default command line then says console=hvc0).
   --cpus <n>         Virtual CPUs, 1 to 64 (default 1). With more than one the guest gets an MP
                      table and the legacy devices run on the main thread for all vCPUs.
   --timeout <s>      Stop the VM after this many seconds.
@@ -162,6 +174,8 @@ export async function cmdBoot(argv: string[]): Promise<number> {
   let disks: Array<{ path: string; readOnly: boolean }> = [];
   let rng = false;
   let cpus = 1;
+  let netSpec: { tap: string; mac?: string } | undefined;
+  let hvcConsole = false;
   try {
     let values;
     try {
@@ -180,6 +194,8 @@ export async function cmdBoot(argv: string[]): Promise<number> {
           disk: { type: 'string', multiple: true },
           rng: { type: 'boolean' },
           cpus: { type: 'string' },
+          net: { type: 'string' },
+          console: { type: 'string' },
         },
         strict: true,
         allowPositionals: false,
@@ -198,7 +214,18 @@ export async function cmdBoot(argv: string[]): Promise<number> {
     if (devicesPath !== undefined && !existsSync(devicesPath)) {
       throw new UsageError(`--devices: ${devicesPath} does not exist`);
     }
+    if (values.console !== undefined && values.console !== 'ttyS0' && values.console !== 'hvc0')
+      throw new UsageError(`--console must be ttyS0 or hvc0, not ${values.console}`);
+    hvcConsole = values.console === 'hvc0';
+    if (values.net !== undefined) {
+      const fields = Object.fromEntries(values.net.split(',').map((kv) => kv.split('=', 2) as [string, string]));
+      const unknown = Object.keys(fields).filter((k) => k !== 'tap' && k !== 'mac');
+      if (!fields.tap || unknown.length > 0)
+        throw new UsageError(`--net must be tap=<name>[,mac=<mac>], not ${values.net}`);
+      netSpec = { tap: fields.tap, ...(fields.mac !== undefined ? { mac: fields.mac } : {}) };
+    }
     cmdline = values.cmdline ?? stockKernelCmdline(hostVirtualization());
+    if (hvcConsole && values.cmdline === undefined) cmdline = cmdline.replace('console=ttyS0', 'console=hvc0');
     if (values.append !== undefined && values.append.trim() !== '') cmdline = `${cmdline} ${values.append.trim()}`;
     memMiB = values.mem === undefined ? DEFAULT_MEM_SIZE >>> 20 : Number(values.mem);
     if (!Number.isInteger(memMiB) || memMiB < 16 || memMiB > 3072 || memMiB % 2 !== 0) {
@@ -230,11 +257,24 @@ export async function cmdBoot(argv: string[]): Promise<number> {
   }
 
   let vm;
+  let tap: Tap | undefined;
+  const hvcInput = new Subject<Uint8Array>();
   try {
     const kernel = readImage('kernel', kernelPath);
     const initrd = initrdPath === undefined ? undefined : readImage('initrd', initrdPath);
     const virtio: VirtioDevice[] = disks.map((d) => virtioBlk({ path: d.path, readOnly: d.readOnly }));
+    if (netSpec !== undefined) {
+      try {
+        tap = Tap.open(netSpec.tap);
+      } catch (e) {
+        throw Object.assign(new Error(`--net: cannot open the TAP interface ${netSpec.tap}: ${(e as Error).message}`), {
+          code: 'ERR_INVALID_ARG_VALUE',
+        });
+      }
+      virtio.push(virtioNet({ backend: tap, ...(netSpec.mac !== undefined ? { mac: netSpec.mac } : {}) }));
+    }
     if (rng) virtio.push(virtioRng());
+    if (hvcConsole) virtio.push(virtioConsole({ output: (b) => process.stdout.write(b), input: hvcInput }));
     const ac = new AbortController();
     let why: 'quit' | 'timeout' | undefined;
     const stop = (w: 'quit' | 'timeout') => {
@@ -276,6 +316,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
       err.code === 'ERR_OUT_OF_RANGE' ||
       err.code === 'ERR_INVALID_ARG_VALUE'
     ) {
+      tap?.close();
       process.stderr.write(`kvm-rx boot: ${err.message}\n`);
       return BOOT_STATUS.error;
     }
@@ -297,7 +338,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
   const console_ = attachConsole({ onQuit: () => vm.stop('quit'), quitOnEnd: false });
   let outcome: LinuxOutcome;
   try {
-    console_.connect((bytes) => vm.handle.send(bytes));
+    console_.connect((bytes) => (hvcConsole ? hvcInput.next(bytes) : vm.handle.send(bytes)));
     if (devicesPath !== undefined) {
       // The device stage's own channels (the VM's are handled above and by bootLinux).
       vm.handle.events$.subscribe(({ channel, data }) => {
@@ -310,6 +351,8 @@ export async function cmdBoot(argv: string[]): Promise<number> {
   } finally {
     if (timer) clearTimeout(timer);
     console_.close();
+    hvcInput.complete();
+    tap?.close();
   }
   const where = outcome.reason === 'stopped' && stoppedAt !== undefined ? `, at rip ${hex(stoppedAt)}` : '';
   process.stderr.write(`\r\n[kvm-rx] ${describeEnd(outcome, vm.why())}${where}\n`);
