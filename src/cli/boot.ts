@@ -48,7 +48,7 @@ Options:
                      printed on stderr.
                      Keep reboot=k so a reboot reaches the i8042 and ends the VM.
   --append <text>    Added to the end of the command line (the default one, or
-                     --cmdline's), e.g. --append 'loglevel=8 initcall_debug'.
+                     --cmdline's), e.g. --append 'loglevel=8 initcall_debug'; may be repeated.
   --mem <MiB>        Guest RAM in MiB, a multiple of 2 (default: ${DEFAULT_MEM_SIZE >>> 20}).
   --trace            At the end, print exit statistics (counts by kind and by port) on stderr.
   --disk <file>[,ro] A virtio-blk disk over a raw image (repeat for more: /dev/vda, /dev/vdb,
@@ -186,7 +186,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
           kernel: { type: 'string' },
           initrd: { type: 'string' },
           cmdline: { type: 'string' },
-          append: { type: 'string' },
+          append: { type: 'string', multiple: true },
           mem: { type: 'string' },
           trace: { type: 'boolean' },
           timeout: { type: 'string' },
@@ -226,7 +226,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
     }
     cmdline = values.cmdline ?? stockKernelCmdline(hostVirtualization());
     if (hvcConsole && values.cmdline === undefined) cmdline = cmdline.replace('console=ttyS0', 'console=hvc0');
-    if (values.append !== undefined && values.append.trim() !== '') cmdline = `${cmdline} ${values.append.trim()}`;
+    for (const extra of values.append ?? []) if (extra.trim() !== '') cmdline = `${cmdline} ${extra.trim()}`;
     memMiB = values.mem === undefined ? DEFAULT_MEM_SIZE >>> 20 : Number(values.mem);
     if (!Number.isInteger(memMiB) || memMiB < 16 || memMiB > 3072 || memMiB % 2 !== 0) {
       throw new UsageError(`--mem must be an even number of MiB from 16 to 3072, not ${values.mem}`);
