@@ -62,3 +62,5 @@ export {
 export type { VirtioBlkOptions } from './virtio/blk';
 export { virtioNet, VirtioNetFeature, VIRTIO_NET_HDR_SIZE, VIRTIO_NET_MAX_PACKET } from './virtio/net';
 export type { VirtioNetBackend, VirtioNetOptions, VirtioNetStats } from './virtio/net';
+export { virtioVsock, VsockOp, VsockShutdown, VSOCK_HOST_CID, VSOCK_HDR_SIZE } from './virtio/vsock';
+export type { VirtioVsockOptions, VirtioVsockStats } from './virtio/vsock';
