@@ -5,7 +5,8 @@
  * the kernel runs it and stays up), virtio-rng seeding its RNG, and virtio-net on a TAP inside a
  * network namespace this spec creates (the TAP and both addresses live only there; the namespace
  * is deleted at the end). From inside the namespace the host pings the guest and opens TCP
- * connections to a closed port: the guest kernel answers both by itself, as it must on PVM hosts,
+ * connections to a closed port, and a host program asks for a guest vsock port nobody listens on:
+ * the guest kernel answers all of these by itself, as it must on PVM hosts,
  * where guest user space cannot make system calls.
  */
 import { spawnSync } from 'node:child_process';
@@ -24,7 +25,7 @@ const INIT = '/sbin/kvmrx-loop';
 const ip = (...args: string[]) => spawnSync('ip', args, { encoding: 'utf8' });
 
 describeGuestKernel(
-  'the micro-VM: 2 vCPUs, hvc0, root on virtio-blk, virtio-rng, virtio-net in a private netns',
+  'the micro-VM: 2 vCPUs, hvc0, root on virtio-blk, virtio-rng, virtio-vsock, virtio-net in a private netns',
   (kernelPath) => {
     jest.setTimeout(600_000); // a bound on a boot that takes seconds to minutes by host, not a speed claim
     let dir: string;
@@ -69,9 +70,9 @@ describeGuestKernel(
       if (dir) rmSync(dir, { recursive: true, force: true });
     });
 
-    it('boots, mounts its root and runs the init from it, and answers ping and TCP through virtio-net', () => {
+    it('boots, mounts its root and runs the init from it, answers ping and TCP through virtio-net, and refuses a vsock connection', () => {
       const fixture = join(__dirname, '../fixtures/microvm-guest.ts');
-      const args = [fixture, kernelPath, TAP, GUEST_IP, HOST_IP, join(dir, 'root.ext4'), INIT];
+      const args = [fixture, kernelPath, TAP, GUEST_IP, HOST_IP, join(dir, 'root.ext4'), INIT, join(dir, 'vsock.sock')];
       const r = spawnSync(
         'ip',
         ['netns', 'exec', NS, process.execPath, '-r', 'ts-node/register/transpile-only', ...args],
@@ -87,6 +88,7 @@ describeGuestKernel(
         ready: boolean;
         probes: string[];
         ping: { status: number; stdout: string };
+        vsock: { reply: string; closed: boolean; stats: { refusedByGuest: number; badPackets: number } };
         rngRequests: number;
         net: { txPackets: number; rxPackets: number; txDropped: number };
         errors: string[];
@@ -116,10 +118,18 @@ describeGuestKernel(
       // Nothing listens on port 9 in the guest: its kernel answers every SYN with a RST.
       expect(report.probes).toEqual(['ECONNREFUSED', 'ECONNREFUSED', 'ECONNREFUSED']);
       expect(report.net.txDropped).toBe(0);
+      // vsock: the guest kernel refuses a connection to a port nobody listens on (a RST), so the host
+      // program's Unix socket is closed without OK.
+      expect(report.vsock).toEqual({
+        reply: '',
+        closed: true,
+        stats: expect.objectContaining({ refusedByGuest: 1, badPackets: 0 }),
+      });
       expect(report.devices).toEqual([
         ['virtio-blk', 15, 0],
         ['virtio-net', 15, 0],
         ['virtio-rng', 15, 0],
+        ['virtio-vsock', 15, 0],
         ['virtio-console', 15, 0],
       ]);
     });

@@ -16,6 +16,7 @@ import { virtioRng } from '../devices/virtio/rng';
 import type { VirtioDevice } from '../devices/virtio/mmio-device';
 import { virtioConsole } from '../devices/virtio/console';
 import { virtioNet } from '../devices/virtio/net';
+import { virtioVsock } from '../devices/virtio/vsock';
 import { Tap } from '../wrappers/tap';
 import { Subject } from 'rxjs';
 import { LINUX_EVENT_CHANNELS } from '../vmm/linux-devices';
@@ -60,6 +61,11 @@ Options:
                      this process may, in this process's network namespace), with the MAC
                      address <mac> if given; configure the guest with e.g.
                      --append 'ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off'.
+  --vsock <cid>[,uds=<path>]
+                     A virtio-vsock device with the guest CID <cid> (3 or more). With uds=,
+                     host programs connect to the Unix socket <path> and write "CONNECT <port>"
+                     to reach the guest's port; the guest's connections to the host's port P
+                     reach the Unix socket <path>_P (Firecracker's convention).
   --console ttyS0|hvc0
                      Where the guest's console is on this terminal: COM1 (default) or a
                      virtio-console (hvc0; the default command line then says console=hvc0).
@@ -176,6 +182,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
   let cpus = 1;
   let netSpec: { tap: string; mac?: string } | undefined;
   let hvcConsole = false;
+  let vsockSpec: { guestCid: number; uds?: string } | undefined;
   try {
     let values;
     try {
@@ -195,6 +202,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
           rng: { type: 'boolean' },
           cpus: { type: 'string' },
           net: { type: 'string' },
+          vsock: { type: 'string' },
           console: { type: 'string' },
         },
         strict: true,
@@ -224,6 +232,21 @@ export async function cmdBoot(argv: string[]): Promise<number> {
         throw new UsageError(`--net must be tap=<name>[,mac=<mac>], not ${values.net}`);
       netSpec = { tap: fields.tap, ...(fields.mac !== undefined ? { mac: fields.mac } : {}) };
     }
+    if (values.vsock !== undefined) {
+      const [cidText, ...rest] = values.vsock.split(',');
+      const guestCid = Number(cidText);
+      const opts = Object.fromEntries(rest.map((kv) => kv.split('=', 2) as [string, string]));
+      const unknown = Object.keys(opts).filter((k) => k !== 'uds');
+      if (
+        !Number.isInteger(guestCid) ||
+        guestCid < 3 ||
+        guestCid > 0xffff_fffe ||
+        unknown.length > 0 ||
+        opts.uds === ''
+      )
+        throw new UsageError(`--vsock must be <cid>[,uds=<path>] with a CID from 3, not ${values.vsock}`);
+      vsockSpec = { guestCid, ...(opts.uds !== undefined ? { uds: opts.uds } : {}) };
+    }
     cmdline = values.cmdline ?? stockKernelCmdline(hostVirtualization());
     if (hvcConsole && values.cmdline === undefined) cmdline = cmdline.replace('console=ttyS0', 'console=hvc0');
     for (const extra of values.append ?? []) if (extra.trim() !== '') cmdline = `${cmdline} ${extra.trim()}`;
@@ -244,7 +267,9 @@ export async function cmdBoot(argv: string[]): Promise<number> {
       if (path === '' || !existsSync(path)) throw new UsageError(`--disk: ${path || d} does not exist`);
       return { path, readOnly: ro };
     });
-    if (disks.length + (rng ? 1 : 0) > 8) throw new UsageError('at most 8 virtio devices (--disk, --rng)');
+    const devices =
+      disks.length + [rng, netSpec, vsockSpec, hvcConsole].filter((d) => d !== undefined && d !== false).length;
+    if (devices > 8) throw new UsageError('at most 8 virtio devices (--disk, --net, --rng, --vsock, --console hvc0)');
     if (values.timeout !== undefined) {
       timeoutS = Number(values.timeout);
       if (!Number.isFinite(timeoutS) || timeoutS <= 0)
@@ -274,6 +299,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
       virtio.push(virtioNet({ backend: tap, ...(netSpec.mac !== undefined ? { mac: netSpec.mac } : {}) }));
     }
     if (rng) virtio.push(virtioRng());
+    if (vsockSpec !== undefined) virtio.push(virtioVsock(vsockSpec));
     if (hvcConsole) virtio.push(virtioConsole({ output: (b) => process.stdout.write(b), input: hvcInput }));
     const ac = new AbortController();
     let why: 'quit' | 'timeout' | undefined;
