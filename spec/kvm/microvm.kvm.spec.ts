@@ -14,7 +14,7 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describeGuestKernel } from '../helpers/guest-kernel';
-import { loopInitElf } from '../helpers/loop-init';
+import { loopInitElf } from '../../src/testing/loop-init';
 
 const NS = `kvmrx-net-${process.pid}`;
 const TAP = 'kvmrx0';

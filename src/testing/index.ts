@@ -18,6 +18,7 @@ export { makeExit } from './exits';
 export { exitTestScheduler, collectHolds, normaliseErrors } from './marbles';
 export { enterRealMode } from './real-mode';
 export { enterLongMode } from '../vmm/long-mode';
+export { loopInitElf, loopInitramfs } from './loop-init';
 export type { Replay } from './replay';
 export type { RecordedExit } from '../runtime/recording';
 export type { MockMapping } from '../backend/mock/state';

@@ -1,16 +1,25 @@
 /**
- * An initramfs whose `/init` keeps the guest up without making a single system call (guest user
- * space cannot make them on PVM hosts): a static x86-64 ELF that runs `pause; jmp .-2` forever at
- * CPL 3. The kernel's own work (interrupts, the network stack answering ARP and ping) goes on
- * around it.
+ * An init that keeps a Linux guest up without making a single system call (guest user space
+ * cannot make them on PVM hosts): a static x86-64 ELF that runs `pause; jmp .-2` forever at CPL 3.
+ * The kernel's own work (interrupts, the network stack answering ARP and ping) goes on around it.
+ *
+ * @module
  */
-import { cpioNewc } from '../../src/vmm/cpio';
+import { cpioNewc } from '../vmm/cpio';
 
 const BASE = 0x40_0000;
 const EHDR = 64;
 const PHDR = 56;
 
-/** The ELF: one PT_LOAD (R+X) of itself at 0x400000, entry right after the headers. */
+/**
+ * The ELF: one PT_LOAD (R+X) of itself at 0x400000, entry right after the headers (124 bytes).
+ *
+ * @example
+ * ```ts
+ * import { writeFileSync } from 'node:fs';
+ * writeFileSync('rootfs/sbin/loop', loopInitElf(), { mode: 0o755 }); // then init=/sbin/loop
+ * ```
+ */
 export function loopInitElf(): Uint8Array {
   const code = [0xf3, 0x90, 0xeb, 0xfc]; // pause; jmp back to the pause
   const size = EHDR + PHDR + code.length;
@@ -38,7 +47,15 @@ export function loopInitElf(): Uint8Array {
   return b;
 }
 
-/** A newc initramfs with `/dev` and the looping `/init`. */
+/**
+ * A newc initramfs with `/dev` and the looping `/init`.
+ *
+ * @example
+ * ```ts
+ * // @ts-setup: import { bootLinux } from 'kvm-rx'; declare const kernel: Uint8Array;
+ * const vm = bootLinux({ kernel, initrd: loopInitramfs(), cmdline: 'console=ttyS0 ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off' });
+ * ```
+ */
 export function loopInitramfs(): Uint8Array {
   return cpioNewc([
     { type: 'dir', path: 'dev' },
