@@ -19,6 +19,7 @@ import { hostSummary } from '../src/vmm/doctor';
 import { hostVirtualization, stockKernelCmdline } from '../src/vmm/host';
 import { bootLinux } from '../src/vmm/linux';
 import { runMain } from '../scripts/run-main';
+import { median, quantile } from './stats';
 
 const root = join(__dirname, '..');
 const runs = Number(process.env.RUNS ?? 3);
@@ -64,10 +65,6 @@ async function bootToInit(kernel: Uint8Array, initrd: Uint8Array, cpus: number, 
   if (!found) throw new Error(`no 'Run /init' (${o.reason}${o.error ? `: ${o.error.message}` : ''})`);
   return found;
 }
-
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
-const pct = (xs: number[], p: number) =>
-  [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.ceil((p / 100) * xs.length) - 1)];
 
 async function network(kernelPath: string): Promise<string[]> {
   const ns = `kvmrx-bench-${process.pid}`;
@@ -123,7 +120,7 @@ async function network(kernelPath: string): Promise<string[]> {
     child.stdin.end();
     await new Promise((r) => child.on('exit', r));
     out.push(
-      `| ping (200 × 10 ms apart)   | ${rtts.length} replies: median ${median(rtts).toFixed(3)} ms, p99 ${pct(rtts, 99).toFixed(3)} ms, max ${Math.max(...rtts).toFixed(3)} ms |`,
+      `| ping (200 × 10 ms apart)   | ${rtts.length} replies: median ${median(rtts).toFixed(3)} ms, p99 ${quantile(rtts, 0.99).toFixed(3)} ms, max ${Math.max(...rtts).toFixed(3)} ms |`,
     );
     out.push(
       f

@@ -31,6 +31,7 @@ import type { VmFd } from '../src/wrappers/vm-fd';
 import ioPipeline, { ioHandlers, ioState } from './pipelines/io';
 import { enterRealMode } from '../src/testing/real-mode';
 import { hostSummary } from '../src/vmm/doctor';
+import { median, quantile } from './stats';
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -176,15 +177,6 @@ function runC(args: string[]): { ns: number | number[]; exits?: number } {
 
 const addon = () => nativeBackend().addon;
 const now = () => process.hrtime.bigint();
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
-const quantile = (xs: number[], q: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
-};
 
 interface Measured {
   /** The value (µs per exit, per cycle or per kick) of this repetition. */

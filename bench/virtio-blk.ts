@@ -49,6 +49,7 @@ import { Kvm } from '../src/wrappers/kvm';
 import { hostSummary } from '../src/vmm/doctor';
 import { runMain } from '../scripts/run-main';
 import { SplitDriver } from '../spec/devices/virtio/split-driver';
+import { median, quantile } from './stats';
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -104,16 +105,6 @@ function parseArgs(argv: string[]): Options {
 
 // ---------------------------------------------------------------------------------------------
 // Figures
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
-const quantile = (xs: number[], q: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
-};
 
 type Op = 'read' | 'write';
 
