@@ -101,6 +101,8 @@ export type {
 export type { ElfKernel, ElfSegment, PhysWriter } from './vmm/elf';
 export type { BzImage, PayloadFormat } from './vmm/bzimage';
 export { cpioNewc } from './vmm/cpio';
+export { saveVcpuState, restoreVcpuState, saveVmState, restoreVmState, saveableMsrs } from './vmm/vcpu-state';
+export type { VcpuState, VmState } from './vmm/vcpu-state';
 export type { CpioEntry } from './vmm/cpio';
 export type { BootLinuxOptions, LinuxOutcome, LinuxVm } from './vmm/linux';
 export type { LinuxDeviceStage, LinuxResetCause } from './vmm/linux-devices';
