@@ -203,13 +203,18 @@ export interface TaskOutcome {
 export type MainToWorker =
   | { type: 'stop' }
   | { type: 'input'; channel: string; data: unknown }
-  | { type: 'call'; id: number; method: string; args: unknown[] };
+  | { type: 'call'; id: number; method: string; args: unknown[] }
+  /** Park between exits (out of `KVM_RUN`) until `resume`; the worker answers `paused`. */
+  | { type: 'pause' }
+  | { type: 'resume' };
 
 /** Messages from the worker to the main thread, on the run's port. */
 export type WorkerToMain =
   | { type: 'emit'; channel: string; data: unknown }
   | { type: 'result'; id: number; value?: unknown; error?: SerializedError }
-  | { type: 'end' };
+  | { type: 'end' }
+  /** Parked between exits after a `pause`: the vCPU is out of `KVM_RUN` until `resume`. */
+  | { type: 'paused' };
 
 /**
  * The exit a posted-write record stands for (an `IoOut` or `MmioWrite` with a copy of the data),

@@ -240,11 +240,20 @@ export class VcpuRun implements AsyncDisposable {
 
   #calls = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>();
   #nextCall = 1;
+  /** Waiting for the worker's `paused`. */
+  #pausing: Array<{ resolve: () => void; reject: (e: unknown) => void }> = [];
+  #paused = false;
 
   #onMessage(m: WorkerToMain): void {
     if (m.type === 'emit') this.#events.next({ channel: m.channel, data: m.data });
     else if (m.type === 'end') this.#portEnded();
-    else if (m.type === 'result') {
+    else if (m.type === 'paused') {
+      if (this.#pausing.length === 0) return; // resumed before the worker parked: it wakes at once
+      this.#paused = true;
+      // The worker sleeps out of KVM_RUN: this thread's ioctls on the vCPU cannot block now.
+      this.vcpu.setOwner(undefined);
+      for (const p of this.#pausing.splice(0)) p.resolve();
+    } else if (m.type === 'result') {
       const c = this.#calls.get(m.id);
       if (c === undefined) return;
       this.#calls.delete(m.id);
@@ -276,8 +285,58 @@ export class VcpuRun implements AsyncDisposable {
     return p as Promise<never>;
   }
 
+  /**
+   * Pauses the vCPU between two exits: it is kicked out of the guest, any exit being handled is
+   * answered first, and its thread then sleeps out of `KVM_RUN` until {@link resume}. While
+   * paused, the vCPU's ioctls work from this thread (`vcpu.getRegs()`, `saveVcpuState(kvm, vcpu)`,
+   * `vcpu.setRegs(…)`); calls to it through {@link call} still run on its own thread. Resolves
+   * once it is paused; idempotent.
+   *
+   * @example
+   * ```ts
+   * await run.pause();
+   * const { rip } = run.vcpu.getRegs(); // direct: the vCPU is not in KVM_RUN
+   * run.resume();
+   * ```
+   * @throws (rejects) `ERR_KVM_CLOSED` when the run has ended or ends first
+   */
+  pause(): Promise<void> {
+    if (this.#ended) return Promise.reject(Object.assign(new Error('the run has ended'), { code: 'ERR_KVM_CLOSED' }));
+    if (this.#paused) return Promise.resolve();
+    const p = new Promise<void>((resolve, reject) => this.#pausing.push({ resolve, reject }));
+    if (this.#pausing.length === 1) {
+      this.#post({ type: 'pause' });
+      this.#wake();
+    }
+    return p;
+  }
+
+  /** Whether the vCPU is paused ({@link pause}). */
+  get paused(): boolean {
+    return this.#paused;
+  }
+
+  /**
+   * Lets a paused vCPU run again (it goes back into the guest where it stopped). A no-op when it
+   * is not paused.
+   *
+   * @example `run.resume();`
+   */
+  resume(): void {
+    if (this.#ended) return;
+    for (const p of this.#pausing.splice(0))
+      p.reject(Object.assign(new Error('resumed before the pause completed'), { code: 'ERR_KVM_RESUMED' }));
+    const wasPaused = this.#paused;
+    this.#paused = false;
+    if (wasPaused) this.vcpu.setOwner('a VcpuRuntime worker thread');
+    this.#post({ type: 'resume' });
+    Atomics.store(this.#ctrl, ControlWord.wakeRequested, 1);
+    Atomics.notify(this.#ctrl, ControlWord.wakeRequested);
+  }
+
   #wake(): void {
     Atomics.store(this.#ctrl, ControlWord.wakeRequested, 1);
+    Atomics.notify(this.#ctrl, ControlWord.wakeRequested); // a paused worker sleeps on it
     const thread = this.#tid[THREAD_ID_SLOT];
     if (thread !== 0n && Atomics.load(this.#ctrl, ControlWord.state) === RunState.running)
       this.#backend.kick(thread, this.#runAddress);
@@ -291,6 +350,9 @@ export class VcpuRun implements AsyncDisposable {
       this.#onMessage(m.message as WorkerToMain);
     }
     this.#ended = true;
+    this.#paused = false;
+    for (const p of this.#pausing.splice(0))
+      p.reject(Object.assign(new Error('the run ended before it paused'), { code: 'ERR_KVM_CLOSED' }));
     this.#runView.setUint8(RUN.immediateExit, 0);
     this.#finalExits = Atomics.load(this.#ctrl, ControlWord.exitCount);
     this.#released = true;

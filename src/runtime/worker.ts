@@ -252,8 +252,11 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
   const stopped = new Promise<void>((r) => (onStop = r));
   const inputs = new Subject<{ channel: string; data: unknown }>();
   let callTarget: VcpuFd | undefined;
+  let pauseRequested = false;
   const onMessage = (m: MainToWorker): void => {
     if (m.type === 'stop') onStop();
+    else if (m.type === 'pause') pauseRequested = true;
+    else if (m.type === 'resume') pauseRequested = false;
     else if (m.type === 'input') inputs.next({ channel: m.channel, data: m.data });
     else if (m.type === 'call') {
       // A vCPU method called from the main thread (`run.call`), run here between exits.
@@ -335,6 +338,17 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
         drainMessages();
         pipe.throwIfFailed();
         if (pipe.completed) break;
+        continue;
+      }
+      if (pauseRequested) {
+        // Paused between two exits: out of KVM_RUN, so the main thread may use the vCPU's ioctls
+        // (its mutex is free). Sleep until resumed or stopped; calls and input are taken meanwhile.
+        post({ type: 'paused' });
+        while (pauseRequested && !shared.stopRequested) {
+          Atomics.wait(control, ControlWord.wakeRequested, 0, 100);
+          Atomics.store(control, ControlWord.wakeRequested, 0);
+          drainMessages();
+        }
         continue;
       }
       let exit: VcpuExit | undefined;
