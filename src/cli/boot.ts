@@ -30,13 +30,15 @@ export const BOOT_STATUS = { ok: 0, error: 1, usage: 2, timeout: 124 } as const;
 
 export const BOOT_USAGE = `Usage: kvm-rx boot --kernel <file> [options]
 
-Boots a Linux kernel directly in 64-bit mode (no firmware, no bootloader) with its serial
-console (COM1, ttyS0) on this terminal. The kernel is an ELF vmlinux, or a bzImage whose payload
+Boots a Linux kernel directly in 64-bit mode (no firmware, no bootloader) with its console
+(COM1, ttyS0; or hvc0 with --console hvc0) on this terminal. The kernel is an ELF vmlinux, or a bzImage whose payload
 is uncompressed or compressed with LZ4 or gzip (decompressed here, on the host; for other
 compressions the error message says how to extract the vmlinux).
 
 Devices: COM1 16550A (IRQ 4), i8042 (reset only), CMOS/RTC, PCI bus with no device, port 0x80,
-debug console 0x402 (to stderr), and the in-kernel PIC, IOAPIC, LAPIC and PIT.
+debug console 0x402 (to stderr), and the in-kernel PIC, IOAPIC, LAPIC and PIT; with the options
+below, virtio-mmio devices (blk, net, vsock, rng, console) at 0xd0000000 + i * 4 KiB on ISA
+IRQs 5, 6, 7, 9, 10, 11, 14, 15, announced with virtio_mmio.device= on the command line.
 
 Options:
   --kernel <file>    The kernel image (required).
