@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { virtioRng } from '../../src/devices/virtio/rng';
 import { hostVirtualization, stockKernelCmdline } from '../../src/vmm/host';
-import { bootLinux } from '../../src/vmm/linux';
+import { bootLinux, type LinuxVm } from '../../src/vmm/linux';
 import { describeGuestKernel } from '../helpers/guest-kernel';
 
 describeGuestKernel('SMP: the guest kernel on two vCPUs', (kernelPath) => {
@@ -37,6 +37,38 @@ describeGuestKernel('SMP: the guest kernel on two vCPUs', (kernelPath) => {
     expect(console0).toContain('Kernel panic - not syncing: VFS: Unable to mount root fs');
     expect(requests).toBeGreaterThan(0); // the virtio interrupt reached the guest through the IOAPIC
     expect(vm.virtio[0].failures).toBe(0);
+  });
+
+  it('pauses both vCPUs mid-boot, saves their KVM state and the VM’s, and resumes to the end', async () => {
+    let text = '';
+    let saved: ReturnType<LinuxVm['saveState']> | undefined;
+    let pausing: Promise<void> | undefined;
+    const vm: LinuxVm = bootLinux({
+      kernel: readFileSync(kernelPath),
+      cmdline: stockKernelCmdline(hostVirtualization()),
+      cpus: 2,
+      output: (b) => {
+        text += Buffer.from(b).toString('latin1');
+        if (pausing === undefined && text.includes('smp: Brought up 1 node, 2 CPUs')) {
+          pausing = (async () => {
+            await vm.pause();
+            saved = vm.saveState();
+            vm.resume();
+          })();
+        }
+      },
+    });
+    expect(() => vm.saveState()).toThrow(/not paused/);
+    const outcome = await vm.done;
+    await pausing;
+    expect(outcome.reason).toBe('reset'); // it went on to its end after the pause
+    expect(saved?.vcpus.map((v) => v.id)).toEqual([0, 1]);
+    // Both CPUs were up: in the kernel (its text is mapped at 0xffffffff8…), the AP started.
+    for (const v of saved!.vcpus) expect(v.regs.rip >= 0xffff_ffff_8000_0000n).toBe(true);
+    expect([0, 3]).toContain(saved!.vcpus[1].mpState.mpState); // RUNNABLE or HALTED, not waiting for SIPI
+    expect(saved!.vm.irqchips).toHaveLength(3);
+    expect(saved!.vm.pit2).toBeDefined();
+    expect(structuredClone(saved)).toEqual(saved);
   });
 
   it('refuses more than one CPU without the in-kernel irqchip, before making a VM', () => {

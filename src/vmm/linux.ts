@@ -16,6 +16,7 @@ import type { VcpuRun } from '../runtime/vcpu-run';
 import { VcpuRuntime, modulePath } from '../runtime/pool';
 import { Kvm } from '../wrappers/kvm';
 import { VirtioMmioDevice, type VirtioDevice } from '../devices/virtio/mmio-device';
+import { saveVcpuState, saveVmState, saveableMsrs, type VcpuState, type VmState } from './vcpu-state';
 import { KvmRangeError } from '../abi/errors';
 import { createLinuxMachine, type BootInfo, type LinuxMachineConfig } from './boot';
 import { emulationFallbackStats, type EmulationFallbackStats } from './emulation-fallback';
@@ -117,6 +118,29 @@ export interface LinuxVm {
    * ```
    */
   call: VcpuRun['call'];
+  /**
+   * Pauses every vCPU between two exits (each out of `KVM_RUN`, see `VcpuRun.pause`); the
+   * devices keep running. Resolves once all are paused.
+   *
+   * @example
+   * ```ts
+   * // @ts-setup: declare const linux: LinuxVm;
+   * await linux.pause();
+   * const state = linux.saveState(); // every vCPU's and the VM's KVM state
+   * linux.resume();
+   * ```
+   * @throws (rejects) `ERR_KVM_CLOSED` once the VM has ended
+   */
+  pause(): Promise<void>;
+  /** Lets paused vCPUs run again. */
+  resume(): void;
+  /**
+   * The KVM state of every vCPU and of the VM's in-kernel devices (`saveVcpuState`, `saveVmState`)
+   * while it is paused. Not the device models' state, nor guest memory.
+   *
+   * @throws `Error` `ERR_KVM_NOT_PAUSED` unless every vCPU is paused; {@link KvmError} from the ioctls
+   */
+  saveState(): { vcpus: VcpuState[]; vm: VmState };
   /** Stops the VM; resolves with the outcome. */
   stop(): Promise<LinuxOutcome>;
   /** Resolves with the outcome once the VM has ended and everything is closed. Never rejects. */
@@ -347,6 +371,18 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
       run0.send(channel, data);
     },
     call: (method, ...args) => run0.call(method, ...args),
+    pause: async () => {
+      await Promise.all(runs.map((r) => r.pause()));
+    },
+    resume: () => {
+      for (const r of runs) r.resume();
+    },
+    saveState: () => {
+      if (!runs.every((r) => r.paused))
+        throw Object.assign(new Error('the VM is not paused: await pause() first'), { code: 'ERR_KVM_NOT_PAUSED' });
+      const msrs = saveableMsrs(kvm);
+      return { vcpus: machine.vcpus.map((v) => saveVcpuState(kvm, v, msrs)), vm: saveVmState(machine.vm) };
+    },
     stop: async () => {
       await Promise.all(runs.map((r) => r.stop()));
       return done;
