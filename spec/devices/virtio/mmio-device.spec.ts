@@ -3,78 +3,45 @@
  * the registers (as the vCPU thread's `virtioMmio` would) and the rings in guest memory (as
  * Linux's virtio_ring.c would); notifications go through the mock's ioeventfds, like on KVM.
  */
-import { MockBackend, hlt, mmioWrite } from '../../../src/backend/mock/index';
+import { MockBackend } from '../../../src/backend/mock/index';
 import { mockVmEvents } from '../../../src/backend/mock/vm-irq';
 import { VirtioMmioDevice, type VirtioDevice } from '../../../src/devices/virtio/mmio-device';
-import { VirtioMmioReg as R, VirtioMmioRegisters, VirtioStatus as S } from '../../../src/devices/virtio/mmio-transport';
+import { VirtioMmioReg as R, VirtioStatus as S } from '../../../src/devices/virtio/mmio-transport';
 import { virtioRng } from '../../../src/devices/virtio/rng';
-import { GuestMemory } from '../../../src/wrappers/guest-memory';
 import { Kvm } from '../../../src/wrappers/kvm';
+import { BASE, RAM, mockVirtio, tick } from './mock-machine';
+import type { SplitDriver } from './split-driver';
 
-const BASE = 0xd000_0000n;
-const RAM = 0x40_0000;
-const DESC = 0x1_0000;
-const AVAIL = 0x2_0000;
-const USED = 0x3_0000;
 const QSIZE = 8;
-const tick = () => new Promise((r) => setImmediate(r));
 
 function setup(device: VirtioDevice = virtioRng({ fill: (b) => b.fill(0x42) })) {
-  const backend = new MockBackend();
-  const kvm = new Kvm({ backend });
-  const vm = kvm.createVm();
-  vm.createIrqChip(); // an irqfd needs one, as on KVM
-  const memory = GuestMemory.anonymous(RAM, { backend });
-  vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory });
-  const vcpu = vm.createVcpu(0);
-  const logged: string[] = [];
-  const dev = new VirtioMmioDevice(vm, device, { base: BASE, gsi: 5, log: (m) => logged.push(m) });
-  const regs = new VirtioMmioRegisters(dev.shared.state);
-  const bytes = memory.bytes;
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  let availIdx = 0;
+  const m = mockVirtio(device, QSIZE);
+  let q: SplitDriver | undefined;
+  const queue = () => {
+    if (q === undefined) throw new Error('driver.setUp() first');
+    return q;
+  };
   const driver = {
+    /** Linux's probe, acking only VERSION_1 (no EVENT_IDX): every completion interrupts. */
     setUp(features = 1n << 32n) {
-      regs.write(R.status, 4, 0);
-      regs.write(R.status, 4, S.acknowledge);
-      regs.write(R.status, 4, S.acknowledge | S.driver);
-      regs.write(R.driverFeaturesSel, 4, 1);
-      regs.write(R.driverFeatures, 4, Number(features >> 32n));
-      regs.write(R.driverFeaturesSel, 4, 0);
-      regs.write(R.driverFeatures, 4, Number(features & 0xffff_ffffn));
-      regs.write(R.status, 4, S.acknowledge | S.driver | S.featuresOk);
-      regs.write(R.queueSel, 4, 0);
-      regs.write(R.queueNum, 4, QSIZE);
-      regs.write(R.queueDescLow, 4, DESC);
-      regs.write(R.queueDriverLow, 4, AVAIL);
-      regs.write(R.queueDeviceLow, 4, USED);
-      regs.write(R.queueReady, 4, 1);
-      availIdx = 0;
-      bytes.fill(0, DESC, USED + 0x1000);
-      regs.write(R.status, 4, S.acknowledge | S.driver | S.featuresOk | S.driverOk);
+      [q] = m.setUp(features);
     },
     /** Descriptor `i`: a buffer at `addr` of `len` bytes; `flags` 2 = device-writable, 1 = NEXT. */
     desc(i: number, addr: number, len: number, flags = 2, next = 0) {
-      view.setBigUint64(DESC + 16 * i, BigInt(addr), true);
-      view.setUint32(DESC + 16 * i + 8, len, true);
-      view.setUint16(DESC + 16 * i + 12, flags, true);
-      view.setUint16(DESC + 16 * i + 14, next, true);
+      queue().writeDesc(i, { addr: BigInt(addr), len, flags, next });
     },
+    /** Puts head `head` on the available ring and publishes it. */
     offer(head: number) {
-      view.setUint16(AVAIL + 4 + 2 * (availIdx % QSIZE), head, true);
-      availIdx = (availIdx + 1) & 0xffff;
-      view.setUint16(AVAIL + 2, availIdx, true);
+      const d = queue();
+      d.writeAvailEntry(d.availIdx % QSIZE, head);
+      d.setAvailIdx(d.availIdx + 1);
     },
-    usedIdx: () => view.getUint16(USED + 2, true),
-    used: (i: number) => ({ id: view.getUint32(USED + 4 + 8 * i, true), len: view.getUint32(USED + 8 + 8 * i, true) }),
+    usedIdx: () => queue().usedIdx(),
+    used: (i: number) => queue().usedElem(i),
   };
   /** The guest writes queue 0's index to QueueNotify: the ioeventfd takes it, no exit. */
-  const notify = async () => {
-    backend.vcpu(0).script([mmioWrite(BASE + 0x50n, [0, 0, 0, 0]), hlt()]);
-    expect(vcpu.run().kind).toBe('Hlt');
-    await tick();
-  };
-  return { backend, kvm, vm, dev, regs, bytes, driver, notify, logged };
+  const notify = () => m.notify(0);
+  return { ...m, bytes: m.memory.regions[0].memory.bytes, driver, notify };
 }
 
 describe('VirtioMmioDevice (mock kernel)', () => {
@@ -163,8 +130,8 @@ describe('VirtioMmioDevice (mock kernel)', () => {
     regs.write(R.driverFeatures, 4, 1);
     regs.write(R.status, 4, S.acknowledge | S.driver | S.featuresOk);
     regs.write(R.queueNum, 4, 8);
-    regs.write(R.queueDescLow, 4, DESC);
-    regs.write(R.queueDriverLow, 4, AVAIL);
+    regs.write(R.queueDescLow, 4, 0x1_0000);
+    regs.write(R.queueDriverLow, 4, 0x2_0000);
     regs.write(R.queueDeviceLow, 4, 0x7fff_0000); // not RAM
     regs.write(R.queueReady, 4, 1);
     regs.write(R.status, 4, S.acknowledge | S.driver | S.featuresOk | S.driverOk);
