@@ -23,7 +23,7 @@
  *
  * @module
  */
-import { Observable, finalize, identity, map, type MonoTypeOperatorFunction } from 'rxjs';
+import { Observable, finalize, identity, map, type MonoTypeOperatorFunction, type OperatorFunction } from 'rxjs';
 import { legacyPc } from '../devices/legacy-pc';
 import { ExitStats, type ExitStatsSnapshot } from '../runtime/operators/ExitStats';
 import { UnhandledExitError, describeExit } from '../runtime/errors';
@@ -162,6 +162,54 @@ function untilGuestStops(ctx: VcpuContext): MonoTypeOperatorFunction<VcpuExit> {
     );
 }
 
+/** What the legacy devices of a Linux VM are wired to (see {@link linuxLegacyPc}). */
+export interface LinuxLegacyWiring {
+  /** COM1's interrupt line (absent without an irqchip). */
+  irq?: (level: boolean) => void;
+  /** What the guest writes to COM1. */
+  onTx: (bytes: Uint8Array) => void;
+  /** What the guest reads from COM1. */
+  input$: Observable<Uint8Array>;
+  /** The i8042's CPU reset line. */
+  onReset: () => void;
+  /** Guest RAM in bytes, for the CMOS. */
+  memSize: number;
+  /** What the guest writes to the debug console at 0x402. */
+  onDebugOutput: (bytes: Uint8Array) => void;
+}
+
+/**
+ * The legacy PC devices of a Linux VM (COM1, the i8042, the CMOS, PCI with no device, the debug
+ * ports): in a vCPU's thread for one vCPU, or once on the main thread for every vCPU of an SMP
+ * guest.
+ */
+export function linuxLegacyPc(w: LinuxLegacyWiring): MonoTypeOperatorFunction<VcpuExit> {
+  return legacyPc({
+    com1: { ...(w.irq ? { irq: w.irq } : {}), onTx: w.onTx, input$: w.input$ },
+    i8042: { onReset: w.onReset },
+    cmos: { memorySize: w.memSize },
+    pci: true,
+    debug: { onDebugOutput: w.onDebugOutput },
+  });
+}
+
+/**
+ * The end of a Linux VM's device pipeline: port I/O and MMIO nobody models are an open bus (reads
+ * all ones, writes dropped; each one counted with `onOpenBus`), any other exit an
+ * `UnhandledExitError` (the runner appends the vCPU's RIP: the vCPU has not moved on yet).
+ */
+export function openBusOrFail(onOpenBus: () => void): OperatorFunction<VcpuExit, never> {
+  return failOnUnhandled({
+    policy: (exit) => {
+      if (exit.kind === 'IoIn' || exit.kind === 'IoOut' || exit.kind === 'MmioRead' || exit.kind === 'MmioWrite') {
+        onOpenBus();
+        return 'ignore';
+      }
+      throw new UnhandledExitError(exit, describeExit(exit));
+    },
+  });
+}
+
 /**
  * The pipeline (default export; loaded by the worker runtime in the vCPU's thread).
  *
@@ -198,16 +246,13 @@ export default function linuxDevices(exits$: Observable<VcpuExit>, ctx: VcpuCont
     options.virtio !== undefined && options.virtio.length > 0 ? virtioMmio(options.virtio) : identity,
     options.legacy === 'main'
       ? identity
-      : legacyPc({
-          com1: {
-            ...(irqLine === false ? {} : { irq: (level: boolean) => ctx.vm.setIrqLine(irqLine, level) }),
-            onTx: (bytes) => ctx.emit('tx', bytes),
-            input$,
-          },
-          i8042: { onReset: () => ctx.emit('reset', 'i8042' satisfies LinuxResetCause) },
-          cmos: { memorySize: memSize },
-          pci: true,
-          debug: { onDebugOutput: (bytes) => ctx.emit('debugcon', bytes) },
+      : linuxLegacyPc({
+          ...(irqLine === false ? {} : { irq: (level: boolean) => ctx.vm.setIrqLine(irqLine, level) }),
+          onTx: (bytes) => ctx.emit('tx', bytes),
+          input$,
+          onReset: () => ctx.emit('reset', 'i8042' satisfies LinuxResetCause),
+          memSize,
+          onDebugOutput: (bytes) => ctx.emit('debugcon', bytes),
         }),
     emulationFallback(ctx, emulation),
     untilGuestStops(ctx),
@@ -218,20 +263,6 @@ export default function linuxDevices(exits$: Observable<VcpuExit>, ctx: VcpuCont
     }),
     options.legacy === 'main'
       ? identity // what is left goes to the main thread's devices (start() with unhandled: 'main')
-      : (failOnUnhandled({
-          policy: (exit) => {
-            if (
-              exit.kind === 'IoIn' ||
-              exit.kind === 'IoOut' ||
-              exit.kind === 'MmioRead' ||
-              exit.kind === 'MmioWrite'
-            ) {
-              openBus++;
-              return 'ignore';
-            }
-            // The runner appends the vCPU's RIP to the message (the vCPU has not moved on yet).
-            throw new UnhandledExitError(exit, describeExit(exit));
-          },
-        }) as MonoTypeOperatorFunction<VcpuExit>),
+      : (openBusOrFail(() => openBus++) as MonoTypeOperatorFunction<VcpuExit>),
   );
 }

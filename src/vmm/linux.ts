@@ -7,9 +7,6 @@
  */
 import { extname, join } from 'node:path';
 import { Subject, merge, type Observable } from 'rxjs';
-import { legacyPc } from '../devices/legacy-pc';
-import { UnhandledExitError, describeExit } from '../runtime/errors';
-import { failOnUnhandled } from '../runtime/operators/failOnUnhandled';
 import { checkObject, checkString, invalidType, invalidValue } from '../abi/validate';
 import type { ExitStatsSnapshot } from '../runtime/operators/ExitStats';
 import type { VcpuRun } from '../runtime/vcpu-run';
@@ -20,7 +17,13 @@ import { saveVcpuState, saveVmState, saveableMsrs, type VcpuState, type VmState 
 import { KvmRangeError } from '../abi/errors';
 import { createLinuxMachine, type BootInfo, type LinuxMachineConfig } from './boot';
 import { emulationFallbackStats, type EmulationFallbackStats } from './emulation-fallback';
-import type { LinuxDevicesOptions, LinuxDevicesStats, LinuxResetCause } from './linux-devices';
+import {
+  linuxLegacyPc,
+  openBusOrFail,
+  type LinuxDevicesOptions,
+  type LinuxDevicesStats,
+  type LinuxResetCause,
+} from './linux-devices';
 
 /** Options of {@link bootLinux}: the machine (see `LinuxMachineConfig`) and how to run it. */
 export interface BootLinuxOptions extends LinuxMachineConfig {
@@ -256,35 +259,21 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
   if (smp) {
     // One set of legacy devices for every vCPU: the exits the workers leave reach this thread,
     // one at a time, each answered before its vCPU resumes.
-    const pc = legacyPc({
-      com1: { irq: (level: boolean) => machine.vm.setIrqLine(4, level), onTx: emitTx, input$: stdin },
-      i8042: {
-        onReset: () => {
-          resetBy ??= 'i8042';
-          stopAll();
-        },
+    const pc = linuxLegacyPc({
+      irq: (level: boolean) => machine.vm.setIrqLine(4, level),
+      onTx: emitTx,
+      input$: stdin,
+      onReset: () => {
+        resetBy ??= 'i8042';
+        stopAll();
       },
-      cmos: { memorySize: machine.memSize },
-      pci: true,
-      debug: { onDebugOutput: (bytes) => events.next({ channel: 'debugcon', data: bytes }) },
+      memSize: machine.memSize,
+      onDebugOutput: (bytes) => events.next({ channel: 'debugcon', data: bytes }),
     });
     merge(...runs.map((r) => r.exits$))
       .pipe(
         pc,
-        failOnUnhandled({
-          policy: (exit) => {
-            if (
-              exit.kind === 'IoIn' ||
-              exit.kind === 'IoOut' ||
-              exit.kind === 'MmioRead' ||
-              exit.kind === 'MmioWrite'
-            ) {
-              mainOpenBus++;
-              return 'ignore';
-            }
-            throw new UnhandledExitError(exit, describeExit(exit));
-          },
-        }),
+        openBusOrFail(() => mainOpenBus++),
       )
       .subscribe({
         error: (e: unknown) => {
