@@ -240,18 +240,12 @@ class TransportWords {
 
   /** The device's feature bits. */
   get deviceFeatures(): bigint {
-    return (
-      (BigInt(Atomics.load(this.w, W.deviceFeaturesHi) >>> 0) << 32n) |
-      BigInt(Atomics.load(this.w, W.deviceFeaturesLo) >>> 0)
-    );
+    return this.u64(W.deviceFeaturesHi, W.deviceFeaturesLo);
   }
 
   /** The feature bits the driver acked (meaningful once FEATURES_OK is set). */
   get driverFeatures(): bigint {
-    return (
-      (BigInt(Atomics.load(this.w, W.driverFeaturesHi) >>> 0) << 32n) |
-      BigInt(Atomics.load(this.w, W.driverFeaturesLo) >>> 0)
-    );
+    return this.u64(W.driverFeaturesHi, W.driverFeaturesLo);
   }
 
   /** The number of queues. */
@@ -267,6 +261,11 @@ class TransportWords {
   /** `InterruptStatus`. */
   get interruptStatus(): number {
     return Atomics.load(this.w, W.interruptStatus);
+  }
+
+  /** Two 32-bit words (`hi`, `lo`: word indexes) as one unsigned 64-bit value. */
+  protected u64(hi: number, lo: number): bigint {
+    return (BigInt(Atomics.load(this.w, hi) >>> 0) << 32n) | BigInt(Atomics.load(this.w, lo) >>> 0);
   }
 
   protected bell(): void {
@@ -504,7 +503,7 @@ export class VirtioMmioDeviceState extends TransportWords {
         `queue index must be in 0..${this.numQueues - 1}; got ${String(index)}`,
       );
     const r = (f: number): number => Atomics.load(this.w, this.queueWord(index, f)) >>> 0;
-    const addr = (lo: number, hi: number): bigint => (BigInt(r(hi)) << 32n) | BigInt(r(lo));
+    const addr = (lo: number, hi: number): bigint => this.u64(this.queueWord(index, hi), this.queueWord(index, lo));
     return {
       size: r(Q.num),
       ready: r(Q.ready) === 1,

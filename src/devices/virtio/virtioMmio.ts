@@ -37,19 +37,17 @@ export function virtioMmio(list: readonly VirtioMmioShared[]): MonoTypeOperatorF
       invalidType(`devices[${i}].base`, 'a bigint', (d as Partial<VirtioMmioShared> | null)?.base);
     return { from: d.base, size: VIRTIO_MMIO_WINDOW, regs: new VirtioMmioRegisters(d.state) };
   });
-  const find = (addr: bigint) => windows.find((w) => addr >= w.from && addr < w.from + BigInt(w.size))!;
+  // The operators match the window; its base (address − offset) names the device.
+  const regsAt = new Map(windows.map((w) => [w.from, w.regs]));
+  const regsOf = (addr: bigint, offset: number) => regsAt.get(addr - BigInt(offset))!;
   const ranges = windows.map(({ from, size }) => ({ from, size }));
   return pipe(
-    onMmioRead(ranges, (exit) => {
-      const w = find(exit.addr);
-      return w.regs.read(Number(exit.addr - w.from), exit.data.length);
-    }),
-    onMmioWrite(ranges, (exit) => {
-      const w = find(exit.addr);
+    onMmioRead(ranges, (exit, offset) => regsOf(exit.addr, offset).read(offset, exit.data.length)),
+    onMmioWrite(ranges, (exit, offset) => {
       const d = exit.data;
       let value = 0;
       for (let i = Math.min(d.length, 4) - 1; i >= 0; i--) value = value * 256 + d[i];
-      w.regs.write(Number(exit.addr - w.from), d.length, value);
+      regsOf(exit.addr, offset).write(offset, d.length, value);
     }),
   );
 }
