@@ -59,3 +59,50 @@ export function badInitrd(detail: string): never {
 export function hex(v: number | bigint): string {
   return `0x${v.toString(16)}`;
 }
+
+/** Error codes of {@link SnapshotError}. */
+export type SnapshotErrorCode =
+  | 'ERR_KVM_SNAPSHOT_CORRUPT'
+  | 'ERR_KVM_SNAPSHOT_TRUNCATED'
+  | 'ERR_KVM_SNAPSHOT_VERSION'
+  | 'ERR_KVM_SNAPSHOT_HOST'
+  | 'ERR_KVM_SNAPSHOT_MISMATCH';
+
+/**
+ * A snapshot file that cannot be restored here. Loading checks everything before it creates
+ * anything, so after this error nothing has been half-restored.
+ *
+ * - `ERR_KVM_SNAPSHOT_CORRUPT`: not a kvm-rx snapshot, a checksum that does not match, or content
+ *   that does not make sense (`detail` says which part)
+ * - `ERR_KVM_SNAPSHOT_TRUNCATED`: the file ends before a part it declares
+ * - `ERR_KVM_SNAPSHOT_VERSION`: written in a format version this kvm-rx does not read
+ * - `ERR_KVM_SNAPSHOT_HOST`: saved on a host whose CPU this one cannot stand in for (another
+ *   vendor, or CPUID features this host's KVM does not offer: `detail` names them)
+ * - `ERR_KVM_SNAPSHOT_MISMATCH`: a diff snapshot whose parent is not the file given, or a machine
+ *   of another kind than the one restoring it
+ *
+ * @example
+ * ```ts
+ * // @ts-setup: import { readSnapshotFile, SnapshotError } from 'kvm-rx';
+ * try {
+ *   readSnapshotFile('vm.snap');
+ * } catch (e) {
+ *   if (!(e instanceof SnapshotError)) throw e;
+ *   console.error(e.code, e.detail); // e.g. ERR_KVM_SNAPSHOT_TRUNCATED memory region 0 ends at …
+ * }
+ * ```
+ */
+export class SnapshotError extends Error {
+  override readonly name = 'SnapshotError';
+  readonly code: SnapshotErrorCode;
+  /** What is wrong, without the file name. */
+  readonly detail: string;
+  /** The file. */
+  readonly path: string;
+  constructor(code: SnapshotErrorCode, path: string, detail: string) {
+    super(`cannot restore snapshot ${path}: ${detail}`);
+    this.code = code;
+    this.path = path;
+    this.detail = detail;
+  }
+}
