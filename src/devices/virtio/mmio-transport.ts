@@ -156,6 +156,32 @@ export interface VirtioQueueRegisters {
   usedRing: bigint;
 }
 
+/**
+ * The registers of a transport that the driver sets and the device keeps (what a snapshot saves):
+ * {@link VirtioMmioDeviceState.registerFile} reads them, {@link VirtioMmioDeviceState.loadRegisterFile}
+ * puts them back. The device ID, the features offered, `QueueNumMax` and the config size are the
+ * device's own and are not in it.
+ */
+export interface VirtioMmioRegisterFile {
+  /** The device status. */
+  status: number;
+  /** `DeviceFeaturesSel` and `DriverFeaturesSel` (any u32 the driver wrote). */
+  deviceFeaturesSel: number;
+  driverFeaturesSel: number;
+  /** The 64 feature bits the driver wrote (both pages). */
+  driverFeatures: bigint;
+  /** `QueueSel` (any u32 the driver wrote). */
+  queueSel: number;
+  /** `InterruptStatus`. */
+  interruptStatus: number;
+  /** `ConfigGeneration`. */
+  configGeneration: number;
+  /** The config space (exactly the device's config size). */
+  config: Uint8Array;
+  /** Each queue's registers, in queue order (one per queue of the device). */
+  queues: VirtioQueueRegisters[];
+}
+
 const isPow2 = (n: number): boolean => n > 0 && (n & (n - 1)) === 0;
 
 /**
@@ -551,6 +577,84 @@ export class VirtioMmioDeviceState extends TransportWords {
   setNeedsReset(): void {
     Atomics.or(this.w, W.status, VirtioStatus.deviceNeedsReset);
     Atomics.or(this.w, W.interruptStatus, VirtioInterrupt.configChange);
+  }
+
+  /**
+   * The registers the driver set, read at once (for a snapshot: read them while no vCPU runs, as
+   * a multi-register read is not atomic against the guest).
+   * @example
+   * ```ts
+   * // @ts-setup: declare const device: VirtioMmioDeviceState;
+   * const saved = device.registerFile();
+   * saved.queues[0].ready; // whether the driver made queue 0 ready
+   * ```
+   */
+  registerFile(): VirtioMmioRegisterFile {
+    const w = this.w;
+    const queues: VirtioQueueRegisters[] = [];
+    for (let i = 0; i < this.numQueues; i++) queues.push(this.queue(i));
+    return {
+      status: this.status,
+      deviceFeaturesSel: Atomics.load(w, W.deviceFeaturesSel) >>> 0,
+      driverFeaturesSel: Atomics.load(w, W.driverFeaturesSel) >>> 0,
+      driverFeatures: this.driverFeatures,
+      queueSel: Atomics.load(w, W.queueSel) >>> 0,
+      interruptStatus: Atomics.load(w, W.interruptStatus) >>> 0,
+      configGeneration: Atomics.load(w, W.configGeneration) >>> 0,
+      config: this.config,
+      queues,
+    };
+  }
+
+  /**
+   * Puts saved registers back (a snapshot's restore), and bumps the activation counter: an
+   * activation of the former state is over. Pending exited notifications are dropped (the device
+   * looks at every queue after a restore anyway). The caller has checked `file` against this
+   * device (queue count, config size, the values' ranges; see `VirtioMmioDevice.restoreState`).
+   *
+   * @throws `RangeError` `ERR_OUT_OF_RANGE` when `file` has another number of queues or another
+   *   config size than this device (nothing is written)
+   * @example
+   * ```ts
+   * // @ts-setup: declare const device: VirtioMmioDeviceState;
+   * // @ts-setup: declare const saved: VirtioMmioRegisterFile;
+   * device.loadRegisterFile(saved);
+   * ```
+   */
+  loadRegisterFile(file: VirtioMmioRegisterFile): void {
+    const w = this.w;
+    const n = Atomics.load(w, W.configSize);
+    if (file.queues.length !== this.numQueues || file.config.length !== n)
+      throw new KvmRangeError(
+        'ERR_OUT_OF_RANGE',
+        `the register file has ${file.queues.length} queues and ${file.config.length} config bytes; ` +
+          `this device has ${this.numQueues} and ${n}`,
+      );
+    const u32 = (v: number): number => v | 0;
+    Atomics.store(w, W.deviceFeaturesSel, u32(file.deviceFeaturesSel));
+    Atomics.store(w, W.driverFeaturesSel, u32(file.driverFeaturesSel));
+    Atomics.store(w, W.driverFeaturesLo, Number(file.driverFeatures & 0xffff_ffffn) | 0);
+    Atomics.store(w, W.driverFeaturesHi, Number((file.driverFeatures >> 32n) & 0xffff_ffffn) | 0);
+    Atomics.store(w, W.queueSel, u32(file.queueSel));
+    Atomics.store(w, W.interruptStatus, u32(file.interruptStatus));
+    Atomics.store(w, W.configGeneration, u32(file.configGeneration));
+    for (let i = 0; i < n; i++) Atomics.store(this.configBytes, i, file.config[i]);
+    for (const [q, r] of file.queues.entries()) {
+      const set = (f: number, v: number): void => void Atomics.store(w, this.queueWord(q, f), v | 0);
+      const lo = (a: bigint): number => Number(a & 0xffff_ffffn);
+      const hi = (a: bigint): number => Number((a >> 32n) & 0xffff_ffffn);
+      set(Q.num, r.size);
+      set(Q.ready, r.ready ? 1 : 0);
+      set(Q.descLo, lo(r.descTable));
+      set(Q.descHi, hi(r.descTable));
+      set(Q.driverLo, lo(r.availRing));
+      set(Q.driverHi, hi(r.availRing));
+      set(Q.deviceLo, lo(r.usedRing));
+      set(Q.deviceHi, hi(r.usedRing));
+    }
+    Atomics.store(w, W.pendingNotify, 0);
+    Atomics.add(w, W.epoch, 1);
+    Atomics.store(w, W.status, file.status & 0xff);
   }
 
   /** The config space's bytes (a copy). */

@@ -495,7 +495,8 @@ export class SplitQueue {
 
   /**
    * The free-running index (u16) of the next available ring entry the device will take. Set it
-   * to restore a snapshot (before any {@link pop}; chains held at the snapshot are not restored).
+   * to restore a snapshot (before any {@link pop}; chains held at the snapshot are taken again
+   * with {@link retake}).
    * @example
    * ```ts
    * // @ts-setup: declare const queue: SplitQueue;
@@ -530,6 +531,34 @@ export class SplitQueue {
     this.#signalled = this.#nextUsed;
     this.#addedSinceSignal = 0;
     this.#signalledValid = false;
+  }
+
+  /**
+   * `used.idx` when the device last decided whether to interrupt ({@link needsNotification}, the
+   * `old` of EVENT_IDX's `vring_need_event`), or `undefined` before the first decision since
+   * construction or a `nextUsed` restore (the next decision then interrupts). Saved with
+   * {@link nextAvail} and {@link nextUsed} in a snapshot; setting it (after `nextUsed`) restores
+   * it and forgets additions not yet decided on.
+   * @example
+   * ```ts
+   * // @ts-setup: declare const queue: SplitQueue;
+   * // @ts-setup: declare const restored: SplitQueue;
+   * restored.nextUsed = queue.nextUsed;
+   * restored.signalledUsed = queue.signalledUsed; // no spurious interrupt after the restore
+   * ```
+   */
+  get signalledUsed(): number | undefined {
+    return this.#signalledValid ? this.#signalled : undefined;
+  }
+  set signalledUsed(value: number | undefined) {
+    if (value === undefined) {
+      this.#signalled = this.#nextUsed;
+      this.#signalledValid = false;
+    } else {
+      this.#signalled = checkInt('signalledUsed', value, 0, 0xffff);
+      this.#signalledValid = true;
+    }
+    this.#addedSinceSignal = 0;
   }
 
   /**
@@ -635,6 +664,17 @@ export class SplitQueue {
       );
     }
 
+    const chain = this.#chainAt(head);
+    this.#held[head] = 1;
+    this.#heldWritable[head] = chain.writableLength;
+    this.#heldCount++;
+    this.#nextAvail = (this.#nextAvail + 1) & 0xffff;
+    return chain;
+  }
+
+  /** Reads and checks the chain starting at descriptor `head` (< size); throws as {@link pop} does. */
+  #chainAt(head: number): DescriptorChain {
+    const size = this.size;
     const readable: Descriptor[] = [];
     const writable: Descriptor[] = [];
     let total = 0;
@@ -712,11 +752,43 @@ export class SplitQueue {
       i = next;
     }
 
-    const chain = new DescriptorChain(this.#memory, head, readable, writable);
+    return new DescriptorChain(this.#memory, head, readable, writable);
+  }
+
+  /**
+   * Takes again the chain at descriptor `head`, one the device held when its state was saved and
+   * that the driver has still left to the device (a snapshot's restore): it is read and checked as
+   * {@link pop} does, and held, but `nextAvail` does not move (its ring entry was taken before the
+   * save).
+   *
+   * @param head - the chain's head, as the saved device held it
+   * @throws {@link VirtqueueError} `ERR_VIRTIO_RING` (`head-index`: `head` ≥ size;
+   *   `head-in-flight`: a head the device holds already) or `ERR_VIRTIO_DESCRIPTOR` (the rules of
+   *   {@link pop}); the queue stays broken
+   * @throws `TypeError` / `RangeError` for a `head` that is not a u16 integer
+   * @example
+   * ```ts
+   * // @ts-setup: declare const queue: SplitQueue; // rebuilt from a saved state
+   * // @ts-setup: declare const saved: { nextAvail: number; nextUsed: number; held: number[] };
+   * queue.nextAvail = saved.nextAvail;
+   * queue.nextUsed = saved.nextUsed;
+   * const chains = saved.held.map((head) => queue.retake(head)); // the receive buffers it kept
+   * ```
+   */
+  retake(head: number): DescriptorChain {
+    checkInt('head', head, 0, 0xffff);
+    this.#live();
+    if (this.#error !== undefined) throw this.#error;
+    if (head >= this.size) {
+      this.#fail('ERR_VIRTIO_RING', 'head-index', `retake: head ${head} is outside the ${this.size}-entry queue`, head);
+    }
+    if (this.#held[head] !== 0) {
+      this.#fail('ERR_VIRTIO_RING', 'head-in-flight', `retake: head ${head} is held by the device already`, head);
+    }
+    const chain = this.#chainAt(head);
     this.#held[head] = 1;
     this.#heldWritable[head] = chain.writableLength;
     this.#heldCount++;
-    this.#nextAvail = (this.#nextAvail + 1) & 0xffff;
     return chain;
   }
 
