@@ -85,6 +85,10 @@ export { runInThread, vcpuExits } from './runtime/in-thread';
 export type { InThreadOptions } from './runtime/in-thread';
 export { fromIoEvent } from './runtime/from-io-event';
 export * from './devices/index';
+// virtio device snapshots (issue 11): the saved state of a VirtioMmioDevice.
+export type { VirtioMmioState, VirtioMmioQueueState } from './devices/virtio/mmio-device';
+export type { VirtioMmioRegisterFile } from './devices/virtio/mmio-transport';
+export { VSOCK_EVENT_TRANSPORT_RESET } from './devices/virtio/vsock';
 // The VMM: bootLinux at the high level; createLinuxMachine for your own run loop; prepareKernel
 // (recognise, decompress and load a kernel image) and e820Map for your own layout; cpioNewc for
 // initramfs images. (The other building blocks stay in src/vmm/: not public API.)

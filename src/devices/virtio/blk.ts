@@ -5,7 +5,7 @@
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { statSync } from 'node:fs';
-import { EMPTY, Observable, defer, from, mergeMap } from 'rxjs';
+import { EMPTY, Observable, from, mergeMap } from 'rxjs';
 import { checkObject, invalidType, invalidValue } from '../../abi/validate';
 import { KvmRangeError } from '../../abi/errors';
 import type { DescriptorChain } from './split-queue';
@@ -64,6 +64,11 @@ export interface VirtioBlkOptions {
  *
  * The config space holds `capacity` (in 512-byte sectors), read at `open` time.
  *
+ * Snapshots: a quiesce waits until every request taken has been served (its file I/O done). The
+ * model saves only the disk's size and mode (`{ sectors, readOnly }`, the sectors as a decimal
+ * string): the restoring process opens the image again, and a restore into a disk of another size
+ * or mode is refused, as the guest would go on with the size it read from the config space.
+ *
  * @example
  * ```ts
  * // @ts-setup: import { VirtioMmioDevice, virtioBlk } from 'kvm-rx'; declare const vm: import('kvm-rx').VmFd;
@@ -108,14 +113,36 @@ export function virtioBlk(options: VirtioBlkOptions): VirtioDevice {
   new DataView(config.buffer).setBigUint64(0, BigInt(capacityBytes / VIRTIO_BLK_SECTOR), true);
   const path = options.path;
 
+  const sectors = String(capacityBytes / VIRTIO_BLK_SECTOR);
   return {
     name: 'virtio-blk',
     deviceId: 2,
     features: readOnly ? VirtioBlkFeature.ro : VirtioBlkFeature.flush,
     queueSizes: [queueSize],
     config,
+    saveState: () => ({ sectors, readOnly }),
+    restoreState: (state: unknown) => {
+      const s = checkObject<{ sectors?: unknown; readOnly?: unknown }>('state.model', state);
+      if (s.sectors !== sectors)
+        invalidValue('state.model.sectors', `must be this disk's size, '${sectors}' sectors (${path})`, s.sectors);
+      if (s.readOnly !== readOnly)
+        invalidValue('state.model.readOnly', `must be this disk's mode, ${String(readOnly)}`, s.readOnly);
+    },
     activate: ({ queues: [requests], signal }) =>
-      defer(() => from(open(path, readOnly ? 'r' : 'r+'))).pipe(
+      new Observable<FileHandle>((opened) => {
+        let ended = false;
+        open(path, readOnly ? 'r' : 'r+').then(
+          (file) => {
+            if (ended)
+              void file.close(); // the activation ended while the image was opening
+            else opened.next(file);
+          },
+          (e: unknown) => opened.error(e),
+        );
+        return () => {
+          ended = true;
+        };
+      }).pipe(
         mergeMap(
           (file) =>
             new Observable<void>((subscriber) => {

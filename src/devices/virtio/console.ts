@@ -29,6 +29,9 @@ export interface VirtioConsoleOptions {
  * waits, spinning, until each transmit buffer comes back, so transmit buffers are returned at
  * once, in the notification that brought them.
  *
+ * Snapshots: the model saves the input not yet delivered (`{ pendingInput }`, base64); the posted
+ * receive buffers are held, and while quiesced no input is delivered into them.
+ *
  * @example
  * ```ts
  * // @ts-setup: import { VirtioMmioDevice, virtioConsole } from 'kvm-rx'; declare const vm: import('kvm-rx').VmFd;
@@ -53,18 +56,36 @@ export function virtioConsole(options: VirtioConsoleOptions = {}): VirtioDevice 
   const maxPending = limit('maxPendingInput', options.maxPendingInput, 64 << 10);
   const maxChunk = limit('maxChunk', options.maxChunk, 64 << 10);
   const queueSize = options.queueSize ?? 256;
+  // Input waiting for the guest's buffers: the model's saved state. It outlives an activation only
+  // through saveState/restoreState (a reset drops it).
+  let pending: Uint8Array[] = [];
+  let pendingBytes = 0;
+  /** Restored input, for the activation that follows the restore. */
+  let restored: Uint8Array | undefined;
   return {
     name: 'virtio-console',
     deviceId: 3,
     features: 0n,
     queueSizes: [queueSize, queueSize],
-    activate: ({ queues: [rx, tx] }) =>
+    saveState: () => ({ pendingInput: Buffer.from(restored ?? Buffer.concat(pending)).toString('base64') }),
+    restoreState: (state: unknown) => {
+      const s = checkObject<{ pendingInput?: unknown }>('state.model', state);
+      if (typeof s.pendingInput !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(s.pendingInput))
+        invalidType('state.model.pendingInput', 'a base64 string', s.pendingInput);
+      const bytes = new Uint8Array(Buffer.from(s.pendingInput, 'base64'));
+      restored = bytes.length > maxPending ? bytes.subarray(bytes.length - maxPending) : bytes;
+    },
+    activate: ({ queues: [rx, tx], isQuiesced, onUnquiesce }) =>
       new Observable<void>((subscriber) => {
         // Receive: guest buffers waiting for input, input waiting for buffers.
         const buffers: DescriptorChain[] = [];
-        let pending: Uint8Array[] = [];
-        let pendingBytes = 0;
+        if (restored !== undefined) {
+          pending = restored.length > 0 ? [restored] : [];
+          pendingBytes = restored.length;
+          restored = undefined;
+        }
         const deliver = (): void => {
+          if (isQuiesced?.() === true) return; // the input stays pending: it is what a snapshot saves
           while (buffers.length > 0 && pendingBytes > 0) {
             const chain = buffers.shift()!;
             let n = 0;
@@ -86,6 +107,7 @@ export function virtioConsole(options: VirtioConsoleOptions = {}): VirtioDevice 
             rx.chains$.pipe(
               map((chain) => {
                 buffers.push(chain);
+                rx.hold?.(chain); // waits for input: not work a quiesce waits for
                 deliver();
               }),
             ),
@@ -112,7 +134,9 @@ export function virtioConsole(options: VirtioConsoleOptions = {}): VirtioDevice 
             }),
           );
         }
+        const stopResume = onUnquiesce?.(deliver);
         return () => {
+          stopResume?.();
           for (const s of subs) s.unsubscribe();
           pending = [];
           pendingBytes = 0;

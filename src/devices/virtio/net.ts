@@ -65,6 +65,11 @@ export interface VirtioNetStats {
  * queue (and drop) instead of kvm-rx buffering without bound. A packet larger than the buffer it
  * would go to is dropped, never truncated.
  *
+ * Snapshots: the posted receive buffers are held (`VirtioQueue.hold`), so a quiesce does not wait
+ * for packets and a restored device takes them again; while quiesced the backend is not read. The
+ * model saves nothing of its own: the restoring process builds it with a new backend (the tap
+ * reopened), and what was queued in the old one is lost, as on a link that dropped it.
+ *
  * @example
  * ```ts
  * // @ts-setup: import { Tap, VirtioMmioDevice, virtioNet } from 'kvm-rx'; declare const vm: import('kvm-rx').VmFd;
@@ -101,13 +106,15 @@ export function virtioNet(options: VirtioNetOptions): VirtioDevice & { readonly 
     queueSizes: [queueSize, queueSize],
     ...(config !== undefined ? { config } : {}),
     stats,
-    activate: ({ queues: [rx, tx] }) =>
+    activate: ({ queues: [rx, tx], isQuiesced, onUnquiesce }) =>
       new Observable<void>((subscriber) => {
         const buffers: DescriptorChain[] = [];
         const scratch = new Uint8Array(VIRTIO_NET_MAX_PACKET);
         let unwatch: (() => void) | undefined;
         let ended = false;
         const receive = (): void => {
+          // Quiesced: packets stay in the backend (the posted buffers are held for a snapshot).
+          if (isQuiesced?.() === true) return;
           try {
             while (!ended && buffers.length > 0) {
               const n = backend.read(scratch);
@@ -140,6 +147,7 @@ export function virtioNet(options: VirtioNetOptions): VirtioDevice & { readonly 
           rx.chains$.subscribe({
             next: (chain) => {
               buffers.push(chain);
+              rx.hold?.(chain); // a receive buffer waits for a packet: not work a quiesce waits for
               if (unwatch === undefined && !ended) unwatch = backend.watchReadable(receive);
               receive();
             },
@@ -160,8 +168,10 @@ export function virtioNet(options: VirtioNetOptions): VirtioDevice & { readonly 
             error: (e: unknown) => subscriber.error(e),
           }),
         ];
+        const stopResume = onUnquiesce?.(receive);
         return () => {
           ended = true;
+          stopResume?.();
           unwatch?.();
           unwatch = undefined;
           for (const s of subs) s.unsubscribe();

@@ -23,7 +23,8 @@ export interface VirtioRngOptions {
  * An entropy device: one queue of device-writable buffers, each filled with random bytes (at
  * most `maxBytes` per request). It offers no feature bits and has no config space. Linux keeps
  * one request pending from the driver's probe on, so the queue works during boot, with no user
- * space. A chain with no writable buffer is returned with 0 bytes.
+ * space. A chain with no writable buffer is returned with 0 bytes. It keeps no state of its own
+ * for a snapshot (requests are answered as they come, so a quiesce never waits).
  *
  * @example
  * ```ts

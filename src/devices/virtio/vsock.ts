@@ -7,7 +7,7 @@
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { rmSync } from 'node:fs';
 import { Observable } from 'rxjs';
-import { checkObject, invalidValue } from '../../abi/validate';
+import { checkBool, checkObject, invalidValue } from '../../abi/validate';
 import { KvmRangeError } from '../../abi/errors';
 import type { DescriptorChain } from './split-queue';
 import type { VirtioDevice } from './mmio-device';
@@ -26,6 +26,12 @@ export const VsockOp = {
   creditUpdate: 6,
   creditRequest: 7,
 } as const;
+/**
+ * The event the device puts on the event queue after a snapshot's restore
+ * (`VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`, `struct virtio_vsock_event { le32 id; }`): the guest drops
+ * its connections, which did not survive the change of process, and reads the CID again.
+ */
+export const VSOCK_EVENT_TRANSPORT_RESET = 0;
 /** SHUTDOWN flags. */
 export const VsockShutdown = { receive: 1, send: 2 } as const;
 const TYPE_STREAM = 1;
@@ -133,12 +139,18 @@ interface Connection {
 /**
  * A socket device: the guest's `AF_VSOCK` stream sockets reach Unix sockets on the host, as
  * Firecracker's hybrid vsock does (see {@link VirtioVsockOptions.uds}). Queues: 0 receive, 1
- * transmit, 2 events (held, never used: no transport resets). It offers no feature bits (stream
+ * transmit, 2 events (held; used once after a snapshot's restore). It offers no feature bits (stream
  * sockets only). Flow control follows the spec's credit: the device never sends more than the
  * guest's advertised buffer has room for, and pauses reading the host socket until it has; it
  * advertises 256 KiB per connection and updates the guest as it forwards. Everything in a packet
  * from the guest is checked: a bad header, a length past the chain, a packet for no connection or
  * from another CID gets a RST (or is dropped) and is counted; it never reaches a socket.
+ *
+ * Snapshots: connections cannot survive a change of process (their host sockets stay behind), so
+ * as Firecracker does, a restored device that was running sends {@link VSOCK_EVENT_TRANSPORT_RESET}
+ * on the event queue, into the first event buffer it has (the held ones are handed to it again at
+ * restore), and the guest drops its connections. The model saves only whether it was running
+ * (`{ activated }`). Receive and event buffers are held; while quiesced nothing is delivered.
  *
  * @example
  * ```ts
@@ -169,6 +181,9 @@ export function virtioVsock(options: VirtioVsockOptions): VirtioDevice & { reado
   const stats: VirtioVsockStats = { connected: 0, refusedByGuest: 0, refusedByHost: 0, badPackets: 0 };
   const cid = BigInt(guestCid);
   const HOST = BigInt(VSOCK_HOST_CID);
+  /** Whether an activation runs (saved), and whether the next one starts with a transport reset. */
+  let activated = false;
+  let resetPending = false;
 
   return {
     name: 'virtio-vsock',
@@ -177,8 +192,16 @@ export function virtioVsock(options: VirtioVsockOptions): VirtioDevice & { reado
     queueSizes: [queueSize, queueSize, queueSize],
     config,
     stats,
-    activate: ({ queues: [rx, tx, events] }) =>
+    saveState: () => ({ activated }),
+    restoreState: (state: unknown) => {
+      const s = checkObject<{ activated?: unknown }>('state.model', state);
+      resetPending = checkBool('state.model.activated', s.activated);
+    },
+    activate: ({ queues: [rx, tx, events], isQuiesced, onUnquiesce }) =>
       new Observable<void>((subscriber) => {
+        activated = true;
+        let transportReset = resetPending;
+        resetPending = false;
         const conns = new Map<string, Connection>(); // `${hostPort}:${guestPort}`
         const key = (hostPort: number, guestPort: number) => `${hostPort}:${guestPort}`;
         const buffers: DescriptorChain[] = [];
@@ -191,6 +214,7 @@ export function virtioVsock(options: VirtioVsockOptions): VirtioDevice & { reado
           if (!ended) subscriber.error(e);
         };
         const deliver = (): void => {
+          if (isQuiesced?.() === true) return; // held receive buffers stay as a snapshot records them
           while (buffers.length > 0 && pending.length > 0) {
             const chain = buffers.shift()!;
             const packet = pending.shift()!;
@@ -442,6 +466,7 @@ export function virtioVsock(options: VirtioVsockOptions): VirtioDevice & { reado
           rx.chains$.subscribe({
             next: (chain) => {
               buffers.push(chain);
+              rx.hold?.(chain);
               try {
                 deliver();
               } catch (e) {
@@ -461,16 +486,39 @@ export function virtioVsock(options: VirtioVsockOptions): VirtioDevice & { reado
             },
             error: fail,
           }),
-          // Event buffers are kept: there is no transport event to report.
+          // Event buffers are kept, but for the transport reset after a restore.
           events.chains$.subscribe({
             next: (chain) => {
+              if (transportReset) {
+                transportReset = false;
+                try {
+                  const event = new Uint8Array(4);
+                  new DataView(event.buffer).setUint32(0, VSOCK_EVENT_TRANSPORT_RESET, true);
+                  const n = Math.min(4, chain.writableLength);
+                  chain.write(0, event.subarray(0, n));
+                  events.complete(chain, n);
+                } catch (e) {
+                  fail(e);
+                }
+                return;
+              }
               held.push(chain);
+              events.hold?.(chain);
             },
             error: fail,
           }),
         ];
+        const stopResume = onUnquiesce?.(() => {
+          try {
+            deliver();
+          } catch (e) {
+            fail(e);
+          }
+        });
         return () => {
           ended = true;
+          activated = false;
+          stopResume?.();
           for (const s of subs) s.unsubscribe();
           for (const c of [...conns.values()]) c.socket.destroy();
           conns.clear();
