@@ -89,6 +89,13 @@ export * from './devices/index';
 export type { VirtioMmioState, VirtioMmioQueueState } from './devices/virtio/mmio-device';
 export type { VirtioMmioRegisterFile } from './devices/virtio/mmio-transport';
 export { VSOCK_EVENT_TRANSPORT_RESET } from './devices/virtio/vsock';
+// The legacy PC devices' saved state (issue 11: snapshots).
+export type { Uart16550State } from './devices/uart16550';
+export type { I8042State } from './devices/i8042';
+export type { CmosState } from './devices/cmos';
+export type { PciAbsentState } from './devices/pci-absent';
+export type { DebugPortsState } from './devices/debug-ports';
+export type { LegacyPcState } from './devices/legacy-pc';
 // The VMM: bootLinux at the high level; createLinuxMachine for your own run loop; prepareKernel
 // (recognise, decompress and load a kernel image) and e820Map for your own layout; cpioNewc for
 // initramfs images. (The other building blocks stay in src/vmm/: not public API.)

@@ -3,7 +3,16 @@
  *
  * @module
  */
-import { checkInt, checkObject, checkU64, invalidType } from '../abi/validate';
+import {
+  checkBool,
+  checkInt,
+  checkObject,
+  checkU64,
+  checkU8,
+  invalidType,
+  invalidValue,
+  outOfRange,
+} from '../abi/validate';
 import type { PortRange } from '../runtime/operators/match';
 import { byteRegisters, deviceStage } from './port-device';
 import type { DeviceStage, PortDevice } from './port-device';
@@ -69,6 +78,69 @@ export interface CmosOptions {
   lowMemoryLimit?: number | bigint;
 }
 
+/** The largest time value of a `Date`, in milliseconds from the epoch (either way). */
+const MAX_TIME_MS = 8.64e15;
+
+/**
+ * The state of a {@link Cmos} as plain, JSON-safe data ({@link Cmos.saveState},
+ * {@link Cmos.restoreState}).
+ *
+ * The clock: the RTC shows the injected clock (`options.clock`, the host's time by default)
+ * plus an offset that guest writes to the time registers move. The state keeps both the offset
+ * and the time the guest's RTC showed when it was saved; a restored RTC shows its own clock plus
+ * the same offset, so the guest's clock went on running while the VM was saved (as a real RTC
+ * does on its battery), except that it never shows a time before the saved one: when the restoring
+ * host's clock is behind the saving host's, the offset grows so that the RTC starts at the saved
+ * time.
+ */
+export interface CmosState {
+  /** The format's version: 1. */
+  version: 1;
+  /** The register the index port selects (0..127). */
+  index: number;
+  /** Whether the guest set the NMI-disable bit (bit 7 of the index port). */
+  nmiDisabled: boolean;
+  /**
+   * The 128 bytes of CMOS RAM, each 0..255: the alarms, status A and B, the memory size registers
+   * as the saved device had them, and what the guest stored elsewhere. (The time registers, status
+   * C and D are computed: their bytes are kept but not read.)
+   */
+  ram: number[];
+  /** Milliseconds the guest's RTC is ahead of the injected clock (negative: behind); an integer. */
+  clockOffsetMs: number;
+  /** The time the guest's RTC showed when the state was saved, in milliseconds since the epoch (UTC). */
+  timeMs: number;
+}
+
+const CMOS_STATE_KEYS: ReadonlySet<string> = new Set([
+  'version',
+  'index',
+  'nmiDisabled',
+  'ram',
+  'clockOffsetMs',
+  'timeMs',
+]);
+
+/** Checks a whole {@link CmosState} at `path`; returns a copy made of the values checked (`+ 0`: a -0 is kept as 0). */
+function checkCmosState(path: string, state: unknown): CmosState {
+  const s = checkObject<Record<string, unknown>>(path, state);
+  if (s.version !== 1) invalidValue(`${path}.version`, 'must be 1 (the only CmosState version)', s.version);
+  for (const key of Object.keys(s)) {
+    if (!CMOS_STATE_KEYS.has(key)) invalidValue(`${path}.${key}`, 'is not a field of a CmosState');
+  }
+  const index = checkInt(`${path}.index`, s.index, 0, 0x7f) + 0;
+  const nmiDisabled = checkBool(`${path}.nmiDisabled`, s.nmiDisabled);
+  const ramIn = s.ram;
+  if (!Array.isArray(ramIn)) invalidType(`${path}.ram`, 'an array of 128 bytes', ramIn);
+  const length: number = ramIn.length;
+  if (length !== 128) outOfRange(`${path}.ram.length`, '128', length);
+  const ram: number[] = [];
+  for (let i = 0; i < 128; i++) ram.push(checkU8(`${path}.ram[${i}]`, ramIn[i]));
+  const clockOffsetMs = checkInt(`${path}.clockOffsetMs`, s.clockOffsetMs, -2 * MAX_TIME_MS, 2 * MAX_TIME_MS) + 0;
+  const timeMs = checkInt(`${path}.timeMs`, s.timeMs, -MAX_TIME_MS, MAX_TIME_MS) + 0;
+  return { version: 1, index, nmiDisabled, ram, clockOffsetMs, timeMs };
+}
+
 const toBcd = (v: number): number => ((Math.floor(v / 10) % 10) << 4) | (v % 10);
 const fromBcd = (v: number): number => (v >> 4) * 10 + (v & 0x0f);
 
@@ -124,6 +196,77 @@ export class Cmos implements PortDevice {
     return this.#index;
   }
 
+  /**
+   * The device's state as plain, JSON-safe data: the selected register, the NMI-disable bit, the
+   * 128 bytes of RAM, and the guest's clock as its offset from the injected clock and the time it
+   * shows now (see {@link CmosState} for how a restore uses them). Reads the clock; nothing changes.
+   *
+   * @example
+   * ```ts
+   * const rtc = new Cmos({ memorySize: 256 * 1024 * 1024 });
+   * rtc.ioWrite(CMOS_INDEX_PORT, 1, 0x80 | CMOS_REG.STATUS_B); // select status B, NMIs off
+   * const saved = JSON.stringify(rtc.saveState());
+   * const again = new Cmos();
+   * again.restoreState(JSON.parse(saved));
+   * again.nmiDisabled; // true
+   * ```
+   * @return a new object; see {@link CmosState}
+   * @throws whatever `options.clock` throws
+   */
+  saveState(): CmosState {
+    const host = this.#hostMs();
+    return {
+      version: 1,
+      index: this.#index,
+      nmiDisabled: this.#nmiDisabled,
+      ram: Array.from(this.#ram),
+      clockOffsetMs: this.#offsetMs,
+      timeMs: Math.min(Math.max(host + this.#offsetMs, -MAX_TIME_MS), MAX_TIME_MS),
+    };
+  }
+
+  /**
+   * Puts the device into a state {@link saveState} gave, usually into one just constructed with the
+   * clock of the process that resumes the VM. The RTC then shows this device's clock plus the saved
+   * offset, or the saved time if that is later (the restoring host's clock is behind the saving
+   * host's): the guest's time never goes back from what it was at the save. The memory size
+   * registers come from the state (the restored VM has the saved VM's memory), not from
+   * `options.memorySize`. The whole state is checked before anything changes; a refused state
+   * leaves the device as it was.
+   *
+   * @example
+   * ```ts
+   * // @ts-setup: declare const snapshot: { cmos: unknown }; // read from a snapshot file
+   * const rtc = cmos();
+   * rtc.device.restoreState(snapshot.cmos); // the guest's time goes on from the snapshot's
+   * ```
+   * @param state - a {@link CmosState}
+   * @throws TypeError `ERR_INVALID_ARG_TYPE` for a field of the wrong type, `ERR_INVALID_ARG_VALUE`
+   *   for another version or a missing or unknown field; RangeError `ERR_OUT_OF_RANGE` for a
+   *   number out of range (an index past 127, a byte past 255, a time outside `Date`'s range) or a
+   *   RAM of another length than 128; each names the field (`state.ram[17]`). Whatever
+   *   `options.clock` throws, with nothing changed.
+   */
+  restoreState(state: unknown): void {
+    this.prepareRestore(state)();
+  }
+
+  /**
+   * @internal Checks `state` (named `path` in errors), reads the clock, and returns the function
+   * that applies the state (which cannot throw); `legacyPc()` checks every device before applying any.
+   */
+  prepareRestore(state: unknown, path = 'state'): () => void {
+    const s = checkCmosState(path, state);
+    const host = this.#hostMs();
+    const offsetMs = host + s.clockOffsetMs < s.timeMs ? s.timeMs - host : s.clockOffsetMs;
+    return () => {
+      this.#ram.set(s.ram);
+      this.#index = s.index;
+      this.#nmiDisabled = s.nmiDisabled;
+      this.#offsetMs = offsetMs;
+    };
+  }
+
   #setMemory(size: bigint, limit: bigint): void {
     const low = size < limit ? size : limit;
     const high = size - low;
@@ -144,9 +287,14 @@ export class Cmos implements PortDevice {
     this.#ram[CMOS_REG.MEM_ABOVE_4G_HI] = Number((above4g >> 16n) & 0xffn);
   }
 
-  #now(): Date {
+  /** The injected clock's time in milliseconds (0 for an invalid date). */
+  #hostMs(): number {
     const t = this.#clock().getTime();
-    return new Date((Number.isFinite(t) ? t : 0) + this.#offsetMs);
+    return Number.isFinite(t) ? t : 0;
+  }
+
+  #now(): Date {
+    return new Date(this.#hostMs() + this.#offsetMs);
   }
 
   #encode(v: number): number {

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { checkObject, invalidType } from '../abi/validate';
+import { checkBool, checkObject, invalidType, invalidValue } from '../abi/validate';
 import type { PortRange } from '../runtime/operators/match';
 import { byteRegisters, deviceStage } from './port-device';
 import type { DeviceStage, PortDevice } from './port-device';
@@ -23,6 +23,44 @@ const STATUS_UNLOCKED = 0x10; // keyboard not inhibited
 const CMD_WRITE_OUTPUT = 0xd1;
 /** The "pulse reset line" command. */
 export const I8042_CMD_RESET = 0xfe;
+
+/**
+ * The state of an {@link I8042} as plain, JSON-safe data ({@link I8042.saveState},
+ * {@link I8042.restoreState}). The output buffer is always empty (no keyboard or mouse is
+ * attached), so it has no field.
+ */
+export interface I8042State {
+  /** The format's version: 1. */
+  version: 1;
+  /** Whether the last write went to the command port (status bit 3). */
+  lastWasCommand: boolean;
+  /** Whether the last command was 0xD1 ("write output port"): the next data byte is the output port. */
+  writeOutputPending: boolean;
+  /** Whether the guest has reset the CPU through the controller ({@link I8042.resetRequested}). */
+  resetRequested: boolean;
+}
+
+const I8042_STATE_KEYS: ReadonlySet<string> = new Set([
+  'version',
+  'lastWasCommand',
+  'writeOutputPending',
+  'resetRequested',
+]);
+
+/** Checks a whole {@link I8042State} at `path`; returns a copy made of the values checked. */
+function checkI8042State(path: string, state: unknown): I8042State {
+  const s = checkObject<Record<string, unknown>>(path, state);
+  if (s.version !== 1) invalidValue(`${path}.version`, 'must be 1 (the only I8042State version)', s.version);
+  for (const key of Object.keys(s)) {
+    if (!I8042_STATE_KEYS.has(key)) invalidValue(`${path}.${key}`, 'is not a field of an I8042State');
+  }
+  return {
+    version: 1,
+    lastWasCommand: checkBool(`${path}.lastWasCommand`, s.lastWasCommand),
+    writeOutputPending: checkBool(`${path}.writeOutputPending`, s.writeOutputPending),
+    resetRequested: checkBool(`${path}.resetRequested`, s.resetRequested),
+  };
+}
 
 /** Options of {@link I8042}. */
 export interface I8042Options {
@@ -90,6 +128,66 @@ export class I8042 implements PortDevice {
   /** The status register. */
   get status(): number {
     return STATUS_SYS | STATUS_UNLOCKED | (this.#lastWasCommand ? STATUS_CMD : 0);
+  }
+
+  /**
+   * The controller's state as plain, JSON-safe data: the status register's command bit, a
+   * "write output port" command waiting for its data byte, and whether a reset was requested.
+   * Nothing changes.
+   *
+   * @example
+   * ```ts
+   * const kbc = new I8042();
+   * kbc.ioWrite(I8042_COMMAND_PORT, 1, 0xd1); // "write output port": the data byte is to come
+   * const again = new I8042({ onReset: () => console.log('guest reboot') });
+   * again.restoreState(JSON.parse(JSON.stringify(kbc.saveState())));
+   * again.ioWrite(I8042_DATA_PORT, 1, 0x00); // bit 0 clear: resets, as it would have on kbc
+   * ```
+   * @return a new object; see {@link I8042State}
+   * @throws nothing: the controller's fields are always a valid state
+   */
+  saveState(): I8042State {
+    return {
+      version: 1,
+      lastWasCommand: this.#lastWasCommand,
+      writeOutputPending: this.#pending === CMD_WRITE_OUTPUT,
+      resetRequested: this.#reset,
+    };
+  }
+
+  /**
+   * Puts the controller into a state {@link saveState} gave, usually into one just constructed
+   * with the options the VM needs now (`onReset`, `stopOnReset`). The whole state is checked
+   * before anything changes; a refused state leaves the controller as it was. `onReset` is not
+   * called for a restored `resetRequested: true` (the reset was reported where it happened); such a
+   * controller ignores further reset commands and, with `stopOnReset`, completes its stage at the
+   * next access, as the saved one would have.
+   *
+   * @example
+   * ```ts
+   * // @ts-setup: declare const snapshot: { i8042: unknown }; // read from a snapshot file
+   * const kbc = i8042({ onReset: () => console.log('guest reboot') });
+   * kbc.device.restoreState(snapshot.i8042);
+   * ```
+   * @param state - an {@link I8042State}
+   * @throws TypeError `ERR_INVALID_ARG_TYPE` for a field of the wrong type, `ERR_INVALID_ARG_VALUE`
+   *   for another version or a missing or unknown field, naming the field (`state.lastWasCommand`)
+   */
+  restoreState(state: unknown): void {
+    this.prepareRestore(state)();
+  }
+
+  /**
+   * @internal Checks `state` (named `path` in errors) and returns the function that applies it
+   * (which cannot throw); `legacyPc()` checks every device before applying any.
+   */
+  prepareRestore(state: unknown, path = 'state'): () => void {
+    const s = checkI8042State(path, state);
+    return () => {
+      this.#lastWasCommand = s.lastWasCommand;
+      this.#pending = s.writeOutputPending ? CMD_WRITE_OUTPUT : undefined;
+      this.#reset = s.resetRequested;
+    };
   }
 
   // 0x60 (data) and 0x64 (status/command) in a bank of 5 ports, split into byte accesses like

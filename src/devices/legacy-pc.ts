@@ -6,16 +6,17 @@
 import { checkObject, invalidType, invalidValue } from '../abi/validate';
 import type { PortRange } from '../runtime/operators/match';
 import { Cmos } from './cmos';
-import type { CmosOptions } from './cmos';
+import type { CmosOptions, CmosState } from './cmos';
 import { DebugPorts } from './debug-ports';
-import type { DebugPortsOptions } from './debug-ports';
+import type { DebugPortsOptions, DebugPortsState } from './debug-ports';
 import { I8042 } from './i8042';
-import type { I8042Options } from './i8042';
+import type { I8042Options, I8042State } from './i8042';
 import { PciAbsent } from './pci-absent';
+import type { PciAbsentState } from './pci-absent';
 import { checkAccess, deviceStage, inRanges, whileSubscribed } from './port-device';
 import type { DeviceStage, PortDevice } from './port-device';
 import { Uart16550 } from './uart16550';
-import type { Uart16550Options } from './uart16550';
+import type { Uart16550Options, Uart16550State } from './uart16550';
 
 /** Options of {@link legacyPc}: each device's options, or `false` to leave it out. */
 export interface LegacyPcOptions {
@@ -31,6 +32,26 @@ export interface LegacyPcOptions {
   debug?: DebugPortsOptions | false;
 }
 
+/**
+ * The state of a {@link legacyPc} stage's devices as plain, JSON-safe data
+ * ({@link LegacyPcDevices.saveState}, {@link LegacyPcDevices.restoreState}): one field for each
+ * device the stage has, none for the devices it was built without.
+ */
+export interface LegacyPcState {
+  /** The format's version: 1. */
+  version: 1;
+  /** COM1's state (`Uart16550.saveState()`), when the stage has COM1. */
+  com1?: Uart16550State;
+  /** The i8042's state, when the stage has it. */
+  i8042?: I8042State;
+  /** The CMOS/RTC's state (with the guest's clock: see {@link CmosState}), when the stage has it. */
+  cmos?: CmosState;
+  /** The PCI configuration ports' state, when the stage has them. */
+  pci?: PciAbsentState;
+  /** The debug ports' state, when the stage has them. */
+  debug?: DebugPortsState;
+}
+
 /** The device models of a {@link legacyPc} stage (absent ones are `undefined`). */
 export interface LegacyPcDevices extends PortDevice {
   readonly com1: Uart16550 | undefined;
@@ -38,7 +59,45 @@ export interface LegacyPcDevices extends PortDevice {
   readonly cmos: Cmos | undefined;
   readonly pci: PciAbsent | undefined;
   readonly debug: DebugPorts | undefined;
+  /**
+   * The state of every device the stage has, as plain, JSON-safe data (each device's
+   * `saveState()`). Reads the CMOS clock; nothing changes.
+   *
+   * @example
+   * ```ts
+   * // @ts-setup: import { writeFileSync } from 'node:fs';
+   * const pc = legacyPc({ cmos: { memorySize: 512 * 1024 * 1024 } });
+   * // ... the vCPUs paused
+   * writeFileSync('/tmp/devices.json', JSON.stringify(pc.device.saveState()));
+   * ```
+   * @return a new object; see {@link LegacyPcState}
+   * @throws whatever the CMOS's `options.clock` throws
+   */
+  saveState(): LegacyPcState;
+  /**
+   * Puts every device into its part of a state {@link saveState} gave, usually into a stage just
+   * built with the options the resumed VM needs (callbacks, clock). The state must have exactly the
+   * stage's devices. Every part is checked before any device changes; a refused state leaves all
+   * of them as they were. No callback is called (the COM1 interrupt line keeps its saved level: the
+   * in-kernel irqchip restored from the same snapshot has it already).
+   *
+   * @example
+   * ```ts
+   * // @ts-setup: import { readFileSync } from 'node:fs';
+   * const pc = legacyPc({ com1: { irq: (level) => vm.setIrqLine(4, level) } });
+   * pc.device.restoreState(JSON.parse(readFileSync('/tmp/devices.json', 'utf8')));
+   * exits$.pipe(pc, untilHalt());
+   * ```
+   * @param state - a {@link LegacyPcState}
+   * @throws TypeError `ERR_INVALID_ARG_VALUE` for another version, a device the stage does not
+   *   have or one of its devices missing; otherwise what the devices' `restoreState` throws, with
+   *   the field named from the top (`state.com1.rx[0]`)
+   */
+  restoreState(state: unknown): void;
 }
+
+/** The names of the devices, in the order of {@link LegacyPcState}. */
+const DEVICE_NAMES = ['com1', 'i8042', 'cmos', 'pci', 'debug'] as const;
 
 class LegacyPc implements LegacyPcDevices {
   readonly ports: ReadonlyArray<PortRange>;
@@ -90,6 +149,41 @@ class LegacyPc implements LegacyPcDevices {
   afterExit(): void {
     this.#current?.afterExit?.();
   }
+
+  saveState(): LegacyPcState {
+    return {
+      version: 1,
+      ...(this.com1 && { com1: this.com1.saveState() }),
+      ...(this.i8042 && { i8042: this.i8042.saveState() }),
+      ...(this.cmos && { cmos: this.cmos.saveState() }),
+      ...(this.pci && { pci: this.pci.saveState() }),
+      ...(this.debug && { debug: this.debug.saveState() }),
+    };
+  }
+
+  restoreState(state: unknown): void {
+    const s = checkObject<Record<string, unknown>>('state', state);
+    if (s.version !== 1) invalidValue('state.version', 'must be 1 (the only LegacyPcState version)', s.version);
+    const names: ReadonlySet<string> = new Set(DEVICE_NAMES);
+    for (const key of Object.keys(s)) {
+      if (key !== 'version' && !names.has(key)) invalidValue(`state.${key}`, 'is not a device of a LegacyPcState');
+    }
+    for (const name of DEVICE_NAMES) {
+      const has = this[name] !== undefined;
+      const given = Object.hasOwn(s, name);
+      if (has && !given) invalidValue(`state.${name}`, 'is missing: the stage has this device');
+      if (!has && given) invalidValue(`state.${name}`, 'names a device the stage was built without');
+    }
+    // Every part is checked (and the CMOS clock read) before any device changes.
+    const apply = [
+      this.com1?.prepareRestore(s.com1, 'state.com1'),
+      this.i8042?.prepareRestore(s.i8042, 'state.i8042'),
+      this.cmos?.prepareRestore(s.cmos, 'state.cmos'),
+      this.pci?.prepareRestore(s.pci, 'state.pci'),
+      this.debug?.prepareRestore(s.debug, 'state.debug'),
+    ];
+    for (const f of apply) f?.();
+  }
 }
 
 function invalidTypeOverlap(port: number): never {
@@ -102,6 +196,7 @@ function invalidTypeOverlap(port: number): never {
  * the port I/O exits of those ports and passes every other exit downstream; it completes when the
  * guest resets through the i8042. The models are `stage.device.com1`, `.i8042`, `.cmos`, `.pci`,
  * `.debug`. Every device is included by default; pass `false` to leave one out.
+ * `stage.device.saveState()` and `restoreState()` take all their states at once, for snapshots.
  *
  * @example
  * ```ts

@@ -5,7 +5,16 @@
  */
 import { Subject } from 'rxjs';
 import type { Observable, Subscription } from 'rxjs';
-import { checkInt, checkObject, checkU8, invalidType } from '../abi/validate';
+import {
+  checkBool,
+  checkInt,
+  checkObject,
+  checkU16,
+  checkU8,
+  invalidType,
+  invalidValue,
+  outOfRange,
+} from '../abi/validate';
 import type { PortRange } from '../runtime/operators/match';
 import { byteRegisters, deviceStage, whileSubscribed } from './port-device';
 import type { DeviceStage, PortDevice } from './port-device';
@@ -76,6 +85,118 @@ const TRIGGER_LEVELS = [1, 4, 8, 14] as const;
 
 /** Size of the receive FIFO, in bytes. */
 export const UART_FIFO_SIZE = 64;
+
+/**
+ * The state of a {@link Uart16550} as plain, JSON-safe data ({@link Uart16550.saveState},
+ * {@link Uart16550.restoreState}): everything the guest can observe. The callbacks and the other
+ * options are not part of it; they come from the device the state is restored into.
+ */
+export interface Uart16550State {
+  /** The format's version: 1. */
+  version: 1;
+  /** Interrupt enable (IER), bits 3:0. */
+  ier: number;
+  /**
+   * FIFO control as it stands: 0 (FIFOs off), or bit 0 (enable) with the trigger level (bits 7:6)
+   * and DMA mode (bit 3); the self-clearing reset bits are never set.
+   */
+  fcr: number;
+  /** Line control (LCR), with DLAB in bit 7. */
+  lcr: number;
+  /** Modem control (MCR), bits 4:0. */
+  mcr: number;
+  /**
+   * Line status (LSR): THRE and TEMT (0x60) always set, data ready (bit 0) exactly when `rx` is not
+   * empty, overrun (bit 1); no other bit.
+   */
+  lsr: number;
+  /** Modem status (MSR): the status bits 7:4 and the delta bits 3:0 not yet read. */
+  msr: number;
+  /** Scratch (SCR). */
+  scr: number;
+  /** The divisor latch (DLM:DLL), 0..0xffff. */
+  divisor: number;
+  /**
+   * The bytes in the receiver, oldest first: at most {@link UART_FIFO_SIZE} with the FIFOs on, at
+   * most 1 (the holding register) with them off.
+   */
+  rx: number[];
+  /** Whether a "transmitter holding register empty" interrupt is pending (cleared by reading IIR or writing THR). */
+  thrPending: boolean;
+  /**
+   * The interrupt line's level as the device last drove it: `true` exactly when an enabled
+   * interrupt is pending (IIR bit 0 clear).
+   */
+  irqLevel: boolean;
+}
+
+const UART_STATE_KEYS: ReadonlySet<string> = new Set([
+  'version',
+  'ier',
+  'fcr',
+  'lcr',
+  'mcr',
+  'lsr',
+  'msr',
+  'scr',
+  'divisor',
+  'rx',
+  'thrPending',
+  'irqLevel',
+]);
+
+/** IIR as the registers say (FIFO bits and the interrupt of highest priority). */
+function interruptId(ier: number, fcr: number, lsr: number, msr: number, rxCount: number, thrPending: boolean): number {
+  const fifo = (fcr & FCR_ENABLE) !== 0 ? IIR_FIFO : 0;
+  let id = IIR_NO_INT;
+  if ((ier & IER_RLSI) !== 0 && (lsr & LSR_INT_ANY) !== 0) id = IIR_RLSI;
+  else if ((ier & IER_RDI) !== 0 && rxCount > 0) {
+    const trigger = TRIGGER_LEVELS[fcr >> 6];
+    id = fifo === 0 || rxCount >= trigger ? IIR_RDI : IIR_CTI;
+  } else if ((ier & IER_THRI) !== 0 && thrPending) id = IIR_THRI;
+  else if ((ier & IER_MSI) !== 0 && (msr & MSR_DELTAS) !== 0) id = IIR_MSI;
+  return fifo | id;
+}
+
+/** Checks a whole {@link Uart16550State} at `path`; returns a copy made of the values checked (`+ 0`: a -0 is kept as 0). */
+function checkUartState(path: string, state: unknown): Uart16550State {
+  const s = checkObject<Record<string, unknown>>(path, state);
+  if (s.version !== 1) invalidValue(`${path}.version`, 'must be 1 (the only Uart16550State version)', s.version);
+  for (const key of Object.keys(s)) {
+    if (!UART_STATE_KEYS.has(key)) invalidValue(`${path}.${key}`, 'is not a field of a Uart16550State');
+  }
+  const ier = checkInt(`${path}.ier`, s.ier, 0, 0x0f) + 0;
+  const fcr = checkU8(`${path}.fcr`, s.fcr) + 0;
+  if ((fcr & ~0xc9) !== 0 || (fcr !== 0 && (fcr & FCR_ENABLE) === 0))
+    invalidValue(`${path}.fcr`, 'must be 0 or have bit 0 set and only bits 7, 6 and 3 besides', fcr);
+  const lcr = checkU8(`${path}.lcr`, s.lcr) + 0;
+  const mcr = checkInt(`${path}.mcr`, s.mcr, 0, 0x1f) + 0;
+  const lsr = checkU8(`${path}.lsr`, s.lsr) + 0;
+  const msr = checkU8(`${path}.msr`, s.msr) + 0;
+  const scr = checkU8(`${path}.scr`, s.scr) + 0;
+  const divisor = checkU16(`${path}.divisor`, s.divisor) + 0;
+  const rxIn = s.rx;
+  if (!Array.isArray(rxIn)) invalidType(`${path}.rx`, 'an array of bytes', rxIn);
+  const capacity = (fcr & FCR_ENABLE) !== 0 ? UART_FIFO_SIZE : 1;
+  const length: number = rxIn.length;
+  if (length > capacity)
+    outOfRange(`${path}.rx.length`, `<= ${capacity} (the receiver's size with ${path}.fcr = ${fcr})`, length);
+  const rx: number[] = [];
+  for (let i = 0; i < length; i++) rx.push(checkU8(`${path}.rx[${i}]`, rxIn[i]));
+  if ((lsr & ~(LSR_DR | LSR_OE | LSR_THRE | LSR_TEMT)) !== 0 || (lsr & (LSR_THRE | LSR_TEMT)) !== (LSR_THRE | LSR_TEMT))
+    invalidValue(`${path}.lsr`, 'must have bits 6 and 5 set and no other bit than 1 and 0 besides', lsr);
+  if (((lsr & LSR_DR) !== 0) !== length > 0)
+    invalidValue(`${path}.lsr`, `must have bit 0 (data ready) set exactly when ${path}.rx is not empty`, lsr);
+  const thrPending = checkBool(`${path}.thrPending`, s.thrPending);
+  const irqLevel = checkBool(`${path}.irqLevel`, s.irqLevel);
+  if (((interruptId(ier, fcr, lsr, msr, length, thrPending) & IIR_NO_INT) === 0) !== irqLevel)
+    invalidValue(
+      `${path}.irqLevel`,
+      'must be true exactly when the registers have an enabled interrupt pending',
+      irqLevel,
+    );
+  return { version: 1, ier, fcr, lcr, mcr, lsr, msr, scr, divisor, rx, thrPending, irqLevel };
+}
 
 /** Options of {@link Uart16550}. */
 export interface Uart16550Options {
@@ -337,6 +458,96 @@ export class Uart16550 implements PortDevice {
     }
   }
 
+  /**
+   * The device's state as plain, JSON-safe data: the registers, the divisor latch, the bytes in
+   * the receiver, the pending "THR empty" interrupt and the level of the interrupt line. Nothing
+   * changes. Bytes the guest transmitted are handed to `onTx`/{@link output$} after each exit
+   * and are not part of the state (a stage's device has none left between exits).
+   *
+   * @example
+   * ```ts
+   * const com1 = new Uart16550();
+   * com1.writeRegister(UART_REG.SCR, 0x5a);
+   * const saved = JSON.stringify(com1.saveState()); // e.g. into a snapshot file
+   * const again = new Uart16550({ irq: (level) => vm.setIrqLine(4, level) });
+   * again.restoreState(JSON.parse(saved));
+   * again.readRegister(UART_REG.SCR); // 0x5a
+   * ```
+   * @return a new object; see {@link Uart16550State}
+   * @throws nothing: the device's registers are always a valid state
+   */
+  saveState(): Uart16550State {
+    const rx: number[] = [];
+    for (let i = 0; i < this.#rxCount; i++) rx.push(this.#rx[(this.#rxHead + i) % UART_FIFO_SIZE]);
+    return {
+      version: 1,
+      ier: this.#ier,
+      fcr: this.#fcr,
+      lcr: this.#lcr,
+      mcr: this.#mcr,
+      lsr: this.#lsr,
+      msr: this.#msr,
+      scr: this.#scr,
+      divisor: this.#divisor,
+      rx,
+      thrPending: this.#thrPending,
+      irqLevel: this.#level,
+    };
+  }
+
+  /**
+   * Puts the device into a state {@link saveState} gave (here or in another process), usually
+   * into a device just constructed with the options the VM needs now (`irq`, `onTx`, `input$`,
+   * `modemInputs` are this device's: the saved modem status stays until the guest next writes
+   * MCR). The whole state is checked before anything changes; a refused state leaves the device
+   * as it was. Guest accesses after a restore never throw, whatever the state held.
+   *
+   * The `irq` callback is not called: the saved level is taken as the line's level (the in-kernel
+   * irqchip restored from the same snapshot already has it), so the next change is an edge.
+   * Bytes transmitted before the restore and not yet handed to `onTx` stay queued.
+   *
+   * @example
+   * ```ts
+   * // @ts-setup: declare const snapshot: { com1: unknown }; // read from a snapshot file
+   * const com1 = uart16550({ irq: (level) => vm.setIrqLine(4, level) });
+   * com1.device.restoreState(snapshot.com1);
+   * exits$.pipe(com1, untilHalt());
+   * ```
+   * @param state - a {@link Uart16550State}
+   * @throws TypeError `ERR_INVALID_ARG_TYPE` for a field of the wrong type, `ERR_INVALID_ARG_VALUE`
+   *   for another version, a missing or unknown field, or registers that contradict each other
+   *   (data ready without data, an interrupt line level the registers do not give); RangeError
+   *   `ERR_OUT_OF_RANGE` for a number out of its register's range or more received bytes than the
+   *   receiver holds. Each message names the field (`state.rx[3]`).
+   */
+  restoreState(state: unknown): void {
+    this.prepareRestore(state)();
+  }
+
+  /**
+   * @internal Checks `state` (named `path` in errors) and returns the function that applies it
+   * (which cannot throw); `legacyPc()` checks every device before applying any.
+   */
+  prepareRestore(state: unknown, path = 'state'): () => void {
+    const s = checkUartState(path, state);
+    return () => {
+      this.#rx.fill(0);
+      this.#rx.set(s.rx);
+      this.#rxHead = 0;
+      this.#rxCount = s.rx.length;
+      this.#ier = s.ier;
+      this.#fcr = s.fcr;
+      this.#lcr = s.lcr;
+      this.#mcr = s.mcr;
+      this.#lsr = s.lsr;
+      this.#msr = s.msr;
+      this.#scr = s.scr;
+      this.#divisor = s.divisor;
+      this.#thrPending = s.thrPending;
+      this.#level = s.irqLevel;
+    };
+  }
+
   /** Emits the bytes transmitted during the exit (called by the stage after each exit). */
   afterExit(): void {
     if (this.#tx.length === 0) return;
@@ -407,16 +618,7 @@ export class Uart16550 implements PortDevice {
   }
 
   #iir(): number {
-    const fifo = (this.#fcr & FCR_ENABLE) !== 0 ? IIR_FIFO : 0;
-    const ier = this.#ier;
-    let id = IIR_NO_INT;
-    if ((ier & IER_RLSI) !== 0 && (this.#lsr & LSR_INT_ANY) !== 0) id = IIR_RLSI;
-    else if ((ier & IER_RDI) !== 0 && this.#rxCount > 0) {
-      const trigger = TRIGGER_LEVELS[this.#fcr >> 6];
-      id = fifo === 0 || this.#rxCount >= trigger ? IIR_RDI : IIR_CTI;
-    } else if ((ier & IER_THRI) !== 0 && this.#thrPending) id = IIR_THRI;
-    else if ((ier & IER_MSI) !== 0 && (this.#msr & MSR_DELTAS) !== 0) id = IIR_MSI;
-    return fifo | id;
+    return interruptId(this.#ier, this.#fcr, this.#lsr, this.#msr, this.#rxCount, this.#thrPending);
   }
 
   #updateIrq(): void {
