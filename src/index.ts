@@ -24,7 +24,7 @@ export { VcpuFd } from './wrappers/vcpu-fd';
 export { KvmRunWrapper } from './wrappers/kvm-run';
 export { Cap } from './wrappers/cap';
 export { GuestMemory, GuestMemoryMap } from './wrappers/guest-memory';
-export type { GuestMemoryOptions, GuestRegion } from './wrappers/guest-memory';
+export type { GuestMemoryFileOptions, GuestMemoryOptions, GuestRegion } from './wrappers/guest-memory';
 export { VCPU_EXIT_KINDS } from './wrappers/vcpu-exit';
 export type * from './wrappers/vcpu-exit';
 
@@ -99,7 +99,7 @@ export type { LegacyPcState } from './devices/legacy-pc';
 // The VMM: bootLinux at the high level; createLinuxMachine for your own run loop; prepareKernel
 // (recognise, decompress and load a kernel image) and e820Map for your own layout; cpioNewc for
 // initramfs images. (The other building blocks stay in src/vmm/: not public API.)
-export { bootLinux, VIRTIO_MMIO_BASE, VIRTIO_GSIS } from './vmm/linux';
+export { bootLinux, restoreLinux, VIRTIO_MMIO_BASE, VIRTIO_GSIS } from './vmm/linux';
 export { createLinuxMachine, e820Map, prepareKernel } from './vmm/boot';
 export type {
   BootInfo,
@@ -115,12 +115,43 @@ export { cpioNewc } from './vmm/cpio';
 export { saveVcpuState, restoreVcpuState, saveVmState, restoreVmState, saveableMsrs } from './vmm/vcpu-state';
 export type { VcpuState, VmState } from './vmm/vcpu-state';
 export type { CpioEntry } from './vmm/cpio';
-export type { BootLinuxOptions, LinuxOutcome, LinuxVm } from './vmm/linux';
+export type {
+  BootLinuxOptions,
+  LinuxOutcome,
+  LinuxSnapshotOptions,
+  LinuxVm,
+  RestoreLinuxOptions,
+  RunLinuxOptions,
+} from './vmm/linux';
+export type { LinuxSnapshotState, LinuxSnapshotVirtio } from './vmm/linux-snapshot';
+export {
+  SNAPSHOT_FORMAT_VERSION,
+  SNAPSHOT_MAGIC,
+  SNAPSHOT_PAGE_SIZE,
+  checkSnapshotHost,
+  decodeSnapshotState,
+  encodeSnapshotState,
+  mapSnapshotMemory,
+  mergeSnapshots,
+  readSnapshotChain,
+  readSnapshotFile,
+  snapshotHost,
+  writeSnapshotFile,
+} from './vmm/snapshot-file';
+export type {
+  ReadSnapshotOptions,
+  SnapshotFile,
+  SnapshotHeader,
+  SnapshotHost,
+  SnapshotRegionHeader,
+  SnapshotRegionSource,
+  WriteSnapshotOptions,
+} from './vmm/snapshot-file';
 export type { LinuxDeviceStage, LinuxResetCause } from './vmm/linux-devices';
 export { runDemo } from './vmm/demo';
 export type { DemoOptions, DemoOutcome } from './vmm/demo';
-export { BootImageError } from './vmm/errors';
-export type { BootImageErrorCode } from './vmm/errors';
+export { BootImageError, SnapshotError } from './vmm/errors';
+export type { BootImageErrorCode, SnapshotErrorCode } from './vmm/errors';
 export { hostVirtualization, stockKernelCmdline } from './vmm/host';
 export { enterLongMode, LONG_MODE_TABLES } from './vmm/long-mode';
 export { enterRealMode } from './vmm/real-mode';

@@ -21,6 +21,7 @@ import {
   mergeSnapshots,
   readSnapshotChain,
   readSnapshotFile,
+  snapshotHost,
   writeSnapshotFile,
   type SnapshotHost,
 } from '../../src/vmm/snapshot-file';
@@ -28,7 +29,13 @@ import { SnapshotError } from '../../src/vmm/errors';
 import type { KvmCpuidEntry2 } from '../../src/abi/layouts';
 
 const PAGE = 4096;
-const host: SnapshotHost = { vendor: 'AuthenticAMD', signature: 0xa00f11, model: 'test CPU', kernel: '6.1.0-test' };
+const host: SnapshotHost = {
+  vendor: 'AuthenticAMD',
+  signature: 0xa00f11,
+  model: 'test CPU',
+  kernel: '6.1.0-test',
+  features: { '0x1.0.ecx': 0x1, '0x7.0.ebx': 0x21 },
+};
 
 let dir: string;
 beforeEach(() => {
@@ -334,10 +341,10 @@ describe('readSnapshotFile refuses what it cannot restore', () => {
   });
 });
 
-describe('checkSnapshotHost', () => {
-  const entry = (fn: number, regs: Partial<KvmCpuidEntry2>): KvmCpuidEntry2 => ({
+describe('snapshotHost / checkSnapshotHost', () => {
+  const entry = (fn: number, index: number, regs: Partial<KvmCpuidEntry2>): KvmCpuidEntry2 => ({
     function: fn,
-    index: 0,
+    index,
     flags: 0,
     eax: 0,
     ebx: 0,
@@ -345,23 +352,40 @@ describe('checkSnapshotHost', () => {
     edx: 0,
     ...regs,
   });
-  it('refuses another vendor and features the host does not offer, naming them', () => {
+
+  it('records the vendor, signature and feature registers of the CPUID KVM offers', () => {
+    const vendor = Buffer.from('GenuineIntel', 'latin1');
+    const h = snapshotHost(
+      [
+        entry(0, 0, { ebx: vendor.readUInt32LE(0), edx: vendor.readUInt32LE(4), ecx: vendor.readUInt32LE(8) }),
+        entry(1, 0, { eax: 0x906ea, ecx: 0x8000_0001, edx: 0xff }),
+        entry(7, 0, { ebx: 0x21 }),
+      ],
+      'model name\t: Test Xeon\n',
+    );
+    expect(h).toMatchObject({ vendor: 'GenuineIntel', signature: 0x906ea, model: 'Test Xeon' });
+    expect(h.features).toMatchObject({
+      '0x1.0.ecx': 0x8000_0001,
+      '0x1.0.edx': 0xff,
+      '0x7.0.ebx': 0x21,
+      '0x7.0.ecx': 0,
+    });
+  });
+
+  it('refuses another vendor and features this host does not offer, naming them', () => {
     const path = join(dir, 'h.snap');
     full(path, ram(1));
     const file = readSnapshotFile(path);
-    const supported = [entry(1, { ecx: 0x0000_0001, edx: 0xff }), entry(7, { ebx: 0x1 })];
-    expect(() =>
-      checkSnapshotHost(file, host, supported, [[entry(1, { ecx: 1 | (1 << 27), edx: 0x0f })]]),
-    ).not.toThrow();
+    expect(() => checkSnapshotHost(file, { ...host, features: { '0x1.0.ecx': 0x3, '0x7.0.ebx': 0x21 } })).not.toThrow();
     expectSnapshotError(
-      () => checkSnapshotHost(file, { ...host, vendor: 'GenuineIntel' }, supported, []),
+      () => checkSnapshotHost(file, { ...host, vendor: 'GenuineIntel' }),
       'ERR_KVM_SNAPSHOT_HOST',
       /AuthenticAMD.*GenuineIntel/,
     );
     expectSnapshotError(
-      () => checkSnapshotHost(file, host, supported, [[entry(7, { ebx: 0x21 })]]),
+      () => checkSnapshotHost(file, { ...host, features: { '0x1.0.ecx': 0x1, '0x7.0.ebx': 0x1 } }),
       'ERR_KVM_SNAPSHOT_HOST',
-      /leaf 0x7\.0 ebx bits 0x20/,
+      /0x7\.0\.ebx bits 0x20/,
     );
   });
 });

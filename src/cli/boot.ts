@@ -166,6 +166,92 @@ function describeEnd(outcome: LinuxOutcome, why: 'quit' | 'timeout' | undefined)
   }
 }
 
+/** The virtio devices asked for on the command line (`kvm-rx boot` and `kvm-rx restore`). */
+export interface DeviceSpecs {
+  disks: Array<{ path: string; readOnly: boolean }>;
+  net?: { tap: string; mac?: string };
+  rng: boolean;
+  vsock?: { guestCid: number; uds?: string };
+  hvcConsole: boolean;
+}
+
+/** The device options of {@link parseDeviceOptions}, for `parseArgs`. */
+export const DEVICE_OPTIONS = {
+  disk: { type: 'string', multiple: true },
+  rng: { type: 'boolean' },
+  net: { type: 'string' },
+  vsock: { type: 'string' },
+  console: { type: 'string' },
+} as const;
+
+/** @internal Parses --disk, --net, --rng, --vsock and --console (a UsageError for bad values). */
+export function parseDeviceOptions(values: {
+  disk?: string[];
+  rng?: boolean;
+  net?: string;
+  vsock?: string;
+  console?: string;
+}): DeviceSpecs {
+  let netSpec: DeviceSpecs['net'];
+  let vsockSpec: DeviceSpecs['vsock'];
+  if (values.console !== undefined && values.console !== 'ttyS0' && values.console !== 'hvc0')
+    throw new UsageError(`--console must be ttyS0 or hvc0, not ${values.console}`);
+  const hvcConsole = values.console === 'hvc0';
+  if (values.net !== undefined) {
+    const fields = Object.fromEntries(values.net.split(',').map((kv) => kv.split('=', 2) as [string, string]));
+    const unknown = Object.keys(fields).filter((k) => k !== 'tap' && k !== 'mac');
+    if (!fields.tap || unknown.length > 0)
+      throw new UsageError(`--net must be tap=<name>[,mac=<mac>], not ${values.net}`);
+    netSpec = { tap: fields.tap, ...(fields.mac !== undefined ? { mac: fields.mac } : {}) };
+  }
+  if (values.vsock !== undefined) {
+    const [cidText, ...rest] = values.vsock.split(',');
+    const guestCid = Number(cidText);
+    const opts = Object.fromEntries(rest.map((kv) => kv.split('=', 2) as [string, string]));
+    const unknown = Object.keys(opts).filter((k) => k !== 'uds');
+    if (!Number.isInteger(guestCid) || guestCid < 3 || guestCid > 0xffff_fffe || unknown.length > 0 || opts.uds === '')
+      throw new UsageError(`--vsock must be <cid>[,uds=<path>] with a CID from 3, not ${values.vsock}`);
+    vsockSpec = { guestCid, ...(opts.uds !== undefined ? { uds: opts.uds } : {}) };
+  }
+  const rng = values.rng === true;
+  const disks = (values.disk ?? []).map((d) => {
+    const ro = d.endsWith(',ro');
+    const path = ro ? d.slice(0, -3) : d;
+    if (path === '' || !existsSync(path)) throw new UsageError(`--disk: ${path || d} does not exist`);
+    return { path, readOnly: ro };
+  });
+  const devices =
+    disks.length + [rng, netSpec, vsockSpec, hvcConsole].filter((d) => d !== undefined && d !== false).length;
+  if (devices > 8) throw new UsageError('at most 8 virtio devices (--disk, --net, --rng, --vsock, --console hvc0)');
+  return { disks, rng, hvcConsole, ...(netSpec ? { net: netSpec } : {}), ...(vsockSpec ? { vsock: vsockSpec } : {}) };
+}
+
+/**
+ * @internal Opens the devices of `specs`, in the order `kvm-rx boot` gives them to the guest:
+ * disks, net, rng, vsock, console. Closes the TAP it opened when a later one fails.
+ */
+export function openDevices(
+  specs: DeviceSpecs,
+  hvcInput: Subject<Uint8Array>,
+): { virtio: VirtioDevice[]; tap: Tap | undefined } {
+  const virtio: VirtioDevice[] = specs.disks.map((d) => virtioBlk({ path: d.path, readOnly: d.readOnly }));
+  let tap: Tap | undefined;
+  if (specs.net !== undefined) {
+    try {
+      tap = Tap.open(specs.net.tap);
+    } catch (e) {
+      throw Object.assign(new Error(`--net: cannot open the TAP interface ${specs.net.tap}: ${(e as Error).message}`), {
+        code: 'ERR_INVALID_ARG_VALUE',
+      });
+    }
+    virtio.push(virtioNet({ backend: tap, ...(specs.net.mac !== undefined ? { mac: specs.net.mac } : {}) }));
+  }
+  if (specs.rng) virtio.push(virtioRng());
+  if (specs.vsock !== undefined) virtio.push(virtioVsock(specs.vsock));
+  if (specs.hvcConsole) virtio.push(virtioConsole({ output: (b) => process.stdout.write(b), input: hvcInput }));
+  return { virtio, tap };
+}
+
 /**
  * `kvm-rx boot …`: returns the exit status (see {@link BOOT_USAGE}).
  *
@@ -179,12 +265,9 @@ export async function cmdBoot(argv: string[]): Promise<number> {
   let trace: boolean;
   let timeoutS: number | undefined;
   let devicesPath: string | undefined;
-  let disks: Array<{ path: string; readOnly: boolean }> = [];
-  let rng = false;
+  let devs: DeviceSpecs;
   let cpus = 1;
-  let netSpec: { tap: string; mac?: string } | undefined;
   let hvcConsole = false;
-  let vsockSpec: { guestCid: number; uds?: string } | undefined;
   try {
     let values;
     try {
@@ -200,12 +283,8 @@ export async function cmdBoot(argv: string[]): Promise<number> {
           trace: { type: 'boolean' },
           timeout: { type: 'string' },
           devices: { type: 'string' },
-          disk: { type: 'string', multiple: true },
-          rng: { type: 'boolean' },
+          ...DEVICE_OPTIONS,
           cpus: { type: 'string' },
-          net: { type: 'string' },
-          vsock: { type: 'string' },
-          console: { type: 'string' },
         },
         strict: true,
         allowPositionals: false,
@@ -224,31 +303,8 @@ export async function cmdBoot(argv: string[]): Promise<number> {
     if (devicesPath !== undefined && !existsSync(devicesPath)) {
       throw new UsageError(`--devices: ${devicesPath} does not exist`);
     }
-    if (values.console !== undefined && values.console !== 'ttyS0' && values.console !== 'hvc0')
-      throw new UsageError(`--console must be ttyS0 or hvc0, not ${values.console}`);
-    hvcConsole = values.console === 'hvc0';
-    if (values.net !== undefined) {
-      const fields = Object.fromEntries(values.net.split(',').map((kv) => kv.split('=', 2) as [string, string]));
-      const unknown = Object.keys(fields).filter((k) => k !== 'tap' && k !== 'mac');
-      if (!fields.tap || unknown.length > 0)
-        throw new UsageError(`--net must be tap=<name>[,mac=<mac>], not ${values.net}`);
-      netSpec = { tap: fields.tap, ...(fields.mac !== undefined ? { mac: fields.mac } : {}) };
-    }
-    if (values.vsock !== undefined) {
-      const [cidText, ...rest] = values.vsock.split(',');
-      const guestCid = Number(cidText);
-      const opts = Object.fromEntries(rest.map((kv) => kv.split('=', 2) as [string, string]));
-      const unknown = Object.keys(opts).filter((k) => k !== 'uds');
-      if (
-        !Number.isInteger(guestCid) ||
-        guestCid < 3 ||
-        guestCid > 0xffff_fffe ||
-        unknown.length > 0 ||
-        opts.uds === ''
-      )
-        throw new UsageError(`--vsock must be <cid>[,uds=<path>] with a CID from 3, not ${values.vsock}`);
-      vsockSpec = { guestCid, ...(opts.uds !== undefined ? { uds: opts.uds } : {}) };
-    }
+    devs = parseDeviceOptions(values);
+    hvcConsole = devs.hvcConsole;
     cmdline = values.cmdline ?? stockKernelCmdline(hostVirtualization());
     if (hvcConsole && values.cmdline === undefined) cmdline = cmdline.replace('console=ttyS0', 'console=hvc0');
     for (const extra of values.append ?? []) if (extra.trim() !== '') cmdline = `${cmdline} ${extra.trim()}`;
@@ -257,21 +313,11 @@ export async function cmdBoot(argv: string[]): Promise<number> {
       throw new UsageError(`--mem must be an even number of MiB from 16 to 3072, not ${values.mem}`);
     }
     trace = values.trace === true;
-    rng = values.rng === true;
     if (values.cpus !== undefined) {
       cpus = Number(values.cpus);
       if (!Number.isInteger(cpus) || cpus < 1 || cpus > 64)
         throw new UsageError(`--cpus must be a whole number from 1 to 64, not ${values.cpus}`);
     }
-    disks = (values.disk ?? []).map((d) => {
-      const ro = d.endsWith(',ro');
-      const path = ro ? d.slice(0, -3) : d;
-      if (path === '' || !existsSync(path)) throw new UsageError(`--disk: ${path || d} does not exist`);
-      return { path, readOnly: ro };
-    });
-    const devices =
-      disks.length + [rng, netSpec, vsockSpec, hvcConsole].filter((d) => d !== undefined && d !== false).length;
-    if (devices > 8) throw new UsageError('at most 8 virtio devices (--disk, --net, --rng, --vsock, --console hvc0)');
     if (values.timeout !== undefined) {
       timeoutS = Number(values.timeout);
       if (!Number.isFinite(timeoutS) || timeoutS <= 0)
@@ -289,20 +335,8 @@ export async function cmdBoot(argv: string[]): Promise<number> {
   try {
     const kernel = readImage('kernel', kernelPath);
     const initrd = initrdPath === undefined ? undefined : readImage('initrd', initrdPath);
-    const virtio: VirtioDevice[] = disks.map((d) => virtioBlk({ path: d.path, readOnly: d.readOnly }));
-    if (netSpec !== undefined) {
-      try {
-        tap = Tap.open(netSpec.tap);
-      } catch (e) {
-        throw Object.assign(new Error(`--net: cannot open the TAP interface ${netSpec.tap}: ${(e as Error).message}`), {
-          code: 'ERR_INVALID_ARG_VALUE',
-        });
-      }
-      virtio.push(virtioNet({ backend: tap, ...(netSpec.mac !== undefined ? { mac: netSpec.mac } : {}) }));
-    }
-    if (rng) virtio.push(virtioRng());
-    if (vsockSpec !== undefined) virtio.push(virtioVsock(vsockSpec));
-    if (hvcConsole) virtio.push(virtioConsole({ output: (b) => process.stdout.write(b), input: hvcInput }));
+    let virtio: VirtioDevice[];
+    ({ virtio, tap } = openDevices(devs, hvcInput));
     const ac = new AbortController();
     let why: 'quit' | 'timeout' | undefined;
     const stop = (w: 'quit' | 'timeout') => {

@@ -18,6 +18,8 @@ export interface ConsoleOptions {
    * guest has gone quiet (`'end'`).
    */
   onQuit: (reason: 'key' | 'end') => void;
+  /** Called for Ctrl-A s (a terminal only); without it Ctrl-A s sends `s` to the guest. */
+  onSnapshotKey?: () => void;
   /** The input (default `process.stdin`): any readable stream; a terminal has `isTTY` and `setRawMode`. */
   input?: ConsoleInput;
   /**
@@ -33,7 +35,7 @@ export interface ConsoleOptions {
 
 /**
  * Puts a terminal stdin in raw mode and forwards keys to the guest once `connect(send)` is called;
- * Ctrl-A x quits and Ctrl-A Ctrl-A sends one Ctrl-A. A stdin that is not a terminal is forwarded as
+ * Ctrl-A x quits, Ctrl-A s calls `onSnapshotKey` (when given) and Ctrl-A Ctrl-A sends one Ctrl-A. A stdin that is not a terminal is forwarded as
  * it is; when it ends, the console quits as soon as the guest has drained it: once the guest has
  * printed something and then stayed silent for `quietMs` (call `noteOutput()` for each output of the
  * guest). The guest may end first. `close()` restores the terminal.
@@ -80,6 +82,10 @@ export function attachConsole(options: ConsoleOptions): {
           if (b === 0x78 /* x */) {
             options.onQuit('key');
             return;
+          }
+          if (b === 0x73 /* s */ && options.onSnapshotKey) {
+            options.onSnapshotKey();
+            continue;
           }
           out.push(b === 0x01 ? 0x01 : b);
         } else if (b === 0x01) escape = true;

@@ -512,6 +512,11 @@ export interface LinuxMachineConfig extends PrepareKernelOptions {
    * other vCPUs wait in the in-kernel LAPIC for the guest's INIT/SIPI. Needs the irqchip.
    */
   cpus?: number;
+  /**
+   * Log the guest's writes to RAM (`KVM_MEM_LOG_DIRTY_PAGES` on its slot), which diff snapshots
+   * need (default `false`: logging costs a little on every first write to a page).
+   */
+  trackDirtyPages?: boolean;
 }
 
 /** Where things were put. */
@@ -537,6 +542,8 @@ export interface LinuxMachine extends Disposable {
   memory: GuestMemory;
   memSize: number;
   boot: BootInfo;
+  /** Whether it has the in-kernel irqchip and PIT. */
+  irqchip: boolean;
   close(): void;
 }
 
@@ -624,6 +631,30 @@ export function setupBootVcpu(kvm: Kvm, vcpu: VcpuFd, entry: number, lapic = tru
   );
 }
 
+/** `KVM_MEM_LOG_DIRTY_PAGES`. */
+const KVM_MEM_LOG_DIRTY_PAGES = 1;
+
+/**
+ * @internal The VM of a Linux machine before its memory and vCPUs: the TSS and identity-map pages
+ * and, with `irqchip`, the in-kernel PIC/IOAPIC and PIT (which must exist before any vCPU). The
+ * same for a booted machine and one restored from a snapshot.
+ */
+export function createLinuxVmShell(kvm: Kvm, irqchip: boolean): VmFd {
+  const vm = kvm.createVm();
+  try {
+    vm.setTssAddress(BOOT_LAYOUT.tss);
+    vm.setIdentityMapAddress(BOOT_LAYOUT.identityMap);
+    if (irqchip) {
+      vm.createIrqChip();
+      vm.createPit2({ flags: 0 });
+    }
+    return vm;
+  } catch (e) {
+    vm.close();
+    throw e;
+  }
+}
+
 /**
  * Builds a one-vCPU VM that boots Linux in 64-bit mode: `KVM_SET_TSS_ADDR`,
  * `KVM_SET_IDENTITY_MAP_ADDR`, `KVM_CREATE_IRQCHIP`, `KVM_CREATE_PIT2`, one RAM slot at 0, the guest
@@ -663,18 +694,18 @@ export function createLinuxMachine(kvm: Kvm, config: LinuxMachineConfig): LinuxM
   const kernel = prepareKernel(config.kernel, config);
   const cmdline = config.cmdline ?? '';
   if (typeof cmdline !== 'string') invalidValue('config.cmdline', 'must be a string', cmdline);
-  const vm = kvm.createVm();
+  if (config.trackDirtyPages !== undefined) checkBool('config.trackDirtyPages', config.trackDirtyPages);
+  const irqchip = config.irqchip ?? true;
+  const vm = createLinuxVmShell(kvm, irqchip);
   let memory: GuestMemory | undefined;
   try {
-    vm.setTssAddress(BOOT_LAYOUT.tss);
-    vm.setIdentityMapAddress(BOOT_LAYOUT.identityMap);
-    const irqchip = config.irqchip ?? true;
-    if (irqchip) {
-      vm.createIrqChip();
-      vm.createPit2({ flags: 0 });
-    }
     memory = GuestMemory.anonymous(memSize, { ...(config.memory ?? {}), backend: vm.backend });
-    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory });
+    vm.setUserMemoryRegion({
+      slot: 0,
+      guestPhysAddr: 0n,
+      memory,
+      flags: config.trackDirtyPages === true ? KVM_MEM_LOG_DIRTY_PAGES : 0,
+    });
     const boot = layoutGuest(vm.guestMemory, memSize, kernel, cmdline, config.initrd);
     const smp = cpus > 1;
     if (smp) vm.guestMemory.write(BigInt(MPTABLE_ADDR), buildMpTable(cpus));
@@ -692,7 +723,7 @@ export function createLinuxMachine(kvm: Kvm, config: LinuxMachineConfig): LinuxM
       vm.close();
       mem.close();
     };
-    return { vm, vcpu, vcpus, memory: mem, memSize, boot, close, [Symbol.dispose]: close };
+    return { vm, vcpu, vcpus, memory: mem, memSize, boot, irqchip, close, [Symbol.dispose]: close };
   } catch (e) {
     vm.close();
     memory?.close();

@@ -23,8 +23,17 @@
  *
  * @module
  */
-import { Observable, finalize, identity, map, type MonoTypeOperatorFunction, type OperatorFunction } from 'rxjs';
-import { legacyPc } from '../devices/legacy-pc';
+import {
+  Observable,
+  finalize,
+  type Subscription,
+  identity,
+  map,
+  type MonoTypeOperatorFunction,
+  type OperatorFunction,
+} from 'rxjs';
+import { legacyPc, type LegacyPcDevices } from '../devices/legacy-pc';
+import type { DeviceStage } from '../devices/port-device';
 import { ExitStats, type ExitStatsSnapshot } from '../runtime/operators/ExitStats';
 import { UnhandledExitError, describeExit } from '../runtime/errors';
 import { failOnUnhandled } from '../runtime/operators/failOnUnhandled';
@@ -51,6 +60,12 @@ export interface LinuxDevicesOptions {
   legacy?: 'worker' | 'main';
   /** The register files of the VM's virtio-mmio devices (`VirtioMmioDevice.shared`), served in this thread. */
   virtio?: VirtioMmioShared[];
+  /**
+   * The legacy devices' state to start from (`LegacyPcDevices.saveState()`, from a snapshot), with
+   * `legacy: 'worker'`. The pipeline also answers a `kvmrx:save-legacy` input with a
+   * `kvmrx:legacy-state` event carrying `{ id, state }` (how a snapshot takes it from this thread).
+   */
+  legacyState?: unknown;
   /** Your device models: a module loaded in the vCPU's thread (see {@link LinuxDeviceStage}). */
   devices?: {
     /** Absolute path of a CommonJS module (or an ES module without top-level await). */
@@ -84,7 +99,14 @@ export interface LinuxDevicesOptions {
 export type LinuxDeviceStage = (exits$: Observable<VcpuExit>, ctx: VcpuContext) => Observable<VcpuExit>;
 
 /** Channels the Linux pipeline itself emits on; a device stage should use others. */
-export const LINUX_EVENT_CHANNELS: readonly string[] = ['tx', 'reset', 'halt', 'stats', 'debugcon'];
+export const LINUX_EVENT_CHANNELS: readonly string[] = [
+  'tx',
+  'reset',
+  'halt',
+  'stats',
+  'debugcon',
+  'kvmrx:legacy-state',
+];
 
 /** Loads the `devices` stage in this (the vCPU's) thread. */
 function loadDeviceStage(devices: NonNullable<LinuxDevicesOptions['devices']>): LinuxDeviceStage {
@@ -183,7 +205,7 @@ export interface LinuxLegacyWiring {
  * ports): in a vCPU's thread for one vCPU, or once on the main thread for every vCPU of an SMP
  * guest.
  */
-export function linuxLegacyPc(w: LinuxLegacyWiring): MonoTypeOperatorFunction<VcpuExit> {
+export function linuxLegacyPc(w: LinuxLegacyWiring): DeviceStage<LegacyPcDevices> {
   return legacyPc({
     com1: { ...(w.irq ? { irq: w.irq } : {}), onTx: w.onTx, input$: w.input$ },
     i8042: { onReset: w.onReset },
@@ -240,23 +262,39 @@ export default function linuxDevices(exits$: Observable<VcpuExit>, ctx: VcpuCont
   const devices = options.devices;
   const stage = devices === undefined ? undefined : loadDeviceStage(devices);
   const stageCtx: VcpuContext = { ...ctx, options: devices?.options };
+  let legacy: DeviceStage<LegacyPcDevices> | undefined;
+  let saveRequests: Subscription | undefined;
+  if (options.legacy !== 'main') {
+    const pc = (legacy = linuxLegacyPc({
+      ...(irqLine === false ? {} : { irq: (level: boolean) => ctx.vm.setIrqLine(irqLine, level) }),
+      onTx: (bytes) => ctx.emit('tx', bytes),
+      input$,
+      onReset: () => ctx.emit('reset', 'i8042' satisfies LinuxResetCause),
+      memSize,
+      onDebugOutput: (bytes) => ctx.emit('debugcon', bytes),
+    }));
+    if (options.legacyState !== undefined) pc.device.restoreState(options.legacyState);
+    // A snapshot asks for the devices' state while the vCPU is paused (inputs still arrive then).
+    saveRequests = ctx.receive('kvmrx:save-legacy').subscribe((id) => {
+      let state: unknown;
+      let error: string | undefined;
+      try {
+        state = pc.device.saveState();
+      } catch (e) {
+        error = (e as Error).message;
+      }
+      ctx.emit('kvmrx:legacy-state', { id, state, error });
+    });
+  }
   return exits$.pipe(
     exitStats ? traceExits(exitStats) : identity,
     stage ? (source: Observable<VcpuExit>) => stage(source, stageCtx) : identity,
     options.virtio !== undefined && options.virtio.length > 0 ? virtioMmio(options.virtio) : identity,
-    options.legacy === 'main'
-      ? identity
-      : linuxLegacyPc({
-          ...(irqLine === false ? {} : { irq: (level: boolean) => ctx.vm.setIrqLine(irqLine, level) }),
-          onTx: (bytes) => ctx.emit('tx', bytes),
-          input$,
-          onReset: () => ctx.emit('reset', 'i8042' satisfies LinuxResetCause),
-          memSize,
-          onDebugOutput: (bytes) => ctx.emit('debugcon', bytes),
-        }),
+    legacy ?? identity,
     emulationFallback(ctx, emulation),
     untilGuestStops(ctx),
     finalize(() => {
+      saveRequests?.unsubscribe();
       const stats: LinuxDevicesStats = { emulation, openBus };
       if (exitStats) stats.exits = exitStats.snapshot();
       ctx.emit('stats', stats);

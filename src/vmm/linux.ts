@@ -5,8 +5,8 @@
  *
  * @module
  */
-import { extname, join } from 'node:path';
-import { Subject, merge, type Observable } from 'rxjs';
+import { extname, join, resolve } from 'node:path';
+import { EMPTY, Subject, filter, firstValueFrom, map, merge, type Observable } from 'rxjs';
 import { checkObject, checkString, invalidType, invalidValue } from '../abi/validate';
 import type { ExitStatsSnapshot } from '../runtime/operators/ExitStats';
 import type { VcpuRun } from '../runtime/vcpu-run';
@@ -14,8 +14,20 @@ import { VcpuRuntime, modulePath } from '../runtime/pool';
 import { Kvm } from '../wrappers/kvm';
 import { VirtioMmioDevice, type VirtioDevice } from '../devices/virtio/mmio-device';
 import { saveVcpuState, saveVmState, saveableMsrs, type VcpuState, type VmState } from './vcpu-state';
-import { KvmRangeError } from '../abi/errors';
-import { createLinuxMachine, type BootInfo, type LinuxMachineConfig } from './boot';
+import { KvmClosedError, KvmRangeError } from '../abi/errors';
+import { KVM_MAX_CPUID_ENTRIES } from '../wrappers/fam';
+import {
+  LINUX_SNAPSHOT_MACHINE,
+  checkLinuxSnapshotState,
+  restoreLinuxMachine,
+  type LinuxSnapshotState,
+  type LinuxSnapshotVirtio,
+} from './linux-snapshot';
+import { SnapshotError } from './errors';
+import { readSnapshotChain, snapshotHost, writeSnapshotFile, type SnapshotHeader } from './snapshot-file';
+import { createLinuxMachine, type BootInfo, type LinuxMachine, type LinuxMachineConfig } from './boot';
+import type { LegacyPcDevices } from '../devices/legacy-pc';
+import type { DeviceStage } from '../devices/port-device';
 import { emulationFallbackStats, type EmulationFallbackStats } from './emulation-fallback';
 import {
   linuxLegacyPc,
@@ -25,8 +37,18 @@ import {
   type LinuxResetCause,
 } from './linux-devices';
 
-/** Options of {@link bootLinux}: the machine (see `LinuxMachineConfig`) and how to run it. */
-export interface BootLinuxOptions extends LinuxMachineConfig {
+/** Options of {@link LinuxVm.snapshot}. */
+export interface LinuxSnapshotOptions {
+  /** Write only the pages changed since the last snapshot (needs `trackDirtyPages`). Default `false`. */
+  diff?: boolean;
+  /** Write a SHA-256 of guest memory too (checked on restore with `verifyMemory`). Default `false`. */
+  checksumMemory?: boolean;
+  /** Your own data to keep with it (JSON data, bigints, bytes): `LinuxSnapshotState.meta`. */
+  meta?: unknown;
+}
+
+/** How {@link bootLinux} and {@link restoreLinux} run the machine. */
+export interface RunLinuxOptions {
   /** Receives what the guest writes to COM1 (also on `handle.output$`). */
   output?: (bytes: Uint8Array) => void;
   /** Count exits by kind and port (`outcome.stats`). Default `false`. */
@@ -44,6 +66,12 @@ export interface BootLinuxOptions extends LinuxMachineConfig {
    * Its `ctx.emit()` values arrive on {@link LinuxVm.events$}.
    */
   devices?: { pipeline: string | URL; export?: string; options?: unknown };
+  /** Where a virtio device that needs a reset says why (default: `process.emitWarning`). */
+  virtioLog?: (message: string) => void;
+}
+
+/** Options of {@link bootLinux}: the machine (see `LinuxMachineConfig`) and how to run it. */
+export interface BootLinuxOptions extends LinuxMachineConfig, RunLinuxOptions {
   /**
    * virtio devices (`virtioRng()`, `virtioConsole()`, …), each on a virtio-mmio transport: device
    * i at guest-physical 0xd0000000 + i × 4 KiB with its interrupt on {@link VIRTIO_GSIS}[i],
@@ -52,8 +80,6 @@ export interface BootLinuxOptions extends LinuxMachineConfig {
    * (`npm run guest:kernel`). At most 8.
    */
   virtio?: VirtioDevice[];
-  /** Where a virtio device that needs a reset says why (default: `process.emitWarning`). */
-  virtioLog?: (message: string) => void;
 }
 
 /** Guest-physical base of the first virtio-mmio device of {@link bootLinux}. */
@@ -144,6 +170,24 @@ export interface LinuxVm {
    * @throws `Error` `ERR_KVM_NOT_PAUSED` unless every vCPU is paused; {@link KvmError} from the ioctls
    */
   saveState(): { vcpus: VcpuState[]; vm: VmState };
+  /**
+   * Writes a snapshot of the running VM to `path` (the file format: docs/snapshots.md): pauses every
+   * vCPU, waits for the virtio devices' requests in flight to finish, saves the device models, the
+   * vCPUs' and the VM's KVM state and guest RAM, then lets the VM run on (unless it was paused
+   * before). `{ diff: true }` writes only the pages changed since the last snapshot of this VM (or
+   * the one it was restored from): it needs `trackDirtyPages`. Restore with {@link restoreLinux}.
+   *
+   * @example
+   * ```ts
+   * // @ts-setup: declare const linux: LinuxVm;
+   * await linux.snapshot('booted.snap');
+   * await linux.snapshot('later.snap', { diff: true }); // with bootLinux({ trackDirtyPages: true, … })
+   * ```
+   * @throws (rejects) `Error` `ERR_KVM_CLOSED` once the VM has ended, `ERR_KVM_BUSY` while another
+   *   snapshot is being written, `ERR_KVM_NO_DIRTY_LOG` for a diff without `trackDirtyPages` or
+   *   without an earlier snapshot; {@link KvmError} from the ioctls; `Error` from the file system
+   */
+  snapshot(path: string, options?: LinuxSnapshotOptions): Promise<SnapshotHeader>;
   /** Stops the VM; resolves with the outcome. */
   stop(): Promise<LinuxOutcome>;
   /** Resolves with the outcome once the VM has ended and everything is closed. Never rejects. */
@@ -207,11 +251,156 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
     if (ownKvm) kvm.close();
     throw e;
   }
+  return startLinux({
+    kvm,
+    ownKvm,
+    machine,
+    virtioDevices,
+    options,
+    devices,
+    trackDirtyPages: options.trackDirtyPages === true,
+  });
+}
+
+/** Options of {@link restoreLinux}. */
+export interface RestoreLinuxOptions extends RunLinuxOptions {
+  /**
+   * The virtio devices again (their backends reopened in this process: the disk image, the tap,
+   * the vsock socket), of the same kinds in the same order as in the snapshot; each is put back
+   * into its saved state.
+   */
+  virtio?: VirtioDevice[];
+  /** Log the guest's writes for diff snapshots of the restored VM (default: as the snapshot was taken). */
+  trackDirtyPages?: boolean;
+  /** Check the memory checksums the snapshot has (reads all of memory: not constant time). Default `false`. */
+  verifyMemory?: boolean;
+}
+
+/**
+ * Restores a `bootLinux()` VM from a snapshot (`linux.snapshot(path)`), in this process or
+ * another, and runs it: the file and the chain of snapshots a diff builds on are checked (format
+ * version, checksums, the host CPU, the machine) before anything is created; the VM, its RAM
+ * (mapped privately from the file: pages are read when the guest first touches them), vCPUs and
+ * in-kernel devices are rebuilt in the kernel's order, then the device models are put back, and
+ * the vCPUs go on where they were. Nothing is left behind when it throws.
+ *
+ * @example
+ * ```ts
+ * const linux = restoreLinux('booted.snap', { output: (b) => process.stdout.write(b) });
+ * linux.send('echo hello\n');
+ * ```
+ * @throws {@link SnapshotError} for a file that cannot be restored here (`code` says why:
+ *   corrupt, truncated, format version, host CPU, machine kind or virtio devices that differ);
+ *   `TypeError`/`RangeError` for bad options; {@link KvmError} from the ioctls
+ */
+export function restoreLinux(path: string, options: RestoreLinuxOptions = {}): LinuxVm {
+  checkString('path', path);
+  checkObject('options', options);
+  if (options.output !== undefined && typeof options.output !== 'function')
+    invalidType('options.output', 'of type function', options.output);
+  if (options.trackDirtyPages !== undefined && typeof options.trackDirtyPages !== 'boolean')
+    invalidType('options.trackDirtyPages', 'of type boolean', options.trackDirtyPages);
+  const devices = options.devices === undefined ? undefined : checkDevices(options.devices);
+  const virtio = checkVirtio(options);
+  const chain = readSnapshotChain(path, { verifyMemory: options.verifyMemory === true });
+  const last = chain[chain.length - 1];
+  const state = checkLinuxSnapshotState(last);
+  if (virtio.length !== state.virtio.length || virtio.some((d, i) => d.deviceId !== state.virtio[i].deviceId))
+    throw new SnapshotError(
+      'ERR_KVM_SNAPSHOT_MISMATCH',
+      last.path,
+      `it has virtio devices [${state.virtio.map((d) => `${d.name} (id ${d.deviceId})`).join(', ')}]; options.virtio has [${virtio.map((d) => `${d.name} (id ${d.deviceId})`).join(', ')}]`,
+    );
+  // The legacy devices' state is checked here, on a throwaway set, before anything is created.
+  try {
+    trialLegacyPc(state.memSize).device.restoreState(state.legacyDevices);
+  } catch (e) {
+    throw new SnapshotError(
+      'ERR_KVM_SNAPSHOT_CORRUPT',
+      last.path,
+      `its legacy device state is refused: ${(e as Error).message}`,
+    );
+  }
+  const trackDirtyPages = options.trackDirtyPages ?? state.trackDirtyPages;
+  const ownKvm = options.kvm === undefined;
+  const kvm = options.kvm ?? new Kvm();
+  let machine: LinuxMachine | undefined;
+  const virtioDevices: VirtioMmioDevice[] = [];
+  try {
+    machine = restoreLinuxMachine(kvm, chain, state, { trackDirtyPages });
+    for (const [i, device] of virtio.entries()) {
+      const saved = state.virtio[i];
+      const d = new VirtioMmioDevice(machine.vm, device, {
+        base: BigInt(saved.base),
+        gsi: saved.gsi,
+        ...(options.virtioLog ? { log: options.virtioLog } : {}),
+      });
+      virtioDevices.push(d);
+      try {
+        d.restoreState(saved.state);
+      } catch (e) {
+        if (e instanceof TypeError || e instanceof RangeError)
+          throw new SnapshotError(
+            'ERR_KVM_SNAPSHOT_CORRUPT',
+            last.path,
+            `virtio device ${i} (${saved.name}) refuses its state: ${e.message}`,
+          );
+        throw e;
+      }
+    }
+  } catch (e) {
+    machine?.close(); // closes the virtio devices with the VM
+    if (ownKvm) kvm.close();
+    throw e;
+  }
+  return startLinux({
+    kvm,
+    ownKvm,
+    machine,
+    virtioDevices,
+    options,
+    devices,
+    trackDirtyPages,
+    legacyState: state.legacyDevices,
+    parent: { id: last.header.id, path: last.path },
+  });
+}
+
+/** A set of legacy devices wired to nothing, to check a saved state against. */
+function trialLegacyPc(memSize: number): DeviceStage<LegacyPcDevices> {
+  return linuxLegacyPc({
+    irq: () => undefined,
+    onTx: () => undefined,
+    input$: EMPTY,
+    onReset: () => undefined,
+    memSize,
+    onDebugOutput: () => undefined,
+  });
+}
+
+/** What {@link startLinux} runs. */
+interface LinuxStart {
+  kvm: Kvm;
+  ownKvm: boolean;
+  machine: LinuxMachine;
+  virtioDevices: VirtioMmioDevice[];
+  options: RunLinuxOptions;
+  devices: LinuxDevicesOptions['devices'] | undefined;
+  trackDirtyPages: boolean;
+  /** The legacy devices' state, when restoring. */
+  legacyState?: unknown;
+  /** The snapshot this machine was restored from (the parent of its first diff). */
+  parent?: { id: string; path: string };
+}
+
+/** Runs a built (or restored) Linux machine on the worker runtime. */
+function startLinux(start: LinuxStart): LinuxVm {
+  const { kvm, ownKvm, machine, virtioDevices, options, devices } = start;
   const ownRuntime = options.runtime === undefined;
   const cpus = machine.vcpus.length;
   const smp = cpus > 1;
   const runtime = options.runtime ?? new VcpuRuntime({ maxVcpus: cpus });
-  const irqchip = options.irqchip ?? true;
+  const irqchip = machine.irqchip;
   const pipelineOptions: LinuxDevicesOptions = {
     memSize: machine.memSize,
     trace: options.trace === true,
@@ -220,6 +409,7 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
     ...(virtioDevices.length > 0 ? { virtio: virtioDevices.map((d) => d.shared) } : {}),
     // With several vCPUs the legacy devices run once, on this thread, for all of them.
     ...(smp ? { legacy: 'main' as const } : {}),
+    ...(!smp && start.legacyState !== undefined ? { legacyState: start.legacyState } : {}),
   };
   const output = new Subject<Uint8Array>();
   const events = new Subject<{ channel: string; data: unknown }>();
@@ -256,10 +446,11 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
     options.output?.(bytes);
     output.next(bytes);
   };
+  let mainPc: DeviceStage<LegacyPcDevices> | undefined;
   if (smp) {
     // One set of legacy devices for every vCPU: the exits the workers leave reach this thread,
     // one at a time, each answered before its vCPU resumes.
-    const pc = linuxLegacyPc({
+    const pc = (mainPc = linuxLegacyPc({
       irq: (level: boolean) => machine.vm.setIrqLine(4, level),
       onTx: emitTx,
       input$: stdin,
@@ -269,7 +460,8 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
       },
       memSize: machine.memSize,
       onDebugOutput: (bytes) => events.next({ channel: 'debugcon', data: bytes }),
-    });
+    }));
+    if (start.legacyState !== undefined) pc.device.restoreState(start.legacyState);
     merge(...runs.map((r) => r.exits$))
       .pipe(
         pc,
@@ -341,7 +533,34 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
   // When one vCPU's run ends (a triple fault, an error), the machine ends: stop the others.
   for (const r of runs) void r.done.then(stopAll, stopAll);
   const done = finish();
+  void done.then(() => (ended = true));
   const run0 = runs[0];
+  let ended = false;
+  let snapshotting = false;
+  let parent = start.parent;
+  let saveId = 0;
+  const saveState = (): { vcpus: VcpuState[]; vm: VmState } => {
+    if (!runs.every((r) => r.paused))
+      throw codeError('ERR_KVM_NOT_PAUSED', 'the VM is not paused: await pause() first');
+    const msrs = saveableMsrs(kvm);
+    return { vcpus: machine.vcpus.map((v) => saveVcpuState(kvm, v, msrs)), vm: saveVmState(machine.vm) };
+  };
+  // The legacy devices of a one-vCPU machine live in its worker: ask them there (the paused
+  // worker still takes inputs) and wait for the answer, or for the run to end.
+  const legacyFromWorker = async (): Promise<unknown> => {
+    const id = ++saveId;
+    const answer = firstValueFrom(
+      run0.events$.pipe(
+        filter((e) => e.channel === 'kvmrx:legacy-state' && (e.data as { id: number }).id === id),
+        map((e) => e.data as { id: number; state?: unknown; error?: string }),
+      ),
+    );
+    run0.send('kvmrx:save-legacy', id);
+    const got = await Promise.race([answer, run0.done.then(() => undefined)]);
+    if (got === undefined) throw new KvmClosedError('LinuxVm');
+    if (got.error !== undefined) throw new Error(`saving the legacy devices failed: ${got.error}`);
+    return got.state;
+  };
   return {
     boot: machine.boot,
     virtio: virtioDevices,
@@ -366,11 +585,85 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
     resume: () => {
       for (const r of runs) r.resume();
     },
-    saveState: () => {
-      if (!runs.every((r) => r.paused))
-        throw Object.assign(new Error('the VM is not paused: await pause() first'), { code: 'ERR_KVM_NOT_PAUSED' });
-      const msrs = saveableMsrs(kvm);
-      return { vcpus: machine.vcpus.map((v) => saveVcpuState(kvm, v, msrs)), vm: saveVmState(machine.vm) };
+    saveState,
+    snapshot: async (path, snapOptions = {}) => {
+      checkString('path', path);
+      checkObject('options', snapOptions);
+      const diff = snapOptions.diff === true;
+      if (ended) throw new KvmClosedError('LinuxVm');
+      if (snapshotting) throw codeError('ERR_KVM_BUSY', 'a snapshot of this VM is being written');
+      if (diff && !start.trackDirtyPages)
+        throw codeError(
+          'ERR_KVM_NO_DIRTY_LOG',
+          "a diff snapshot needs the guest's writes logged: start the VM with trackDirtyPages: true",
+        );
+      if (diff && parent === undefined)
+        throw codeError(
+          'ERR_KVM_NO_DIRTY_LOG',
+          'a diff snapshot needs an earlier snapshot of this VM to build on: take a full one first',
+        );
+      snapshotting = true;
+      const wasPaused = runs.every((r) => r.paused);
+      const quiesced: VirtioMmioDevice[] = [];
+      try {
+        // Firecracker's order: the vCPUs stopped, the devices saved first (one may raise an
+        // interrupt while saved, which must be in the KVM state), then the vCPUs, then the VM.
+        await Promise.all(runs.map((r) => r.pause()));
+        for (const d of virtioDevices) {
+          await d.quiesce();
+          quiesced.push(d);
+        }
+        const legacyDevices = mainPc !== undefined ? mainPc.device.saveState() : await legacyFromWorker();
+        const virtio: LinuxSnapshotVirtio[] = virtioDevices.map((d) => ({
+          name: d.device.name,
+          deviceId: d.device.deviceId,
+          base: `0x${d.base.toString(16)}`,
+          gsi: d.gsi,
+          state: d.saveState(),
+        }));
+        const kvmState = saveState();
+        const state: LinuxSnapshotState = {
+          version: 1,
+          memSize: machine.memSize,
+          irqchip: machine.irqchip,
+          cpus,
+          legacy: smp ? 'main' : 'worker',
+          trackDirtyPages: start.trackDirtyPages,
+          boot: machine.boot,
+          legacyDevices,
+          virtio,
+          ...kvmState,
+          ...(snapOptions.meta !== undefined ? { meta: snapOptions.meta } : {}),
+        };
+        const bytes = machine.memory.bytes;
+        let dirty: BigUint64Array | undefined;
+        if (diff) {
+          // The pages the guest wrote (KVM's log, which reading clears) and the ones the VMM wrote
+          // for it (virtio buffers and rings).
+          dirty = machine.vm.getDirtyLog(0, machine.memSize);
+          for (const d of virtioDevices) d.takeWrittenPages?.(dirty);
+        }
+        const header = writeSnapshotFile(path, {
+          machine: LINUX_SNAPSHOT_MACHINE,
+          state,
+          regions: [{ guestPhysAddr: 0n, bytes, ...(dirty ? { dirty } : {}) }],
+          host: snapshotHost(kvm.getSupportedCpuid(KVM_MAX_CPUID_ENTRIES).entries),
+          ...(diff && parent ? { parent } : {}),
+          ...(snapOptions.checksumMemory === true ? { checksumMemory: true } : {}),
+        });
+        if (start.trackDirtyPages && !diff) {
+          // A full snapshot is the new base: forget what was written before it.
+          machine.vm.getDirtyLog(0, machine.memSize);
+          for (const d of virtioDevices)
+            d.takeWrittenPages?.(new BigUint64Array(Math.ceil(machine.memSize / 4096 / 64)));
+        }
+        parent = { id: header.id, path: resolve(path) };
+        return header;
+      } finally {
+        for (const d of quiesced) d.unquiesce();
+        if (!wasPaused && !ended) for (const r of runs) r.resume();
+        snapshotting = false;
+      }
     },
     stop: async () => {
       await Promise.all(runs.map((r) => r.stop()));
@@ -380,7 +673,11 @@ export function bootLinux(options: BootLinuxOptions): LinuxVm {
   };
 }
 
-function checkVirtio(options: BootLinuxOptions): VirtioDevice[] {
+function codeError(code: string, message: string): Error {
+  return Object.assign(new Error(message), { code });
+}
+
+function checkVirtio(options: { virtio?: VirtioDevice[]; irqchip?: boolean }): VirtioDevice[] {
   if (options.virtio === undefined) return [];
   if (!Array.isArray(options.virtio)) invalidType('options.virtio', 'an array of VirtioDevice', options.virtio);
   if (options.virtio.length > VIRTIO_GSIS.length)

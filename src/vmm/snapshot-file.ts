@@ -55,6 +55,11 @@ export interface SnapshotHost {
   model: string;
   /** The host kernel's release (`uname -r`), for messages. */
   kernel: string;
+  /**
+   * The feature registers of the CPUID the host's KVM offers (`KVM_GET_SUPPORTED_CPUID`), by
+   * `'0x<leaf>.<subleaf>.<register>'`: a restoring host must offer all of these bits.
+   */
+  features: Record<string, number>;
 }
 
 /** One guest memory region as the header describes it. */
@@ -206,9 +211,25 @@ export function decodeSnapshotState(text: string): unknown {
 // ---------------------------------------------------------------------------------------------
 // The host.
 
+/** CPUID feature registers a snapshot records and checks: (leaf, subleaf, register). */
+const FEATURE_REGISTERS: ReadonlyArray<[number, number, 'eax' | 'ebx' | 'ecx' | 'edx']> = [
+  [1, 0, 'ecx'],
+  [1, 0, 'edx'],
+  [7, 0, 'ebx'],
+  [7, 0, 'ecx'],
+  [7, 0, 'edx'],
+  [0xd, 1, 'eax'],
+  [0x8000_0001, 0, 'ecx'],
+  [0x8000_0001, 0, 'edx'],
+];
+
+/** The name of a feature register in {@link SnapshotHost.features}: `'0x7.0.ebx'`. */
+const featureKey = (leaf: number, sub: number, reg: string): string => `0x${leaf.toString(16)}.${sub}.${reg}`;
+
 /**
- * This host as a snapshot records it: the CPU vendor and signature from the CPUID KVM offers
- * (`supported`, from `kvm.getSupportedCpuid()`), the model name and the kernel release.
+ * This host as a snapshot records it: the CPU vendor, signature and the feature registers of the
+ * CPUID its KVM offers (`supported`, from `kvm.getSupportedCpuid()`), the model name and the
+ * kernel release.
  *
  * @example `const host = snapshotHost(kvm.getSupportedCpuid(KVM_MAX_CPUID_ENTRIES).entries);`
  */
@@ -228,34 +249,28 @@ export function snapshotHost(supported: readonly KvmCpuidEntry2[], cpuinfo?: str
   } catch {
     // no /proc/cpuinfo: the model is only for messages
   }
-  return { vendor, signature: leaf1?.eax ?? 0, model, kernel: release() };
+  const features: Record<string, number> = {};
+  for (const [leaf, sub, reg] of FEATURE_REGISTERS) {
+    const e = supported.find((x) => x.function === leaf && x.index === sub);
+    features[featureKey(leaf, sub, reg)] = e === undefined ? 0 : e[reg] >>> 0;
+  }
+  return { vendor, signature: leaf1?.eax ?? 0, model, kernel: release(), features };
 }
-
-/** CPUID feature registers checked on restore: (leaf, subleaf, register, bits KVM changes at run time). */
-const FEATURE_REGISTERS: ReadonlyArray<[number, number, 'eax' | 'ebx' | 'ecx' | 'edx', number]> = [
-  [1, 0, 'ecx', 1 << 27], // OSXSAVE follows the guest's CR4
-  [1, 0, 'edx', 0],
-  [7, 0, 'ebx', 0],
-  [7, 0, 'ecx', 1 << 4], // OSPKE follows the guest's CR4
-  [7, 0, 'edx', 0],
-  [0xd, 1, 'eax', 0],
-  [0x8000_0001, 0, 'ecx', 0],
-  [0x8000_0001, 0, 'edx', 0],
-];
 
 /**
  * Checks that this host can stand in for the one a snapshot was taken on: the same CPU vendor,
- * and every CPUID feature the saved vCPUs had offered by this host's KVM.
+ * and every CPUID feature the other host's KVM offered (what the guest may have been given and
+ * relies on) offered by this one's.
  *
- * @example `checkSnapshotHost(file, snapshotHost(supported), supported, state.vcpus.map((v) => v.cpuid));`
+ * @example
+ * ```ts
+ * // @ts-setup: import { KVM_MAX_CPUID_ENTRIES } from 'kvm-rx'; declare const kvm: import('kvm-rx').Kvm;
+ * const file = readSnapshotFile('vm.snap');
+ * checkSnapshotHost(file, snapshotHost(kvm.getSupportedCpuid(KVM_MAX_CPUID_ENTRIES).entries));
+ * ```
  * @throws {@link SnapshotError} `ERR_KVM_SNAPSHOT_HOST` naming what differs
  */
-export function checkSnapshotHost(
-  file: SnapshotFile,
-  host: SnapshotHost,
-  supported: readonly KvmCpuidEntry2[],
-  savedCpuids: ReadonlyArray<readonly KvmCpuidEntry2[]>,
-): void {
+export function checkSnapshotHost(file: SnapshotFile, host: SnapshotHost): void {
   const saved = file.header.host;
   if (saved.vendor !== host.vendor)
     fail(
@@ -264,22 +279,15 @@ export function checkSnapshotHost(
       `it was taken on a ${saved.vendor} CPU (${saved.model}); this host's is ${host.vendor} (${host.model})`,
     );
   const missing: string[] = [];
-  for (const [i, entries] of savedCpuids.entries()) {
-    if (!isList(entries)) fail('ERR_KVM_SNAPSHOT_CORRUPT', file.path, `vCPU ${i}'s CPUID is not a list`);
-    for (const [leaf, sub, reg, dynamic] of FEATURE_REGISTERS) {
-      const want = entries.find((e) => e?.function === leaf && (e.index ?? 0) === sub);
-      if (want === undefined) continue;
-      const have = supported.find((e) => e.function === leaf && (e.index ?? 0) === sub);
-      const extra = ((want[reg] ?? 0) & ~(have?.[reg] ?? 0) & ~dynamic) >>> 0;
-      if (extra !== 0)
-        missing.push(`leaf 0x${leaf.toString(16)}.${sub} ${reg} bits 0x${extra.toString(16)} (vCPU ${i})`);
-    }
+  for (const [key, bits] of Object.entries(saved.features)) {
+    const extra = (bits & ~(host.features[key] ?? 0)) >>> 0;
+    if (extra !== 0) missing.push(`${key} bits 0x${extra.toString(16)}`);
   }
   if (missing.length > 0)
     fail(
       'ERR_KVM_SNAPSHOT_HOST',
       file.path,
-      `its vCPUs use CPUID features this host's KVM does not offer: ${[...new Set(missing)].slice(0, 8).join(', ')} (taken on ${saved.model}, host ${saved.kernel}; this is ${host.model}, ${host.kernel})`,
+      `the host it was taken on offered CPUID features this host's KVM does not: ${missing.join(', ')} (taken on ${saved.model}, kernel ${saved.kernel}; this is ${host.model}, kernel ${host.kernel})`,
     );
 }
 
@@ -512,6 +520,15 @@ function checkHeader(path: string, h: unknown, fileSize: number, headerAt: numbe
     !isStr(host.kernel)
   )
     bad('host is not { vendor, signature, model, kernel }');
+  const feats = host.features;
+  if (
+    typeof feats !== 'object' ||
+    feats === null ||
+    Array.isArray(feats) ||
+    Object.keys(feats).length > 64 ||
+    !Object.values(feats).every((v) => isInt(v, 0, 0xffff_ffff))
+  )
+    bad('host has no CPUID features { register: bits }');
   if (o.fileSize !== fileSize)
     (fileSize < (o.fileSize as number) ? short : bad)(
       `the header says the file has ${String(o.fileSize)} bytes; it has ${fileSize}`,

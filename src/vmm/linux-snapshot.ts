@@ -1,0 +1,182 @@
+/**
+ * What a snapshot of a `bootLinux()` machine holds, and how the machine is rebuilt from one: the
+ * VM with its irqchip and PIT, guest RAM mapped privately from the snapshot file, the vCPUs and
+ * the VM's in-kernel devices restored in the kernel's order. The device models (legacy PC, virtio)
+ * are restored by `restoreLinux()` after this, as Firecracker does: after the KVM state, so an
+ * interrupt a device raises on restore is not overwritten by the saved irqchip state.
+ *
+ * @module
+ */
+import { KVM_MAX_CPUID_ENTRIES } from '../wrappers/fam';
+import type { Kvm } from '../wrappers/kvm';
+import type { GuestMemory } from '../wrappers/guest-memory';
+import type { VcpuFd } from '../wrappers/vcpu-fd';
+import type { BootInfo, LinuxMachine } from './boot';
+import { createLinuxVmShell } from './boot';
+import { SnapshotError } from './errors';
+import { MPTABLE_MAX_CPUS } from './mptable';
+import {
+  SNAPSHOT_PAGE_SIZE,
+  checkSnapshotHost,
+  mapSnapshotMemory,
+  snapshotHost,
+  type SnapshotFile,
+} from './snapshot-file';
+import { restoreVcpuState, restoreVmState, type VcpuState, type VmState } from './vcpu-state';
+
+/** The machine kind a `bootLinux()` snapshot records. */
+export const LINUX_SNAPSHOT_MACHINE = 'linux';
+
+/** One virtio device of a Linux snapshot. */
+export interface LinuxSnapshotVirtio {
+  name: string;
+  deviceId: number;
+  /** The register window, `0x` hex. */
+  base: string;
+  gsi: number;
+  /** `VirtioMmioDevice.saveState()`. */
+  state: unknown;
+}
+
+/** The state of a `bootLinux()` machine in a snapshot (the file's state part). */
+export interface LinuxSnapshotState {
+  version: 1;
+  memSize: number;
+  irqchip: boolean;
+  cpus: number;
+  /** Where the legacy devices ran (`'main'` for several vCPUs). */
+  legacy: 'worker' | 'main';
+  /** Whether the guest's writes were logged (diff snapshots). */
+  trackDirtyPages: boolean;
+  boot: BootInfo;
+  /** `LegacyPcDevices.saveState()`. */
+  legacyDevices: unknown;
+  virtio: LinuxSnapshotVirtio[];
+  vcpus: VcpuState[];
+  vm: VmState;
+  /** What the snapshot's taker added (`linux.snapshot(path, { meta })`), e.g. how to reopen devices. */
+  meta?: unknown;
+}
+
+const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * Checks the outline of a Linux snapshot's state (what the machine is made of) before anything is
+ * created; the parts (vCPU state, device state) are checked by their own restore functions.
+ *
+ * @throws {@link SnapshotError} `ERR_KVM_SNAPSHOT_MISMATCH` for another machine kind,
+ *   `ERR_KVM_SNAPSHOT_CORRUPT` for a state that does not fit the file's memory or itself
+ */
+export function checkLinuxSnapshotState(file: SnapshotFile): LinuxSnapshotState {
+  const bad = (detail: string): never => {
+    throw new SnapshotError('ERR_KVM_SNAPSHOT_CORRUPT', file.path, `the machine state ${detail}`);
+  };
+  if (file.header.machine !== LINUX_SNAPSHOT_MACHINE)
+    throw new SnapshotError(
+      'ERR_KVM_SNAPSHOT_MISMATCH',
+      file.path,
+      `it is a '${file.header.machine}' machine, not a bootLinux() one`,
+    );
+  const s = file.state;
+  if (!isObj(s)) return bad('is not an object');
+  if (s.version !== 1) bad(`has version ${String(s.version)}, not 1`);
+  const memSize = s.memSize;
+  if (typeof memSize !== 'number' || !Number.isInteger(memSize) || memSize <= 0 || memSize % SNAPSHOT_PAGE_SIZE !== 0)
+    bad('has no valid memSize');
+  if (file.regions.length !== 1 || file.regions[0].gpa !== 0n || file.regions[0].size !== memSize)
+    bad(
+      `says ${String(memSize)} bytes of RAM at 0; the file holds ${file.regions.map((r) => `${r.size} at ${r.guestPhysAddr}`).join(', ')}`,
+    );
+  if (typeof s.irqchip !== 'boolean' || typeof s.trackDirtyPages !== 'boolean')
+    bad('has no irqchip/trackDirtyPages flags');
+  const cpus = s.cpus;
+  if (typeof cpus !== 'number' || !Number.isInteger(cpus) || cpus < 1 || cpus > MPTABLE_MAX_CPUS)
+    bad('has a bad cpus count');
+  if (s.legacy !== 'worker' && s.legacy !== 'main') bad('has a bad legacy placement');
+  if (s.legacy === 'worker' && cpus !== 1) bad('runs legacy devices in the worker with several vCPUs');
+  if (!isObj(s.boot)) bad('has no boot information');
+  if (!isObj(s.legacyDevices)) bad('has no legacy device state');
+  if (!isObj(s.vm)) bad('has no VM state');
+  if (!Array.isArray(s.vcpus) || s.vcpus.length !== cpus)
+    bad(`has ${Array.isArray(s.vcpus) ? s.vcpus.length : 'no'} vCPU states for ${String(cpus)} vCPUs`);
+  for (const [i, v] of (s.vcpus as unknown[]).entries()) {
+    if (!isObj(v) || v.id !== i || !Array.isArray(v.cpuid)) bad(`has a malformed state for vCPU ${i}`);
+  }
+  if (!Array.isArray(s.virtio) || s.virtio.length > 8) bad('has no list of at most 8 virtio devices');
+  for (const [i, d] of (s.virtio as unknown[]).entries()) {
+    if (
+      !isObj(d) ||
+      typeof d.name !== 'string' ||
+      typeof d.deviceId !== 'number' ||
+      typeof d.base !== 'string' ||
+      !/^0x[0-9a-f]{1,13}$/.test(d.base) ||
+      typeof d.gsi !== 'number'
+    )
+      bad(`has a malformed virtio device ${i}`);
+  }
+  if ((s.virtio as unknown[]).length > 0 && s.irqchip !== true) bad('has virtio devices without an irqchip');
+  return s as unknown as LinuxSnapshotState;
+}
+
+/**
+ * Rebuilds a Linux machine from a snapshot chain (oldest first; see `readSnapshotChain`): checks
+ * the host can stand in for the saved one, creates the VM (TSS, identity map, irqchip and PIT
+ * before any vCPU), maps RAM from the file (`mapSnapshotMemory`: constant time for a full
+ * snapshot), creates every vCPU and restores it (`restoreVcpuState`: CPUID first, events last),
+ * then the VM's PIT, clock and irqchips (after the vCPUs, whose restore could change them). On any
+ * failure everything made so far is closed.
+ *
+ * @throws {@link SnapshotError} (`ERR_KVM_SNAPSHOT_HOST`, `ERR_KVM_SNAPSHOT_CORRUPT` for state the
+ *   restore functions refuse); `KvmError` from the ioctls
+ */
+export function restoreLinuxMachine(
+  kvm: Kvm,
+  chain: readonly SnapshotFile[],
+  state: LinuxSnapshotState,
+  options: { trackDirtyPages: boolean },
+): LinuxMachine {
+  const last = chain[chain.length - 1];
+  const supported = kvm.getSupportedCpuid(KVM_MAX_CPUID_ENTRIES).entries;
+  checkSnapshotHost(last, snapshotHost(supported));
+  const vm = createLinuxVmShell(kvm, state.irqchip);
+  let memory: GuestMemory | undefined;
+  try {
+    [memory] = mapSnapshotMemory(chain, vm.backend);
+    vm.setUserMemoryRegion({
+      slot: 0,
+      guestPhysAddr: 0n,
+      memory,
+      flags: options.trackDirtyPages ? 1 /* KVM_MEM_LOG_DIRTY_PAGES */ : 0,
+    });
+    const vcpus: VcpuFd[] = [];
+    for (const v of state.vcpus) vcpus.push(vm.createVcpu(v.id));
+    try {
+      for (const [i, v] of state.vcpus.entries()) restoreVcpuState(vcpus[i], v);
+      restoreVmState(vm, state.vm);
+    } catch (e) {
+      if (e instanceof TypeError || e instanceof RangeError)
+        throw new SnapshotError('ERR_KVM_SNAPSHOT_CORRUPT', last.path, `its KVM state is refused: ${e.message}`);
+      throw e;
+    }
+    const mem = memory;
+    const close = () => {
+      vm.close();
+      mem.close();
+    };
+    return {
+      vm,
+      vcpu: vcpus[0],
+      vcpus,
+      memory: mem,
+      memSize: state.memSize,
+      boot: state.boot,
+      irqchip: state.irqchip,
+      close,
+      [Symbol.dispose]: close,
+    };
+  } catch (e) {
+    vm.close(); // closes the vCPUs made so far
+    memory?.close();
+    throw e;
+  }
+}
