@@ -51,7 +51,7 @@ describe('kvm-rx: help and usage', () => {
   });
 
   it.each([
-    [[] as string[], /^kvm-rx: no command given \(run, boot or doctor\)\nTry 'kvm-rx --help'\.\n$/],
+    [[] as string[], /^kvm-rx: no command given \(run, boot, restore or doctor\)\nTry 'kvm-rx --help'\.\n$/],
     [['frobnicate'], /^kvm-rx: unknown command 'frobnicate'\nTry 'kvm-rx --help'\.\n$/],
     [['--frob'], /^kvm-rx: unknown option '--frob'\nTry 'kvm-rx --help'\.\n$/],
     [['run', '--bogus'], /^kvm-rx run: Unknown option '--bogus'.*\nTry 'kvm-rx run --help'\.\n$/],

@@ -10,7 +10,7 @@ import type { ExitStatsSnapshot } from '../runtime/operators/ExitStats';
 import { DEFAULT_MEM_SIZE, type BootInfo } from '../vmm/boot';
 import { BootImageError } from '../vmm/errors';
 import { BASE_CMDLINE, hostVirtualization, stockKernelCmdline } from '../vmm/host';
-import { bootLinux, type LinuxOutcome } from '../vmm/linux';
+import { bootLinux, type LinuxOutcome, type LinuxVm } from '../vmm/linux';
 import { virtioBlk } from '../devices/virtio/blk';
 import { virtioRng } from '../devices/virtio/rng';
 import type { VirtioDevice } from '../devices/virtio/mmio-device';
@@ -74,13 +74,20 @@ Options:
   --cpus <n>         Virtual CPUs, 1 to 64 (default 1). With more than one the guest gets an MP
                      table and the legacy devices run on the main thread for all vCPUs.
   --timeout <s>      Stop the VM after this many seconds.
+  --snapshot <file>  Where a snapshot of the running VM is written (Ctrl-A s, --snapshot-on);
+                     resume it with 'kvm-rx restore <file>' (see docs/snapshots.md).
+  --snapshot-on <text>
+                     Write the snapshot once the console has printed <text> (\\n for a
+                     newline), e.g. --snapshot-on 'Run /init'.
+  --snapshot-exit    Stop the VM once that snapshot is written (exit status 0).
   --devices <module> Your own device models: a module whose default export is a
                      LinuxDeviceStage (see docs/vmm.md), run in the vCPU's thread in
                      front of the VM's devices. What it emits (ctx.emit) is printed on
                      stderr as "[kvm-rx] <channel>: <data>".
   -h, --help         Show this help.
 
-Keys: Ctrl-A x quits; Ctrl-A Ctrl-A sends Ctrl-A. Everything else goes to the guest.
+Keys: Ctrl-A x quits; Ctrl-A s writes a snapshot (to --snapshot <file>, or
+kvm-rx-<pid>-<n>.snap here); Ctrl-A Ctrl-A sends Ctrl-A. Everything else goes to the guest.
 When standard input is not a terminal, its bytes are typed into the guest; its end does not
 stop the VM.
 
@@ -93,7 +100,8 @@ Exit status:
   124  --timeout expired
 `;
 
-class UsageError extends Error {}
+/** @internal A command-line mistake (exit status 2). */
+export class UsageError extends Error {}
 
 function describeKernel(b: BootInfo): string {
   if (b.kind === 'elf') return 'ELF vmlinux';
@@ -152,7 +160,7 @@ export function formatTrace(outcome: LinuxOutcome): string {
   return lines.map((l) => `[kvm-rx] ${l}\n`).join('');
 }
 
-function describeEnd(outcome: LinuxOutcome, why: 'quit' | 'timeout' | undefined): string {
+function describeEnd(outcome: LinuxOutcome, why: StopWhy | undefined): string {
   const after = `after ${outcome.exits} exits, ${(outcome.wallMs / 1000).toFixed(2)} s`;
   switch (outcome.reason) {
     case 'reset':
@@ -160,7 +168,7 @@ function describeEnd(outcome: LinuxOutcome, why: 'quit' | 'timeout' | undefined)
     case 'halt':
       return `guest halted ${after}`;
     case 'stopped':
-      return `VM stopped (${why === 'timeout' ? 'timeout' : why === 'quit' ? 'Ctrl-A x' : 'stopped'}) ${after}`;
+      return `VM stopped (${why === 'timeout' ? 'timeout' : why === 'quit' ? 'Ctrl-A x' : why === 'snapshot' ? 'after the snapshot' : 'stopped'}) ${after}`;
     case 'error':
       return `VM failed ${after}: ${outcome.error?.message ?? 'unknown error'}`;
   }
@@ -211,14 +219,14 @@ export function parseDeviceOptions(values: {
     const unknown = Object.keys(opts).filter((k) => k !== 'uds');
     if (!Number.isInteger(guestCid) || guestCid < 3 || guestCid > 0xffff_fffe || unknown.length > 0 || opts.uds === '')
       throw new UsageError(`--vsock must be <cid>[,uds=<path>] with a CID from 3, not ${values.vsock}`);
-    vsockSpec = { guestCid, ...(opts.uds !== undefined ? { uds: opts.uds } : {}) };
+    vsockSpec = { guestCid, ...(opts.uds !== undefined ? { uds: resolve(opts.uds) } : {}) };
   }
   const rng = values.rng === true;
   const disks = (values.disk ?? []).map((d) => {
     const ro = d.endsWith(',ro');
     const path = ro ? d.slice(0, -3) : d;
     if (path === '' || !existsSync(path)) throw new UsageError(`--disk: ${path || d} does not exist`);
-    return { path, readOnly: ro };
+    return { path: resolve(path), readOnly: ro };
   });
   const devices =
     disks.length + [rng, netSpec, vsockSpec, hvcConsole].filter((d) => d !== undefined && d !== false).length;
@@ -233,6 +241,7 @@ export function parseDeviceOptions(values: {
 export function openDevices(
   specs: DeviceSpecs,
   hvcInput: Subject<Uint8Array>,
+  output: (bytes: Uint8Array) => void,
 ): { virtio: VirtioDevice[]; tap: Tap | undefined } {
   const virtio: VirtioDevice[] = specs.disks.map((d) => virtioBlk({ path: d.path, readOnly: d.readOnly }));
   let tap: Tap | undefined;
@@ -248,7 +257,7 @@ export function openDevices(
   }
   if (specs.rng) virtio.push(virtioRng());
   if (specs.vsock !== undefined) virtio.push(virtioVsock(specs.vsock));
-  if (specs.hvcConsole) virtio.push(virtioConsole({ output: (b) => process.stdout.write(b), input: hvcInput }));
+  if (specs.hvcConsole) virtio.push(virtioConsole({ output, input: hvcInput }));
   return { virtio, tap };
 }
 
@@ -266,6 +275,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
   let timeoutS: number | undefined;
   let devicesPath: string | undefined;
   let devs: DeviceSpecs;
+  let snap: SnapshotCli;
   let cpus = 1;
   let hvcConsole = false;
   try {
@@ -284,6 +294,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
           timeout: { type: 'string' },
           devices: { type: 'string' },
           ...DEVICE_OPTIONS,
+          ...SNAPSHOT_OPTIONS,
           cpus: { type: 'string' },
         },
         strict: true,
@@ -304,6 +315,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
       throw new UsageError(`--devices: ${devicesPath} does not exist`);
     }
     devs = parseDeviceOptions(values);
+    snap = parseSnapshotOptions(values);
     hvcConsole = devs.hvcConsole;
     cmdline = values.cmdline ?? stockKernelCmdline(hostVirtualization());
     if (hvcConsole && values.cmdline === undefined) cmdline = cmdline.replace('console=ttyS0', 'console=hvc0');
@@ -332,14 +344,17 @@ export async function cmdBoot(argv: string[]): Promise<number> {
   let vm;
   let tap: Tap | undefined;
   const hvcInput = new Subject<Uint8Array>();
+  const watch = consoleWatch();
+  // What `kvm-rx restore` needs to reopen the devices, kept in the snapshot.
+  const cliMeta = { devices: devs, memMiB, cpus };
   try {
     const kernel = readImage('kernel', kernelPath);
     const initrd = initrdPath === undefined ? undefined : readImage('initrd', initrdPath);
     let virtio: VirtioDevice[];
-    ({ virtio, tap } = openDevices(devs, hvcInput));
+    ({ virtio, tap } = openDevices(devs, hvcInput, (b) => watch.write(b)));
     const ac = new AbortController();
-    let why: 'quit' | 'timeout' | undefined;
-    const stop = (w: 'quit' | 'timeout') => {
+    let why: StopWhy | undefined;
+    const stop = (w: StopWhy) => {
       why ??= w;
       ac.abort();
     };
@@ -352,7 +367,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
         cpus,
         trace,
         signal: ac.signal,
-        output: (bytes) => process.stdout.write(bytes),
+        output: (bytes) => watch.write(bytes),
         ...(devicesPath !== undefined ? { devices: { pipeline: resolve(devicesPath) } } : {}),
         ...(virtio.length > 0 ? { virtio, virtioLog: (m: string) => process.stderr.write(`\r\n[kvm-rx] ${m}\n`) } : {}),
       }),
@@ -385,6 +400,109 @@ export async function cmdBoot(argv: string[]): Promise<number> {
     throw e;
   }
 
+  return superviseLinux({
+    cmd: 'kvm-rx boot',
+    vm,
+    hvcConsole,
+    hvcInput,
+    tap,
+    timeoutS,
+    trace,
+    devicesPath,
+    snapshot: { ...snap, meta: { cli: cliMeta } },
+    watch,
+  });
+}
+
+/** What {@link superviseLinux} runs: a VM started by `kvm-rx boot` or `kvm-rx restore`. */
+export interface SupervisedLinux {
+  cmd: string;
+  vm: { handle: LinuxVm; why: () => StopWhy | undefined; stop: (why: StopWhy) => void };
+  hvcConsole: boolean;
+  hvcInput: Subject<Uint8Array>;
+  tap: Tap | undefined;
+  timeoutS: number | undefined;
+  trace: boolean;
+  devicesPath: string | undefined;
+  snapshot: SnapshotCli & { meta: unknown };
+  /** The console output watcher (see {@link consoleWatch}). */
+  watch: ConsoleWatch;
+}
+
+/** Why `kvm-rx boot`/`restore` stopped a VM. */
+export type StopWhy = 'quit' | 'timeout' | 'snapshot';
+
+/** The snapshot options of `kvm-rx boot` and `kvm-rx restore`. */
+export interface SnapshotCli {
+  /** --snapshot: where Ctrl-A s and --snapshot-on write. */
+  path?: string;
+  /** --snapshot-on: take a snapshot once the console has printed this. */
+  on?: string;
+  /** --snapshot-exit: stop the VM after the snapshot. */
+  exit: boolean;
+}
+
+/** Watches the guest's console output for a text; `write` is the console output sink. */
+export interface ConsoleWatch {
+  write(bytes: Uint8Array): void;
+  /** Calls `fn` once, when the output has contained `text` (from now on). */
+  onText(text: string, fn: () => void): void;
+}
+
+/** @internal A console sink to stdout that can watch for a text across chunk boundaries. */
+export function consoleWatch(): ConsoleWatch {
+  let tail = '';
+  let want: { text: string; fn: () => void } | undefined;
+  return {
+    write(bytes) {
+      process.stdout.write(bytes);
+      if (want === undefined) return;
+      tail += Buffer.from(bytes).toString('latin1');
+      if (tail.includes(want.text)) {
+        const { fn } = want;
+        want = undefined;
+        tail = '';
+        fn();
+      } else if (tail.length > 2 * want.text.length + 4096) tail = tail.slice(-want.text.length);
+    },
+    onText(text, fn) {
+      want = { text, fn };
+    },
+  };
+}
+
+/** @internal Parses --snapshot, --snapshot-on and --snapshot-exit (a UsageError for bad use). */
+export function parseSnapshotOptions(values: {
+  snapshot?: string;
+  'snapshot-on'?: string;
+  'snapshot-exit'?: boolean;
+}): SnapshotCli {
+  const on = values['snapshot-on'];
+  if (on !== undefined && values.snapshot === undefined)
+    throw new UsageError('--snapshot-on needs --snapshot <path> (where to write it)');
+  if (on === '') throw new UsageError('--snapshot-on needs a non-empty text');
+  if (values['snapshot-exit'] === true && on === undefined)
+    throw new UsageError('--snapshot-exit needs --snapshot-on <text>');
+  return {
+    ...(values.snapshot !== undefined ? { path: resolve(values.snapshot) } : {}),
+    ...(on !== undefined ? { on: on.replace(/\\n/g, '\n') } : {}),
+    exit: values['snapshot-exit'] === true,
+  };
+}
+
+/** The parseArgs options of {@link parseSnapshotOptions}. */
+export const SNAPSHOT_OPTIONS = {
+  snapshot: { type: 'string' },
+  'snapshot-on': { type: 'string' },
+  'snapshot-exit': { type: 'boolean' },
+} as const;
+
+/**
+ * @internal Runs a Linux VM with its console on the terminal until it ends: --timeout, Ctrl-A x,
+ * Ctrl-A s and --snapshot-on, the device stage's events; returns the exit status.
+ */
+export async function superviseLinux(s: SupervisedLinux): Promise<number> {
+  const { vm, hvcConsole, hvcInput, tap, timeoutS, trace, devicesPath } = s;
   let timer: NodeJS.Timeout | undefined;
   let stoppedAt: bigint | undefined;
   if (timeoutS !== undefined) {
@@ -397,7 +515,33 @@ export async function cmdBoot(argv: string[]): Promise<number> {
         .finally(() => vm.stop('timeout'));
     }, timeoutS * 1000);
   }
-  const console_ = attachConsole({ onQuit: () => vm.stop('quit'), quitOnEnd: false });
+  let snapshots = 0;
+  let snapshotting = false;
+  const takeSnapshot = (exitAfter: boolean): void => {
+    if (snapshotting) return;
+    snapshotting = true;
+    const path = s.snapshot.path ?? resolve(`kvm-rx-${process.pid}-${++snapshots}.snap`);
+    process.stderr.write(`\r\n[kvm-rx] snapshot to ${path} ...`);
+    const t0 = performance.now();
+    vm.handle
+      .snapshot(path, { meta: s.snapshot.meta })
+      .then(
+        (h) => {
+          process.stderr.write(
+            ` written (${mb(h.fileSize)}, ${(performance.now() - t0).toFixed(0)} ms); restore with: kvm-rx restore ${path}\r\n`,
+          );
+          if (exitAfter) vm.stop('snapshot');
+        },
+        (e: unknown) => process.stderr.write(` failed: ${(e as Error).message}\r\n`),
+      )
+      .finally(() => (snapshotting = false));
+  };
+  if (s.snapshot.on !== undefined) s.watch.onText(s.snapshot.on, () => takeSnapshot(s.snapshot.exit));
+  const console_ = attachConsole({
+    onQuit: () => vm.stop('quit'),
+    quitOnEnd: false,
+    onSnapshotKey: () => takeSnapshot(false),
+  });
   let outcome: LinuxOutcome;
   try {
     console_.connect((bytes) => (hvcConsole ? hvcInput.next(bytes) : vm.handle.send(bytes)));

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
  * The `kvm-rx` command line: `kvm-rx run` (the embedded demo guest), `kvm-rx boot` (a Linux
- * kernel) and `kvm-rx doctor` (checks this host), each with `--help`. Bad usage exits 2.
+ * kernel), `kvm-rx restore` (a snapshot) and `kvm-rx doctor` (checks this host), each with
+ * `--help`. Bad usage exits 2.
  *
  * @module
  */
@@ -18,6 +19,8 @@ Commands:
                   (Ctrl-D resets the guest, Ctrl-A x quits).
   boot            Boot a Linux kernel with its serial console on this terminal
                   (see kvm-rx boot --help).
+  restore         Resume a VM from a snapshot file written by kvm-rx boot --snapshot
+                  (see kvm-rx restore --help).
   doctor          Check this host for kvm-rx: /dev/kvm access, VMX/SVM/PVM, KVM API,
                   capabilities, ioeventfd/irqfd delivery, tun, netns, huge pages
                   (--json for a machine-readable report; see kvm-rx doctor --help).
@@ -116,7 +119,7 @@ async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
     case undefined:
-      return usageError('kvm-rx', 'no command given (run, boot or doctor)');
+      return usageError('kvm-rx', 'no command given (run, boot, restore or doctor)');
     case '-h':
     case '--help':
       process.stdout.write(USAGE);
@@ -131,6 +134,11 @@ async function main(argv: string[]): Promise<number> {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       const { cmdBoot } = require('./boot') as { cmdBoot: (argv: string[]) => Promise<number> };
       return cmdBoot(rest);
+    }
+    case 'restore': {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const { cmdRestore } = require('./restore') as { cmdRestore: (argv: string[]) => Promise<number> };
+      return cmdRestore(rest);
     }
     case 'doctor': {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
