@@ -97,3 +97,42 @@ describe('attachConsole: the end of a piped stdin', () => {
     );
   });
 });
+
+describe('attachConsole: a terminal', () => {
+  /** A PassThrough that says it is a terminal and records raw mode. */
+  function tty(): PassThrough & { isTTY: boolean; raw: boolean[]; setRawMode(m: boolean): void } {
+    const s = new PassThrough() as PassThrough & { isTTY: boolean; raw: boolean[]; setRawMode(m: boolean): void };
+    s.isTTY = true;
+    s.raw = [];
+    s.setRawMode = (m: boolean) => s.raw.push(m);
+    return s;
+  }
+
+  it('Ctrl-A s calls onSnapshotKey, Ctrl-A x quits, Ctrl-A Ctrl-A sends one Ctrl-A; raw mode is undone at close', async () => {
+    const input = tty();
+    const quits: string[] = [];
+    let snapshots = 0;
+    const sent: number[][] = [];
+    const con = attachConsole({ onQuit: (why) => quits.push(why), input, onSnapshotKey: () => snapshots++ });
+    con.connect((b) => sent.push([...b]));
+    input.write(Buffer.from([0x61, 0x01, 0x73, 0x62, 0x01, 0x01, 0x63]));
+    await flushStream();
+    expect({ snapshots, sent, quits }).toEqual({ snapshots: 1, sent: [[0x61, 0x62, 0x01, 0x63]], quits: [] });
+    input.write(Buffer.from([0x01, 0x78]));
+    await flushStream();
+    expect(quits).toEqual(['key']);
+    con.close();
+    expect(input.raw).toEqual([true, false]);
+  });
+
+  it('without onSnapshotKey, Ctrl-A s sends s', async () => {
+    const input = tty();
+    const sent: number[][] = [];
+    const con = attachConsole({ onQuit: () => undefined, input });
+    con.connect((b) => sent.push([...b]));
+    input.write(Buffer.from([0x01, 0x73]));
+    await flushStream();
+    expect(sent).toEqual([[0x73]]);
+    con.close();
+  });
+});
