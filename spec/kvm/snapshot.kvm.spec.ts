@@ -12,7 +12,7 @@
  * 3. a third process restores the diff (the chain: full + diff) and the guest answers ping again;
  * 4. `kvm-rx restore` of a damaged copy is refused with exit status 1, naming the file.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -203,6 +203,53 @@ describeNet('snapshots of the micro-VM, restored in other processes', (kernelPat
       out: expect.stringMatching(/3 packets transmitted, [1-3] received/),
     });
     expect(again.serial).not.toMatch(/Kernel panic|soft lockup|BUG:/);
+  });
+
+  it('kvm-rx restore resumes it in another process: the guest answers ping; SIGTERM stops it cleanly', async () => {
+    const child = spawn(
+      'ip',
+      [
+        'netns',
+        'exec',
+        NS,
+        process.execPath,
+        '-r',
+        'ts-node/register/transpile-only',
+        'src/cli/kvm-rx.ts',
+        'restore',
+        snap,
+        '--timeout',
+        '240',
+      ],
+      { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (b: Buffer) => (out += b.toString('latin1')));
+    child.stderr.on('data', (b: Buffer) => (err += b.toString('latin1')));
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    // Bounded: the restored kernel runs its init within seconds to minutes by host.
+    const started = await Promise.race([
+      new Promise<boolean>((resolve) => {
+        const check = () => (out.includes(`Run ${INIT} as init process`) ? resolve(true) : setTimeout(check, 100));
+        check();
+      }),
+      exited.then(() => false),
+    ]);
+    expect({ started, err: started ? '' : err }).toEqual({ started: true, err: '' });
+    const ping = spawnSync('ip', ['netns', 'exec', NS, 'ping', '-c', '3', '-i', '0.5', '-W', '5', GUEST_IP], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    child.kill('SIGTERM');
+    const status = await exited;
+    expect({ ping: ping.status, out: ping.stdout }).toEqual({
+      ping: 0,
+      out: expect.stringMatching(/3 packets transmitted, [1-3] received/),
+    });
+    expect(status).toBe(0);
+    expect(err).toMatch(/restored .*booted\.snap \(256 MiB RAM, 1 vCPU, 3 virtio devices\)/);
+    expect(err).toContain('VM stopped (signal)');
   });
 
   it('kvm-rx restore refuses a damaged snapshot with exit status 1 and says why', () => {

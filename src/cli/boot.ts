@@ -93,7 +93,7 @@ stop the VM.
 
 Exit status:
   0    the guest reset the machine (reboot, or panic with panic=-1) or halted, or you quit
-       with Ctrl-A x
+       with Ctrl-A x (or SIGINT/SIGTERM), or --snapshot-exit stopped it
   1    an error: the kernel or initrd file cannot be read or booted, or the guest did
        something the VMM cannot handle (the message names the exit and RIP)
   2    bad usage (unknown option, missing --kernel, bad value)
@@ -168,7 +168,7 @@ function describeEnd(outcome: LinuxOutcome, why: StopWhy | undefined): string {
     case 'halt':
       return `guest halted ${after}`;
     case 'stopped':
-      return `VM stopped (${why === 'timeout' ? 'timeout' : why === 'quit' ? 'Ctrl-A x' : why === 'snapshot' ? 'after the snapshot' : 'stopped'}) ${after}`;
+      return `VM stopped (${why === 'timeout' ? 'timeout' : why === 'quit' ? 'Ctrl-A x' : why === 'snapshot' ? 'after the snapshot' : why === 'signal' ? 'signal' : 'stopped'}) ${after}`;
     case 'error':
       return `VM failed ${after}: ${outcome.error?.message ?? 'unknown error'}`;
   }
@@ -430,7 +430,7 @@ export interface SupervisedLinux {
 }
 
 /** Why `kvm-rx boot`/`restore` stopped a VM. */
-export type StopWhy = 'quit' | 'timeout' | 'snapshot';
+export type StopWhy = 'quit' | 'timeout' | 'snapshot' | 'signal';
 
 /** The snapshot options of `kvm-rx boot` and `kvm-rx restore`. */
 export interface SnapshotCli {
@@ -537,6 +537,10 @@ export async function superviseLinux(s: SupervisedLinux): Promise<number> {
       .finally(() => (snapshotting = false));
   };
   if (s.snapshot.on !== undefined) s.watch.onText(s.snapshot.on, () => takeSnapshot(s.snapshot.exit));
+  // SIGINT/SIGTERM stop the VM as Ctrl-A x does (devices closed, the end reported).
+  const onSignal = () => vm.stop('signal');
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   const console_ = attachConsole({
     onQuit: () => vm.stop('quit'),
     quitOnEnd: false,
@@ -556,6 +560,8 @@ export async function superviseLinux(s: SupervisedLinux): Promise<number> {
     outcome = await vm.handle.done;
   } finally {
     if (timer) clearTimeout(timer);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
     console_.close();
     hvcInput.complete();
     tap?.close();
