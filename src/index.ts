@@ -150,6 +150,10 @@ export type {
 export type { LinuxDeviceStage, LinuxResetCause } from './vmm/linux-devices';
 export { runDemo } from './vmm/demo';
 export type { DemoOptions, DemoOutcome } from './vmm/demo';
+export { restoreDemo, startDemo } from './vmm/demo';
+export type { DemoSnapshotOptions, DemoVm, RestoreDemoOptions } from './vmm/demo';
+export { DEMO_MEM_SIZE, DEMO_SNAPSHOT_MACHINE, checkDemoSnapshotState } from './vmm/demo-snapshot';
+export type { DemoConsoleState, DemoSnapshotState } from './vmm/demo-snapshot';
 export { BootImageError, SnapshotError } from './vmm/errors';
 export type { BootImageErrorCode, SnapshotErrorCode } from './vmm/errors';
 export { hostVirtualization, stockKernelCmdline } from './vmm/host';
