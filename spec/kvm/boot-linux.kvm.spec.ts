@@ -40,6 +40,30 @@ describeKvm('bootLinux with your own devices', () => {
     expect(Buffer.concat(await output).toString('latin1')).toBe('A');
   });
 
+  it('a paused vCPU has finished its last IN: RIP past it and the value in AL (a saved state would not run it twice)', async () => {
+    const vm = bootLinux({
+      kernel: kernel(),
+      memSize: 32 << 20,
+      devices: { pipeline: FIXTURE, options: { value: 0x5a } },
+      signal: AbortSignal.timeout(60_000),
+    });
+    await firstValueFrom(vm.events$.pipe(filter((e) => e.channel === 'mydev')));
+    // The guest spins on `in (%dx),%al` (at 0x1000007) from port 0x510, which reads 0x5a: nearly
+    // every pause lands just after one of those exits.
+    const seen: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      await vm.pause();
+      const { rip, rax } = await vm.call('getRegs');
+      seen.push(
+        rip === 0x1000007n ? 'on the IN' : rip === 0x1000008n && (rax & 0xffn) !== 0x5an ? 'AL not loaded' : 'ok',
+      );
+      vm.resume();
+    }
+    expect(seen).toEqual(Array(20).fill('ok'));
+    vm.post('set', 0x41);
+    expect(await vm.done).toMatchObject({ reason: 'reset', resetBy: 'i8042' });
+  });
+
   it('checks the option and the channel', async () => {
     for (const pipeline of [42, '', null]) {
       expectCode(

@@ -253,9 +253,13 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
   const inputs = new Subject<{ channel: string; data: unknown }>();
   let callTarget: VcpuFd | undefined;
   let pauseRequested = false;
+  let pauseMessages = 0;
   const onMessage = (m: MainToWorker): void => {
     if (m.type === 'stop') onStop();
-    else if (m.type === 'pause') pauseRequested = true;
+    else if (m.type === 'pause') {
+      pauseRequested = true;
+      pauseMessages++;
+    }
     else if (m.type === 'resume') pauseRequested = false;
     else if (m.type === 'input') inputs.next({ channel: m.channel, data: m.data });
     else if (m.type === 'call') {
@@ -341,13 +345,34 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
         continue;
       }
       if (pauseRequested) {
+        // KVM finishes an I/O, MMIO or MSR exit's instruction (the IN's register, RIP past it) only
+        // when KVM_RUN is entered again: until then the vCPU's state shows it undone, and a state
+        // saved now would run it twice. KVM_RUN with immediate_exit completes it and returns EINTR
+        // before any further guest instruction (the KVM API's way to make the state consistent).
+        if (outcome.exits > 0) {
+          kvmRun.immediateExit = 1;
+          try {
+            vcpu.run();
+          } catch (e) {
+            if (!(e instanceof KvmError) || (e.code !== 'EINTR' && e.code !== 'EAGAIN')) throw e;
+          } finally {
+            kvmRun.immediateExit = 0;
+          }
+        }
         // Paused between two exits: out of KVM_RUN, so the main thread may use the vCPU's ioctls
         // (its mutex is free). Sleep until resumed or stopped; calls and input are taken meanwhile.
         post({ type: 'paused' });
+        let answered = pauseMessages;
         while (pauseRequested && !shared.stopRequested) {
           Atomics.wait(control, ControlWord.wakeRequested, 0, 100);
           Atomics.store(control, ControlWord.wakeRequested, 0);
           drainMessages();
+          // A resume and a new pause taken in one drain: still parked, but the new pause waits
+          // for its own answer.
+          if (pauseMessages !== answered && pauseRequested) {
+            answered = pauseMessages;
+            post({ type: 'paused' });
+          }
         }
         continue;
       }
