@@ -151,6 +151,8 @@ export type { LinuxDeviceStage, LinuxResetCause } from './vmm/linux-devices';
 export { runDemo } from './vmm/demo';
 export type { DemoOptions, DemoOutcome } from './vmm/demo';
 export { restoreDemo, startDemo } from './vmm/demo';
+export { restoreMachine } from './vmm/restore-machine';
+export type { RestoreMachineOptions, RestoredMachine } from './vmm/restore-machine';
 export type { DemoSnapshotOptions, DemoVm, RestoreDemoOptions } from './vmm/demo';
 export { DEMO_MEM_SIZE, DEMO_SNAPSHOT_MACHINE, checkDemoSnapshotState } from './vmm/demo-snapshot';
 export type { DemoConsoleState, DemoSnapshotState } from './vmm/demo-snapshot';

@@ -8,9 +8,9 @@
  */
 import { parseArgs } from 'node:util';
 import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { runDemo } from '../vmm/demo';
-import { attachConsole } from './console';
+import { dirname, join, resolve } from 'node:path';
+import { startDemo } from '../vmm/demo';
+import { demoOnConsole } from './demo-console';
 
 const USAGE = `Usage: kvm-rx <command> [options]
 
@@ -35,13 +35,16 @@ const RUN_USAGE = `Usage: kvm-rx run [options]
 Runs kvm-rx's demo guest, a small real-mode program whose 16550 UART is an RxJS pipeline in the
 vCPU's worker thread. What you type goes to the guest's serial port and the guest echoes it.
 
-Keys: Ctrl-D resets the guest (a clean end, exit status 0); Ctrl-A x quits.
+Keys: Ctrl-D resets the guest (a clean end, exit status 0); Ctrl-A x quits; Ctrl-A s writes
+a snapshot.
 When standard input is not a terminal, its bytes are typed into the guest; once it has ended, the
 VM stops as soon as the guest has gone quiet (no output for half a second: it has echoed what it
 was given), e.g. printf 'abc' | kvm-rx run.
 
 Options:
   --timeout <s>   Stop the VM after this many seconds.
+  --snapshot <f>  Where Ctrl-A s writes a snapshot (default kvm-rx-<pid>-<n>.snap here);
+                  resume it with kvm-rx restore <f>.
   -h, --help      Show this help.
 
 Exit status: 0 when the guest reset the machine or the VM was stopped (Ctrl-A x, end of
@@ -65,12 +68,13 @@ function version(): string {
 
 async function cmdRun(argv: string[]): Promise<number> {
   let timeoutS: number | undefined;
+  let snapshotPath: string | undefined;
   try {
     let values;
     try {
       ({ values } = parseArgs({
         args: argv,
-        options: { help: { type: 'boolean', short: 'h' }, timeout: { type: 'string' } },
+        options: { help: { type: 'boolean', short: 'h' }, timeout: { type: 'string' }, snapshot: { type: 'string' } },
         strict: true,
         allowPositionals: false,
       }));
@@ -81,6 +85,7 @@ async function cmdRun(argv: string[]): Promise<number> {
       process.stdout.write(RUN_USAGE);
       return 0;
     }
+    if (values.snapshot !== undefined) snapshotPath = resolve(values.snapshot);
     if (values.timeout !== undefined) {
       timeoutS = Number(values.timeout);
       if (!Number.isFinite(timeoutS) || timeoutS <= 0)
@@ -90,29 +95,7 @@ async function cmdRun(argv: string[]): Promise<number> {
     if (e instanceof UsageError) return usageError('kvm-rx run', e.message);
     throw e;
   }
-  const ac = new AbortController();
-  let why: 'timeout' | 'quit' | 'input ended' | undefined;
-  const stop = (w: NonNullable<typeof why>) => {
-    why ??= w;
-    ac.abort();
-  };
-  if (timeoutS !== undefined) setTimeout(() => stop('timeout'), timeoutS * 1000).unref();
-  const console_ = attachConsole({ onQuit: (reason) => stop(reason === 'end' ? 'input ended' : 'quit') });
-  try {
-    const outcome = await runDemo({
-      output: (bytes) => {
-        console_.noteOutput();
-        process.stdout.write(bytes);
-      },
-      onStart: (send) => console_.connect(send),
-      signal: ac.signal,
-    });
-    const end = outcome.reset ? 'guest reset the machine' : `VM ${outcome.reason}${why ? ` (${why})` : ''}`;
-    process.stderr.write(`\r\n[kvm-rx] ${end} after ${outcome.exits} exits\r\n`);
-    return 0;
-  } finally {
-    console_.close();
-  }
+  return demoOnConsole(startDemo, timeoutS, snapshotPath);
 }
 
 async function main(argv: string[]): Promise<number> {

@@ -9,7 +9,10 @@ import { Subject } from 'rxjs';
 import { SnapshotError } from '../vmm/errors';
 import { checkLinuxSnapshotState } from '../vmm/linux-snapshot';
 import { restoreLinux } from '../vmm/linux';
-import { readSnapshotChain } from '../vmm/snapshot-file';
+import { readSnapshotChain, readSnapshotFile } from '../vmm/snapshot-file';
+import { restoreDemo } from '../vmm/demo';
+import { DEMO_SNAPSHOT_MACHINE } from '../vmm/demo-snapshot';
+import { demoOnConsole } from './demo-console';
 import type { Tap } from '../wrappers/tap';
 import {
   BOOT_STATUS,
@@ -28,8 +31,8 @@ import {
 
 export const RESTORE_USAGE = `Usage: kvm-rx restore <snapshot> [options]
 
-Resumes a Linux VM from a snapshot file (written by 'kvm-rx boot --snapshot', Ctrl-A s, or
-linux.snapshot()), in this process, with its console on this terminal. The file and, for a
+Resumes a VM from a snapshot file (written by 'kvm-rx boot --snapshot', Ctrl-A s in
+'kvm-rx boot' or 'kvm-rx run', linux.snapshot() or demo.snapshot()), in this process, with its console on this terminal. The file and, for a
 diff snapshot, the chain it builds on are checked first (format version, checksums, the host
 CPU); guest RAM is mapped from the file, so the file must stay in place while the VM runs.
 
@@ -128,6 +131,27 @@ export async function cmdRestore(argv: string[]): Promise<number> {
     if (!(e instanceof UsageError)) throw e;
     process.stderr.write(`kvm-rx restore: ${e.message}\nTry 'kvm-rx restore --help'.\n`);
     return BOOT_STATUS.usage;
+  }
+
+  // A demo snapshot (kvm-rx run, Ctrl-A s): the demo VM on the terminal.
+  let machine: string | undefined;
+  try {
+    machine = readSnapshotFile(path).header.machine;
+  } catch {
+    machine = undefined; // the restore below reports what is wrong with the file
+  }
+  if (machine === DEMO_SNAPSHOT_MACHINE) {
+    if (devs !== undefined) {
+      process.stderr.write(`kvm-rx restore: ${path} is a demo VM snapshot: it has no virtio devices to give\n`);
+      return BOOT_STATUS.usage;
+    }
+    try {
+      return await demoOnConsole((o) => restoreDemo(path, o), timeoutS, snap.path);
+    } catch (e) {
+      if (!(e instanceof SnapshotError)) throw e;
+      process.stderr.write(`kvm-rx restore: ${e.message} (${e.code})\n`);
+      return BOOT_STATUS.error;
+    }
   }
 
   let tap: Tap | undefined;

@@ -205,7 +205,8 @@ export type MainToWorker =
   | { type: 'input'; channel: string; data: unknown }
   | { type: 'call'; id: number; method: string; args: unknown[] }
   /** Park between exits (out of `KVM_RUN`) until `resume`; the worker answers `paused`. */
-  | { type: 'pause' }
+  /** `id`: echoed in `paused`, so an answer to an earlier pause (resumed since) is not taken for this one. */
+  | { type: 'pause'; id: number }
   | { type: 'resume' };
 
 /** Messages from the worker to the main thread, on the run's port. */
@@ -214,7 +215,7 @@ export type WorkerToMain =
   | { type: 'result'; id: number; value?: unknown; error?: SerializedError }
   | { type: 'end' }
   /** Parked between exits after a `pause`: the vCPU is out of `KVM_RUN` until `resume`. */
-  | { type: 'paused' };
+  | { type: 'paused'; id: number };
 
 /**
  * The exit a posted-write record stands for (an `IoOut` or `MmioWrite` with a copy of the data),

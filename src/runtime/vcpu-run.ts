@@ -243,12 +243,14 @@ export class VcpuRun implements AsyncDisposable {
   /** Waiting for the worker's `paused`. */
   #pausing: Array<{ resolve: () => void; reject: (e: unknown) => void }> = [];
   #paused = false;
+  #pauseId = 0;
 
   #onMessage(m: WorkerToMain): void {
     if (m.type === 'emit') this.#events.next({ channel: m.channel, data: m.data });
     else if (m.type === 'end') this.#portEnded();
     else if (m.type === 'paused') {
-      if (this.#pausing.length === 0) return; // resumed before the worker parked: it wakes at once
+      // Resumed before the worker parked (it wakes at once), or the answer to an earlier pause.
+      if (this.#pausing.length === 0 || m.id !== this.#pauseId) return;
       this.#paused = true;
       // The worker sleeps out of KVM_RUN: this thread's ioctls on the vCPU cannot block now.
       this.vcpu.setOwner(undefined);
@@ -305,7 +307,7 @@ export class VcpuRun implements AsyncDisposable {
     if (this.#paused) return Promise.resolve();
     const p = new Promise<void>((resolve, reject) => this.#pausing.push({ resolve, reject }));
     if (this.#pausing.length === 1) {
-      this.#post({ type: 'pause' });
+      this.#post({ type: 'pause', id: ++this.#pauseId });
       this.#wake();
     }
     return p;

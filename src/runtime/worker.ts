@@ -254,11 +254,13 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
   let callTarget: VcpuFd | undefined;
   let pauseRequested = false;
   let pauseMessages = 0;
+  let pauseId = 0;
   const onMessage = (m: MainToWorker): void => {
     if (m.type === 'stop') onStop();
     else if (m.type === 'pause') {
       pauseRequested = true;
       pauseMessages++;
+      pauseId = m.id;
     }
     else if (m.type === 'resume') pauseRequested = false;
     else if (m.type === 'input') inputs.next({ channel: m.channel, data: m.data });
@@ -361,7 +363,7 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
         }
         // Paused between two exits: out of KVM_RUN, so the main thread may use the vCPU's ioctls
         // (its mutex is free). Sleep until resumed or stopped; calls and input are taken meanwhile.
-        post({ type: 'paused' });
+        post({ type: 'paused', id: pauseId });
         let answered = pauseMessages;
         while (pauseRequested && !shared.stopRequested) {
           Atomics.wait(control, ControlWord.wakeRequested, 0, 100);
@@ -371,7 +373,7 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
           // for its own answer.
           if (pauseMessages !== answered && pauseRequested) {
             answered = pauseMessages;
-            post({ type: 'paused' });
+            post({ type: 'paused', id: pauseId });
           }
         }
         continue;
