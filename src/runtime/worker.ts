@@ -261,8 +261,7 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
       pauseRequested = true;
       pauseMessages++;
       pauseId = m.id;
-    }
-    else if (m.type === 'resume') pauseRequested = false;
+    } else if (m.type === 'resume') pauseRequested = false;
     else if (m.type === 'input') inputs.next({ channel: m.channel, data: m.data });
     else if (m.type === 'call') {
       // A vCPU method called from the main thread (`run.call`), run here between exits.

@@ -13,7 +13,13 @@ import type { Kvm } from '../wrappers/kvm';
 import type { VcpuFd } from '../wrappers/vcpu-fd';
 import type { VmFd } from '../wrappers/vm-fd';
 import { SnapshotError } from './errors';
-import { checkSnapshotHost, mapSnapshotMemory, snapshotHost, type SnapshotFile } from './snapshot-file';
+import {
+  checkSnapshotFileArg,
+  checkSnapshotHost,
+  mapSnapshotMemory,
+  snapshotHost,
+  type SnapshotFile,
+} from './snapshot-file';
 import { restoreVcpuState, restoreVmState, type VcpuState, type VmState } from './vcpu-state';
 
 /** The machine kind a demo snapshot records (`SnapshotHeader.machine`). */
@@ -62,6 +68,7 @@ const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object
  *   `ERR_KVM_SNAPSHOT_CORRUPT` for a state that does not fit the file's memory or itself
  */
 export function checkDemoSnapshotState(file: SnapshotFile): DemoSnapshotState {
+  checkSnapshotFileArg('file', file);
   const bad = (detail: string): never => {
     throw new SnapshotError('ERR_KVM_SNAPSHOT_CORRUPT', file.path, `the machine state ${detail}`);
   };

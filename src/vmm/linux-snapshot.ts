@@ -17,6 +17,7 @@ import { SnapshotError } from './errors';
 import { MPTABLE_MAX_CPUS } from './mptable';
 import {
   SNAPSHOT_PAGE_SIZE,
+  checkSnapshotFileArg,
   checkSnapshotHost,
   mapSnapshotMemory,
   snapshotHost,
@@ -68,6 +69,7 @@ const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object
  *   `ERR_KVM_SNAPSHOT_CORRUPT` for a state that does not fit the file's memory or itself
  */
 export function checkLinuxSnapshotState(file: SnapshotFile): LinuxSnapshotState {
+  checkSnapshotFileArg('file', file);
   const bad = (detail: string): never => {
     throw new SnapshotError('ERR_KVM_SNAPSHOT_CORRUPT', file.path, `the machine state ${detail}`);
   };

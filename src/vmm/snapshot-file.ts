@@ -25,7 +25,7 @@ import {
 import { release } from 'node:os';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import type { KvmCpuidEntry2 } from '../abi/layouts';
-import { checkObject, checkString, invalidType } from '../abi/validate';
+import { checkObject, checkString, invalidType, invalidValue } from '../abi/validate';
 import type { IoctlBackend } from '../backend/types';
 import { GuestMemory } from '../wrappers/guest-memory';
 import { SnapshotError, type SnapshotErrorCode } from './errors';
@@ -190,6 +190,16 @@ const BASE64_RE = /^[A-Za-z0-9+/]*={0,2}$/;
  *   malformed `$bigint` or `$bytes` value
  */
 export function decodeSnapshotState(text: string): unknown {
+  checkString('text', text);
+  try {
+    return parseState(text);
+  } catch (e) {
+    if (e instanceof SyntaxError) invalidValue('text', `is not JSON (${e.message})`);
+    throw e;
+  }
+}
+
+function parseState(text: string): unknown {
   return JSON.parse(text, (_key, value: unknown) => {
     if (typeof value !== 'object' || value === null || Array.isArray(value)) return value;
     const keys = Object.keys(value);
@@ -234,6 +244,8 @@ const featureKey = (leaf: number, sub: number, reg: string): string => `0x${leaf
  * @example `const host = snapshotHost(kvm.getSupportedCpuid(KVM_MAX_CPUID_ENTRIES).entries);`
  */
 export function snapshotHost(supported: readonly KvmCpuidEntry2[], cpuinfo?: string): SnapshotHost {
+  if (!isList(supported)) invalidType('supported', 'an array of CPUID entries', supported);
+  if (cpuinfo !== undefined) checkString('cpuinfo', cpuinfo);
   const leaf0 = supported.find((e) => e.function === 0);
   const leaf1 = supported.find((e) => e.function === 1);
   const vendor =
@@ -271,6 +283,10 @@ export function snapshotHost(supported: readonly KvmCpuidEntry2[], cpuinfo?: str
  * @throws {@link SnapshotError} `ERR_KVM_SNAPSHOT_HOST` naming what differs
  */
 export function checkSnapshotHost(file: SnapshotFile, host: SnapshotHost): void {
+  checkSnapshotFileArg('file', file);
+  checkObject('host', host);
+  if (typeof host.features !== 'object' || host.features === null)
+    invalidType('host.features', 'an object of CPUID feature registers', host.features);
   const saved = file.header.host;
   if (saved.vendor !== host.vendor)
     fail(
@@ -511,6 +527,14 @@ const isInt = (v: unknown, min = 0, max = Number.MAX_SAFE_INTEGER): v is number 
   typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max;
 const isStr = (v: unknown, max = 4096): v is string => typeof v === 'string' && v.length <= max;
 const SHA_RE = /^[0-9a-f]{64}$/;
+
+/** @internal Checks that `value` is a {@link SnapshotFile} (what readSnapshotFile returns). */
+export function checkSnapshotFileArg(name: string, value: unknown): asserts value is SnapshotFile {
+  checkObject(name, value);
+  const f = value as Partial<SnapshotFile>;
+  if (typeof f.path !== 'string' || typeof f.header !== 'object' || f.header === null || !isList(f.regions))
+    invalidType(name, 'a SnapshotFile (from readSnapshotFile)', value);
+}
 
 /** Checks the header's shape and that every part it declares lies inside the file. */
 function checkHeader(path: string, h: unknown, fileSize: number, headerAt: number): SnapshotHeader {
