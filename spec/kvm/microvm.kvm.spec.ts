@@ -10,10 +10,10 @@
  * where guest user space cannot make system calls.
  */
 import { spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describeGuestKernel } from '../helpers/guest-kernel';
+import { createTapNamespace, describeNetGuestKernel, ip } from '../helpers/netns';
 import { loopInitElf } from '../../src/testing/loop-init';
 
 const NS = `kvmrx-net-${process.pid}`;
@@ -22,23 +22,7 @@ const HOST_IP = '10.99.0.1';
 const GUEST_IP = '10.99.0.2';
 const INIT = '/sbin/kvmrx-loop';
 
-const ip = (...args: string[]) => spawnSync('ip', args, { encoding: 'utf8' });
-
-/** Why /dev/net/tun cannot be opened here, if it cannot (the one reason this spec is skipped). */
-function tunUnavailable(): string | undefined {
-  try {
-    closeSync(openSync('/dev/net/tun', 'r+'));
-    return undefined;
-  } catch (e) {
-    return `/dev/net/tun cannot be opened: ${(e as Error).message}`;
-  }
-}
-const noTun = tunUnavailable();
-const describeNet: typeof describeGuestKernel = noTun
-  ? (name, fn) => describe.skip(`${name} [skipped: ${noTun}]`, () => fn(''))
-  : describeGuestKernel;
-
-describeNet(
+describeNetGuestKernel(
   'the micro-VM: 2 vCPUs, hvc0, root on virtio-blk, virtio-rng, virtio-vsock, virtio-net in a private netns',
   (kernelPath) => {
     jest.setTimeout(600_000); // a bound on a boot that takes seconds to minutes by host, not a speed claim
@@ -66,16 +50,7 @@ describeNet(
         },
       );
       if (mk.status !== 0) throw new Error(`mke2fs: ${mk.stderr}`);
-      for (const args of [
-        ['netns', 'add', NS],
-        ['-n', NS, 'link', 'set', 'lo', 'up'],
-        ['-n', NS, 'tuntap', 'add', 'dev', TAP, 'mode', 'tap', 'vnet_hdr'],
-        ['-n', NS, 'addr', 'add', `${HOST_IP}/24`, 'dev', TAP],
-        ['-n', NS, 'link', 'set', TAP, 'up'],
-      ]) {
-        const r = ip(...args);
-        if (r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr.trim()}`);
-      }
+      createTapNamespace(NS, TAP, HOST_IP);
     });
 
     afterAll(() => {

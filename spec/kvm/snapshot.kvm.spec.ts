@@ -13,10 +13,10 @@
  * 4. `kvm-rx restore` of a damaged copy is refused with exit status 1, naming the file.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describeGuestKernel } from '../helpers/guest-kernel';
+import { createTapNamespace, describeNetGuestKernel, ip } from '../helpers/netns';
 import { loopInitElf } from '../../src/testing/loop-init';
 
 const NS = `kvmrx-snap-${process.pid}`;
@@ -26,7 +26,6 @@ const GUEST_IP = '10.98.0.2';
 const INIT = '/sbin/kvmrx-loop';
 const ROOT = join(__dirname, '../..');
 
-const ip = (...args: string[]) => spawnSync('ip', args, { encoding: 'utf8' });
 const inNs = (args: string[], timeout: number) =>
   spawnSync('ip', ['netns', 'exec', NS, process.execPath, '-r', 'ts-node/register/transpile-only', ...args], {
     cwd: ROOT,
@@ -37,19 +36,6 @@ const inNs = (args: string[], timeout: number) =>
 
 /** The printk timestamps of a console text, in seconds. */
 const stamps = (text: string): number[] => [...text.matchAll(/^\[\s*(\d+\.\d+)\]/gm)].map((m) => Number(m[1]));
-
-function tunUnavailable(): string | undefined {
-  try {
-    closeSync(openSync('/dev/net/tun', 'r+'));
-    return undefined;
-  } catch (e) {
-    return `/dev/net/tun cannot be opened: ${(e as Error).message}`;
-  }
-}
-const noTun = tunUnavailable();
-const describeNet: typeof describeGuestKernel = noTun
-  ? (name, fn) => describe.skip(`${name} [skipped: ${noTun}]`, () => fn(''))
-  : describeGuestKernel;
 
 interface Restored {
   reason: string;
@@ -64,7 +50,7 @@ interface Restored {
   serial: string;
 }
 
-describeNet('snapshots of the micro-VM, restored in other processes', (kernelPath) => {
+describeNetGuestKernel('snapshots of the micro-VM, restored in other processes', (kernelPath) => {
   jest.setTimeout(900_000); // a bound on boots that take seconds to minutes by host, not a speed claim
   let dir: string;
   let disk: string;
@@ -92,16 +78,7 @@ describeNet('snapshots of the micro-VM, restored in other processes', (kernelPat
       encoding: 'utf8',
     });
     if (mk.status !== 0) throw new Error(`mke2fs: ${mk.stderr}`);
-    for (const args of [
-      ['netns', 'add', NS],
-      ['-n', NS, 'link', 'set', 'lo', 'up'],
-      ['-n', NS, 'tuntap', 'add', 'dev', TAP, 'mode', 'tap', 'vnet_hdr'],
-      ['-n', NS, 'addr', 'add', `${HOST_IP}/24`, 'dev', TAP],
-      ['-n', NS, 'link', 'set', TAP, 'up'],
-    ]) {
-      const r = ip(...args);
-      if (r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr.trim()}`);
-    }
+    createTapNamespace(NS, TAP, HOST_IP);
   });
 
   afterAll(() => {

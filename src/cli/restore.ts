@@ -117,9 +117,7 @@ export async function cmdRestore(argv: string[]): Promise<number> {
     }
     if (positionals.length !== 1) throw new UsageError('give exactly one snapshot file');
     path = positionals[0];
-    const anyDevice = ['disk', 'net', 'vsock', 'rng', 'console'].some(
-      (k) => (values as Record<string, unknown>)[k] !== undefined,
-    );
+    const anyDevice = Object.keys(DEVICE_OPTIONS).some((k) => (values as Record<string, unknown>)[k] !== undefined);
     if (anyDevice) devs = parseDeviceOptions(values);
     snap = parseSnapshotOptions(values);
     if (values.timeout !== undefined) {
