@@ -86,7 +86,7 @@ export type { InThreadOptions } from './runtime/in-thread';
 export { fromIoEvent } from './runtime/from-io-event';
 export * from './devices/index';
 // virtio device snapshots (issue 11): the saved state of a VirtioMmioDevice.
-export type { VirtioMmioState, VirtioMmioQueueState } from './devices/virtio/mmio-device';
+export type { VirtioMmioState, VirtioMmioQueueState, VirtioRestoreOptions } from './devices/virtio/mmio-device';
 export type { VirtioMmioRegisterFile } from './devices/virtio/mmio-transport';
 export { VSOCK_EVENT_TRANSPORT_RESET } from './devices/virtio/vsock';
 // The legacy PC devices' saved state (issue 11: snapshots).

@@ -113,6 +113,36 @@ beforeEach(() => {
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
+/**
+ * virtio-net quiesced with two receive buffers posted (held) and one used, one packet sent, and a
+ * packet that arrived while quiesced still on the host side; its state through JSON.
+ */
+async function netWithHeldBuffers() {
+  const host = memoryBackend();
+  const m1 = mockVirtio(virtioNet({ backend: host.backend }), QSIZE);
+  const [rx, tx] = m1.setUp();
+  const rxUsed = collector(rx);
+  await tick();
+  const b0 = rx.add([], [{ addr: BUF, len: 1526 }]);
+  const b1 = rx.add([], [{ addr: BUF + 0x1000n, len: 1526 }]);
+  await m1.notify(0);
+  host.arrive(packet(60, 1));
+  await rxUsed.wait(1);
+  const b2 = rx.add([], [{ addr: BUF + 0x2000n, len: 1526 }]);
+  await m1.notify(0);
+  m1.memory.write(BUF + 0x8000n, packet(70, 9));
+  tx.add([{ addr: BUF + 0x8000n, len: 70 }], []);
+  await m1.notify(1);
+  await until(() => host.sent.length === 1, 'the packet sent');
+  await m1.dev.quiesce(); // resolves with two receive buffers still posted
+  host.arrive(packet(80, 2)); // arrives while quiesced: stays on the host side
+  await tick();
+  expect(rx.usedIdx()).toBe(1);
+  expect(host.inbox).toHaveLength(1);
+  const state = saveThroughJson(m1.dev);
+  return { host, m1, rx, tx, rxUsed, b0, b1, b2, state };
+}
+
 describe('VirtioMmioDevice snapshots (mock kernel)', () => {
   it('virtio-rng: quiesce waits for the requests in flight, takes no new one; the restored device goes on', async () => {
     const g = gated(virtioRng({ fill: (b) => b.fill(0x42) }));
@@ -331,28 +361,9 @@ describe('VirtioMmioDevice snapshots (mock kernel)', () => {
   });
 
   it('virtio-net: posted receive buffers are held, not waited for; the restored device fills them first', async () => {
-    const host = memoryBackend();
-    const m1 = mockVirtio(virtioNet({ backend: host.backend }), QSIZE);
-    const [rx, tx] = m1.setUp();
-    const rxUsed = collector(rx);
-    await tick();
-    const b0 = rx.add([], [{ addr: BUF, len: 1526 }]);
-    const b1 = rx.add([], [{ addr: BUF + 0x1000n, len: 1526 }]);
-    await m1.notify(0);
-    host.arrive(packet(60, 1));
-    await rxUsed.wait(1);
-    const b2 = rx.add([], [{ addr: BUF + 0x2000n, len: 1526 }]);
-    await m1.notify(0);
-    m1.memory.write(BUF + 0x8000n, packet(70, 9));
-    tx.add([{ addr: BUF + 0x8000n, len: 70 }], []);
-    await m1.notify(1);
-    await until(() => host.sent.length === 1, 'the packet sent');
-    await m1.dev.quiesce(); // resolves with two receive buffers still posted
-    host.arrive(packet(80, 2)); // arrives while quiesced: stays on the host side
-    await tick();
+    const { host, m1, rx, tx, rxUsed, b0, b1, b2, state } = await netWithHeldBuffers();
     expect(rx.usedIdx()).toBe(1);
     expect(host.inbox).toHaveLength(1);
-    const state = saveThroughJson(m1.dev);
     expect(state.queues[0]).toMatchObject({ nextAvail: 3, nextUsed: 1, held: [b1, b2] });
     expect(state.queues[1]).toMatchObject({ nextAvail: 1, nextUsed: 1, held: [] });
     expect(state.model).toBeUndefined();
@@ -381,6 +392,43 @@ describe('VirtioMmioDevice snapshots (mock kernel)', () => {
     expect(tx.getUsed()).toHaveLength(2);
     expect(m2.dev.failures).toBe(0);
     m2.kvm.close();
+  });
+
+  it("activation 'deferred': registers back at once, the model's work at the next microtask", async () => {
+    const { m1, rx, state } = await netWithHeldBuffers();
+    const host2 = memoryBackend();
+    const m2 = machineWithMemoryOf(m1, virtioNet({ backend: host2.backend }));
+    m1.kvm.close();
+    moveDriver(rx, m2);
+    m2.dev.restoreState(state, { activation: 'deferred' });
+    expect(m2.dev.status).toBe(state.status); // what a vCPU reads meanwhile
+    expect(host2.watching()).toBe(false); // the held buffers not handed back yet
+    await Promise.resolve();
+    expect(host2.watching()).toBe(true);
+    host2.arrive(packet(90, 3));
+    await until(() => rx.usedIdx() === 2, 'a held buffer filled');
+    expect(m2.dev.failures).toBe(0);
+    m2.kvm.close();
+  });
+
+  it("activation 'deferred': a call on the device first makes the activation; close() drops it", async () => {
+    const { m1, rx, b1, b2, state } = await netWithHeldBuffers();
+    const host2 = memoryBackend();
+    const m2 = machineWithMemoryOf(m1, virtioNet({ backend: host2.backend }));
+    moveDriver(rx, m2);
+    m2.dev.restoreState(state, { activation: 'deferred' });
+    await m2.dev.quiesce(); // activates first: the held chains are its own again
+    expect(saveThroughJson(m2.dev).queues[0]).toMatchObject({ nextAvail: 3, nextUsed: 1, held: [b1, b2] });
+    m2.kvm.close();
+
+    const host3 = memoryBackend();
+    const m3 = machineWithMemoryOf(m1, virtioNet({ backend: host3.backend }));
+    m3.dev.restoreState(state, { activation: 'deferred' });
+    m3.dev.close();
+    await tick();
+    expect(host3.watching()).toBe(false);
+    m3.kvm.close();
+    m1.kvm.close();
   });
 
   it('virtio-net: a packet for a held buffer during quiesce waits; unquiesce delivers it', async () => {
@@ -641,6 +689,10 @@ describe('VirtioMmioDevice.restoreState refusals', () => {
     const { state, m2 } = await saved();
     expect(() => m2.dev.restoreState(null)).toThrow(TypeError);
     expect(() => m2.dev.restoreState('{}')).toThrow(TypeError);
+    expect(code(caught(() => m2.dev.restoreState(state, { activation: 'later' as 'now' })))).toBe(
+      'ERR_INVALID_ARG_VALUE',
+    );
+    expect(code(caught(() => m2.dev.restoreState(state, null as unknown as object)))).toBe('ERR_INVALID_ARG_TYPE');
     m2.setUp();
     expect(code(caught(() => m2.dev.restoreState(state)))).toBe('ERR_KVM_IN_USE');
     await m2.dev.quiesce(); // a quiesced device may be rolled back

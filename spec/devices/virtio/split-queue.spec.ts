@@ -9,7 +9,7 @@ import { VirtqueueError } from '../../../src/devices/virtio/errors';
 import type { VirtqueueRule } from '../../../src/devices/virtio/errors';
 import { DescriptorChain, SplitQueue, splitQueueSizes, VIRTQ_DESC_F } from '../../../src/devices/virtio/split-queue';
 import type { SplitQueueConfig } from '../../../src/devices/virtio/split-queue';
-import type { GuestMemoryMap } from '../../../src/wrappers/guest-memory';
+import type { GuestMemory, GuestMemoryMap } from '../../../src/wrappers/guest-memory';
 import { mockMemory, SplitDriver } from './split-driver';
 
 const { NEXT, WRITE, INDIRECT } = VIRTQ_DESC_F;
@@ -150,6 +150,55 @@ describe('SplitQueue layout', () => {
       'ERR_VIRTIO_QUEUE_CONFIG',
       'memory-closed',
     );
+  });
+});
+
+describe('SplitQueue.checkLayout', () => {
+  const outcome = (fn: () => unknown) => {
+    try {
+      fn();
+      return 'ok';
+    } catch (e) {
+      return e instanceof VirtqueueError ? `${e.code}/${e.rule}` : (e as Error & { code?: string }).code;
+    }
+  };
+
+  it('refuses exactly the layouts the constructor refuses, with the same code and rule', () => {
+    const { map } = mockMemory([0n, 0x10000], [0x20000n, 0x8000], [0x28000n, 0x8000]);
+    const addr = fc.oneof(
+      fc.bigInt({ min: 0n, max: 0x31000n }),
+      fc.constantFrom(0x10000n - 0x40n, 0x28000n - 8n, (1n << 64n) - 16n, 0x18000n),
+    );
+    fc.assert(
+      fc.property(
+        fc.constantFrom(0, 1, 3, 8, 256, 1024),
+        addr,
+        addr,
+        addr,
+        fc.boolean(),
+        (size, descTable, availRing, usedRing, eventIdx) => {
+          const cfg = { size, descTable, availRing, usedRing, eventIdx };
+          expect(outcome(() => SplitQueue.checkLayout(map, cfg))).toBe(outcome(() => new SplitQueue(map, cfg)));
+        },
+      ),
+      { numRuns: 400 },
+    );
+  });
+
+  it("does not make the guest memory's view; refuses closed memory", () => {
+    const { map, mems } = mockMemory([0n, 0x10000]);
+    const cfg = { size: 8, descTable: 0x1000n, availRing: 0x2000n, usedRing: 0x3000n, eventIdx: false };
+    const view = jest.spyOn(Object.getPrototypeOf(mems[0]) as GuestMemory, 'bytes', 'get');
+    try {
+      SplitQueue.checkLayout(map, cfg);
+      expect(view).not.toHaveBeenCalled();
+      new SplitQueue(map, cfg);
+      expect(view).toHaveBeenCalled();
+    } finally {
+      view.mockRestore();
+    }
+    mems[0].close();
+    expectVq(() => SplitQueue.checkLayout(map, cfg), 'ERR_VIRTIO_QUEUE_CONFIG', 'memory-closed');
   });
 });
 

@@ -243,6 +243,19 @@ export interface VirtioMmioState {
   model?: unknown;
 }
 
+/** Options of {@link VirtioMmioDevice.restoreState}. */
+export interface VirtioRestoreOptions {
+  /**
+   * When a restored device that was running (DRIVER_OK) starts working again: `'now'` (default),
+   * before `restoreState` returns, or `'deferred'`, at the next microtask checkpoint (or the first
+   * call on the device, whichever comes first). The registers are back either way, so a vCPU can
+   * run in between: its notifications wait in their ioeventfds. A VMM starts its vCPUs in that gap,
+   * so the devices' work on restore (views of guest memory, the held chains handed back, e.g. a
+   * network device reading its tap for each receive buffer) does not delay the guest.
+   */
+  activation?: 'now' | 'deferred';
+}
+
 /** Options of a {@link VirtioMmioDevice}. */
 export interface VirtioMmioDeviceOptions {
   /** Guest-physical base of the 4 KiB register window (page-aligned, outside guest RAM). */
@@ -340,6 +353,8 @@ export class VirtioMmioDevice {
   readonly #log: (message: string) => void;
   #releaseFromVm: () => void = () => undefined;
   #active: Activation | undefined;
+  /** A restore's activation not made yet (`restoreState(state, { activation: 'deferred' })`). */
+  #pendingRestore: { epoch: number; positions: readonly QueuePositions[] } | undefined;
   #epoch = 0;
   #closed = false;
   #failures = 0;
@@ -477,6 +492,7 @@ export class VirtioMmioDevice {
    */
   quiesce(): Promise<void> {
     if (this.#closed) return Promise.resolve();
+    this.#settle();
     if (this.#quiesce === 'running') this.#quiesce = 'quiescing';
     const done = new Promise<void>((resolve, reject) => this.#quiesceWaiters.push({ resolve, reject }));
     this.#checkQuiesced();
@@ -495,6 +511,7 @@ export class VirtioMmioDevice {
    * ```
    */
   unquiesce(): void {
+    this.#settle();
     if (this.#quiesce === 'running') return;
     this.#quiesce = 'running';
     this.#rejectWaiters('unquiesced before the quiesce completed');
@@ -537,6 +554,7 @@ export class VirtioMmioDevice {
    */
   saveState(): VirtioMmioState {
     if (this.#closed) throw new KvmClosedError(`${this.device.name} at 0x${this.base.toString(16)}`);
+    this.#settle();
     if (this.#quiesce !== 'quiesced')
       throw stateError(
         'ERR_KVM_NOT_QUIESCED',
@@ -601,6 +619,8 @@ export class VirtioMmioDevice {
    * into DEVICE_NEEDS_RESET, as it would have at run time.
    *
    * A device that is quiesced may be restored too (what it was doing is dropped); it runs after.
+   * With `options.activation` `'deferred'` the activation waits for the next microtask checkpoint
+   * ({@link VirtioRestoreOptions}): what a VMM uses to start its vCPUs first.
    *
    * @throws `TypeError` (`ERR_INVALID_ARG_TYPE`, `ERR_INVALID_ARG_VALUE`) or `RangeError`
    *   (`ERR_OUT_OF_RANGE`) naming the field (`state.queues[0].size`, …) for a state this device
@@ -615,8 +635,13 @@ export class VirtioMmioDevice {
    * rng.restoreState(JSON.parse(readFileSync('rng.json', 'utf8')));
    * ```
    */
-  restoreState(state: unknown): void {
+  restoreState(state: unknown, options: VirtioRestoreOptions = {}): void {
     if (this.#closed) throw new KvmClosedError(`${this.device.name} at 0x${this.base.toString(16)}`);
+    checkObject('options', options);
+    const activation = options.activation ?? 'now';
+    if (activation !== 'now' && activation !== 'deferred')
+      invalidValue('options.activation', "must be 'now' or 'deferred'", activation);
+    this.#settle();
     if ((this.#active !== undefined || this.#state.status !== 0) && this.#quiesce !== 'quiesced')
       throw stateError(
         'ERR_KVM_IN_USE',
@@ -629,8 +654,27 @@ export class VirtioMmioDevice {
     this.#rejectWaiters('restored before the quiesce completed');
     this.#state.loadRegisterFile(file);
     this.#epoch = this.#state.epoch;
-    if (this.#state.driverOk) this.#activate(this.#epoch, positions);
+    if (this.#state.driverOk) {
+      if (activation === 'now') this.#activate(this.#epoch, positions);
+      else {
+        this.#pendingRestore = { epoch: this.#epoch, positions };
+        queueMicrotask(() => this.#settle());
+      }
+    }
     if (file.interruptStatus !== 0 && !this.#irq.closed) this.#irq.write(1n);
+  }
+
+  /**
+   * Makes a deferred restore's activation now (before anything else the device does): the held
+   * chains handed to the model again, every ring scanned. A reset the guest made meanwhile wins.
+   */
+  #settle(): void {
+    const pending = this.#pendingRestore;
+    if (pending === undefined) return;
+    this.#pendingRestore = undefined;
+    if (this.#closed || this.#epoch !== pending.epoch || this.#state.epoch !== pending.epoch) return;
+    if ((this.#state.status & VirtioStatus.failed) !== 0) return;
+    this.#activate(pending.epoch, pending.positions);
   }
 
   /** Checks a saved state against this device (see {@link restoreState}); throws naming the field. */
@@ -703,7 +747,7 @@ export class VirtioMmioDevice {
       if (ready) {
         if (size === 0) outOfRange(`${at}.size`, `a power of two <= QueueNumMax ${max} for a ready queue`, size);
         try {
-          new SplitQueue(this.#memory, { ...regs, eventIdx });
+          SplitQueue.checkLayout(this.#memory, { ...regs, eventIdx });
         } catch (e) {
           const why = e instanceof Error ? e.message : String(e);
           const part = /descriptor table/.test(why)
@@ -768,6 +812,7 @@ export class VirtioMmioDevice {
    */
   takeWrittenPages(bitmap: BigUint64Array): void {
     if (!(bitmap instanceof BigUint64Array)) invalidType('bitmap', 'a BigUint64Array', bitmap);
+    this.#settle();
     const act = this.#active;
     if (act !== undefined) this.#markActivation(act);
     const pages = bitmap.length * 64;
@@ -796,6 +841,7 @@ export class VirtioMmioDevice {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#pendingRestore = undefined;
     this.#deactivate();
     this.#teardown();
     this.#releaseFromVm();
@@ -839,6 +885,7 @@ export class VirtioMmioDevice {
 
   #sync(): void {
     if (this.#closed) return;
+    this.#settle();
     const epoch = this.#state.epoch;
     if (epoch !== this.#epoch || (this.#state.status & VirtioStatus.failed) !== 0) {
       // A reset or FAILED ends the activation at once, quiesced or not; a new activation waits

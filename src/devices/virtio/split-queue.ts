@@ -301,8 +301,13 @@ function configError(rule: VirtqueueRule, message: string, index?: number): Virt
   return new VirtqueueError('ERR_VIRTIO_QUEUE_CONFIG', rule, message, index);
 }
 
-/** Finds `[gpa, gpa + length)` inside one region of `memory`, aligned to `align` in the guest and in the host view. */
-function place(memory: GuestMemoryMap, what: string, gpa: bigint, length: number, align: number): Place {
+/**
+ * Finds `[gpa, gpa + length)` inside one region of `memory`, aligned to `align` in the guest and in
+ * the host view. With `view` false it only checks, without making the mapping's view (a whole-RAM
+ * `ArrayBuffer` costs a full V8 garbage collection the first time for gigabytes of RAM): a
+ * mapping's view starts at the mapping, which is page-aligned, so the host offset is `hit.offset`.
+ */
+function place(memory: GuestMemoryMap, what: string, gpa: bigint, length: number, align: number, view = true): Place {
   if (gpa % BigInt(align) !== 0n) {
     throw configError('alignment', `the ${what} at ${hex(gpa)} is not ${align}-byte aligned`);
   }
@@ -322,20 +327,51 @@ function place(memory: GuestMemoryMap, what: string, gpa: bigint, length: number
       `the ${what} [${hex(gpa)}, ${hex(end)}) crosses the end of the guest RAM region ending at ${hex(regionEnd)}`,
     );
   }
-  let bytes: Uint8Array;
+  let bytes: Uint8Array | undefined;
   try {
-    bytes = hit.region.memory.bytes;
+    if (view) bytes = hit.region.memory.bytes;
+    else if (hit.region.memory.closed) throw new Error('closed');
   } catch {
     throw configError('memory-closed', `the guest memory holding the ${what} at ${hex(gpa)} is closed`);
   }
-  const byteOffset = bytes.byteOffset + hit.offset;
+  const byteOffset = (bytes?.byteOffset ?? 0) + hit.offset;
   if (byteOffset % align !== 0) {
     throw configError(
       'alignment',
       `the ${what} at ${hex(gpa)} is at host offset ${byteOffset} of its mapping, not ${align}-byte aligned`,
     );
   }
-  return { buffer: bytes.buffer, byteOffset };
+  return { buffer: bytes?.buffer ?? EMPTY_BUFFER, byteOffset };
+}
+
+const EMPTY_BUFFER = new ArrayBuffer(0);
+
+/** Validates a queue layout (the {@link SplitQueue} constructor's checks) and places its three parts. */
+function layout(memory: GuestMemoryMap, config: SplitQueueConfig, options: SplitQueueOptions, view: boolean) {
+  if (typeof memory !== 'object' || memory === null || typeof (memory as Partial<GuestMemoryMap>).find !== 'function') {
+    invalidType('memory', 'a GuestMemoryMap', memory);
+  }
+  checkObject('config', config);
+  checkObject('options', options);
+  const size = config.size;
+  if (typeof size !== 'number') invalidType('config.size', 'of type number', size);
+  if (!Number.isInteger(size) || size < 1 || size > VIRTQ_MAX_SIZE || (size & (size - 1)) !== 0) {
+    throw configError('queue-size', `queue size ${size} is not a power of two in 1..${VIRTQ_MAX_SIZE}`, size);
+  }
+  const descTable = checkU64('config.descTable', config.descTable);
+  const availRing = checkU64('config.availRing', config.availRing);
+  const usedRing = checkU64('config.usedRing', config.usedRing);
+  const eventIdx = checkBool('config.eventIdx', config.eventIdx);
+  const maxChainLength =
+    options.maxChainLength === undefined
+      ? size
+      : Math.min(size, checkInt('options.maxChainLength', options.maxChainLength, 1, VIRTQ_MAX_SIZE));
+
+  const sizes = splitQueueSizes(size);
+  const d = place(memory, 'descriptor table', descTable, sizes.descTable, 16, view);
+  const a = place(memory, 'available ring', availRing, sizes.availRing, 2, view);
+  const u = place(memory, 'used ring', usedRing, sizes.usedRing, 4, view);
+  return { size, descTable, availRing, usedRing, eventIdx, maxChainLength, d, a, u };
 }
 
 /**
@@ -451,34 +487,13 @@ export class SplitQueue {
    * ```
    */
   constructor(memory: GuestMemoryMap, config: SplitQueueConfig, options: SplitQueueOptions = {}) {
-    if (
-      typeof memory !== 'object' ||
-      memory === null ||
-      typeof (memory as Partial<GuestMemoryMap>).find !== 'function'
-    ) {
-      invalidType('memory', 'a GuestMemoryMap', memory);
-    }
-    checkObject('config', config);
-    checkObject('options', options);
-    const size = config.size;
-    if (typeof size !== 'number') invalidType('config.size', 'of type number', size);
-    if (!Number.isInteger(size) || size < 1 || size > VIRTQ_MAX_SIZE || (size & (size - 1)) !== 0) {
-      throw configError('queue-size', `queue size ${size} is not a power of two in 1..${VIRTQ_MAX_SIZE}`, size);
-    }
-    const descTable = checkU64('config.descTable', config.descTable);
-    const availRing = checkU64('config.availRing', config.availRing);
-    const usedRing = checkU64('config.usedRing', config.usedRing);
-    const eventIdx = checkBool('config.eventIdx', config.eventIdx);
-    const maxChainLength =
-      options.maxChainLength === undefined
-        ? size
-        : Math.min(size, checkInt('options.maxChainLength', options.maxChainLength, 1, VIRTQ_MAX_SIZE));
-
+    const { size, descTable, availRing, usedRing, eventIdx, maxChainLength, d, a, u } = layout(
+      memory,
+      config,
+      options,
+      true,
+    );
     const sizes = splitQueueSizes(size);
-    const d = place(memory, 'descriptor table', descTable, sizes.descTable, 16);
-    const a = place(memory, 'available ring', availRing, sizes.availRing, 2);
-    const u = place(memory, 'used ring', usedRing, sizes.usedRing, 4);
-
     this.#memory = memory;
     this.size = size;
     this.eventIdx = eventIdx;
@@ -491,6 +506,23 @@ export class SplitQueue {
     this.#usedElems = new Uint32Array(u.buffer, u.byteOffset + 4, 2 * size);
     this.#held = new Uint8Array(size);
     this.#heldWritable = new Uint32Array(size);
+  }
+
+  /**
+   * Checks a queue layout as the constructor does, without building the views (nor the guest
+   * memory's `bytes`, which costs a full garbage collection the first time for gigabytes of RAM):
+   * what a snapshot restore uses to refuse a bad state before anything is made.
+   *
+   * @example
+   * ```ts
+   * SplitQueue.checkLayout(vm.guestMemory, {
+   *   size: 8, descTable: 0x1000n, availRing: 0x1080n, usedRing: 0x1100n, eventIdx: false,
+   * });
+   * ```
+   * @throws what the constructor throws, for the same layouts
+   */
+  static checkLayout(memory: GuestMemoryMap, config: SplitQueueConfig): void {
+    layout(memory, config, {}, false);
   }
 
   /**
