@@ -152,6 +152,24 @@ describeKvm('VcpuRuntime', () => {
     expect((await run2.done).reason).toBe('stopped');
   });
 
+  it('records when the worker entered KVM_RUN (runningSince), on the clock every thread shares', async () => {
+    const vcpu = realModeGuest(vm, mem, Uint8Array.of(0xeb, 0xfe));
+    const before = performance.timeOrigin + performance.now();
+    const run = runtime.start(vcpu);
+    expect(run.runningSince).toBeUndefined(); // the thread has not taken the task yet
+    while (!run.running) await new Promise((r) => setTimeout(r, 2));
+    const seen = performance.timeOrigin + performance.now();
+    const since = run.runningSince as number;
+    expect(since).toBeGreaterThanOrEqual(before);
+    expect(since).toBeLessThanOrEqual(seen);
+    await run.stop();
+    expect(run.runningSince).toBe(since); // kept after the run ended (its buffer is reused)
+    const next = runtime.start(vcpu);
+    while (!next.running) await new Promise((r) => setTimeout(r, 2));
+    expect(next.runningSince).toBeGreaterThan(since);
+    await next.stop();
+  });
+
   it("routes vCPU calls from the main thread to the running vCPU's worker (run.call)", async () => {
     const vcpu = realModeGuest(vm, mem, Uint8Array.of(0xeb, 0xfe)); // jmp $: never exits by itself
     const run = runtime.start(vcpu);

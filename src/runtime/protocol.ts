@@ -58,6 +58,11 @@ export const MailboxState = { empty: 0, posted: 1, answered: 2 } as const;
 export const CONTROL_BYTES = 64;
 /** BigInt64 index (in a BigInt64Array over the SAB) of the worker's pthread id: byte 40. */
 export const THREAD_ID_SLOT = 5;
+/**
+ * Float64 index (in a Float64Array over the control block) of the time the worker entered
+ * {@link RunState.running}, `performance.timeOrigin + performance.now()` in ms: byte 48.
+ */
+export const RUNNING_SINCE_SLOT = 6;
 /** Records in the ring. */
 export const RING_RECORDS = 1024;
 /** Bytes of one ring record. */

@@ -26,6 +26,7 @@ import {
   RecordField,
   RecordKind,
   RunState,
+  RUNNING_SINCE_SLOT,
   THREAD_ID_SLOT,
   postedExit,
   type MainToWorker,
@@ -132,6 +133,8 @@ export class VcpuRun implements AsyncDisposable {
    */
   #released = false;
   #finalExits = 0;
+  #finalSince: number | undefined;
+  readonly #since: Float64Array;
   /** True while an exit is being pushed to `exits$` subscribers. */
   #delivering = false;
   /** The last `exits$` subscriber left during a delivery: the run ends as 'completed'. */
@@ -165,6 +168,7 @@ export class VcpuRun implements AsyncDisposable {
     this.#backend = vcpu.backend;
     this.#port = port;
     this.#ctrl = new Int32Array(sab, 0, CONTROL_BYTES / 4);
+    this.#since = new Float64Array(sab, 0, CONTROL_BYTES / 8);
     this.#tid = new BigInt64Array(sab, 0, CONTROL_BYTES / 8);
     this.#ring = new DataView(sab, RING_OFFSET, RING_RECORDS * RECORD_BYTES);
     this.#ringBytes = new Uint8Array(sab, RING_OFFSET, RING_RECORDS * RECORD_BYTES);
@@ -357,6 +361,7 @@ export class VcpuRun implements AsyncDisposable {
       p.reject(Object.assign(new Error('the run ended before it paused'), { code: 'ERR_KVM_CLOSED' }));
     this.#runView.setUint8(RUN.immediateExit, 0);
     this.#finalExits = Atomics.load(this.#ctrl, ControlWord.exitCount);
+    this.#finalSince = this.runningSince;
     this.#released = true;
     this.#unpinRun();
     this.vcpu.setOwner(undefined);
@@ -390,6 +395,25 @@ export class VcpuRun implements AsyncDisposable {
   /** Whether the worker has started running the vCPU and not ended. */
   get running(): boolean {
     return !this.#released && Atomics.load(this.#ctrl, ControlWord.state) === RunState.running;
+  }
+
+  /**
+   * When the worker started running the vCPU (right before its first `KVM_RUN`), as
+   * `performance.timeOrigin + performance.now()` in milliseconds (the same clock in every
+   * thread); `undefined` before. It does not depend on when this thread looks, so it times a
+   * start or a restore even while this thread is busy.
+   *
+   * @example
+   * ```ts
+   * // @ts-setup: declare const run: VcpuRun; declare const t0: number; // performance.now() before
+   * const startMs = run.runningSince! - performance.timeOrigin - t0;
+   * ```
+   */
+  get runningSince(): number | undefined {
+    if (this.#released) return this.#finalSince;
+    if (Atomics.load(this.#ctrl, ControlWord.state) === RunState.starting) return undefined;
+    const t = this.#since[RUNNING_SINCE_SLOT];
+    return t === 0 ? undefined : t;
   }
 
   /** Exits taken so far (counted by the worker). */

@@ -35,6 +35,7 @@ import {
   RecordKind,
   RunState,
   THREAD_ID_SLOT,
+  RUNNING_SINCE_SLOT,
   postedExit,
   runFastLayout,
   type MainToWorker,
@@ -332,6 +333,8 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
     if (recorded) outcome.recording = recorded;
     const monitoring = (): boolean => Atomics.load(control, ControlWord.monitorSubscribers) !== 0;
 
+    // Written before the state word: a reader that sees 'running' sees the time too.
+    new Float64Array(task.sab, 0, CONTROL_BYTES / 8)[RUNNING_SINCE_SLOT] = performance.timeOrigin + performance.now();
     Atomics.store(control, ControlWord.state, RunState.running);
     shared.ringDoorbell();
 
