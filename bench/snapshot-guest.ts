@@ -8,6 +8,7 @@
  *   ip netns exec <ns> node -r ts-node/register/transpile-only bench/snapshot-guest.ts take <bzImage> <MiB> <dir> <track 0|1>
  *   … snapshot-guest.ts restore <snapshot> <warm|cold>
  *   … snapshot-guest.ts pieces <snapshot> <reps> [<diff snapshot>]
+ *   … snapshot-guest.ts series <snapshot> <n>
  *
  * - `take`: boots the guest kernel (virtio-net on the TAP, virtio-rng, the loop init), times
  *   bootLinux() to `Run /init`, then a full snapshot (`<dir>/<MiB>.full.snap`); with track=1 it
@@ -17,6 +18,9 @@
  *   first echo reply (a `ping` started before the clock, whose requests wait in the TAP), on a
  *   runtime whose thread is already started and has loaded the Linux device pipeline (`warm`) or a
  *   new one (`cold`).
+ * - `series`: `n` restores as `restore warm` does them, one after the other in this process on one
+ *   warm runtime (each VM stopped before the next): the first is this process's first restore,
+ *   the others what a long-lived service restoring again and again sees.
  * - `pieces`: the steps of restoreLinux() one by one (as `restoreLinuxMachine` does them), `reps`
  *   times in this process (the first in a fresh process, the others warm), and the cost of a bare
  *   worker thread.
@@ -164,17 +168,49 @@ function capture(runtime: VcpuRuntime): { run?: VcpuRun } {
   return got;
 }
 
-async function restore(path: string, mode: 'warm' | 'cold'): Promise<void> {
-  const tap = Tap.open(TAP);
-  const virtio = devices(tap);
-  const out: Record<string, unknown> = { path, mode };
-  let runtime: VcpuRuntime | undefined;
-  if (mode === 'warm') {
-    runtime = new VcpuRuntime({ maxVcpus: 1 });
-    const kvm = new Kvm();
-    out.warmUpMs = await warmUp(runtime, kvm);
+/** A runtime whose thread is started and has run the Linux device pipeline once, and how long that took. */
+async function warmRuntime(): Promise<{ runtime: VcpuRuntime; warmUpMs: number }> {
+  const runtime = new VcpuRuntime({ maxVcpus: 1 });
+  const kvm = new Kvm();
+  try {
+    return { runtime, warmUpMs: await warmUp(runtime, kvm) };
+  } finally {
     kvm.close();
   }
+}
+
+async function restore(path: string, mode: 'warm' | 'cold'): Promise<void> {
+  const warm = mode === 'warm' ? await warmRuntime() : undefined;
+  const out = await restoreOnce(path, warm?.runtime);
+  if (warm) {
+    const tc = now();
+    await warm.runtime.close();
+    out.closeMs = now() - tc;
+  }
+  say({ path, mode, ...(warm ? { warmUpMs: warm.warmUpMs } : {}), ...out });
+}
+
+/** `n` restores one after the other in this process, on one warm runtime: a service restoring again and again. */
+async function series(path: string, n: number): Promise<void> {
+  const warm = await warmRuntime();
+  const restores: Array<Record<string, unknown>> = [];
+  try {
+    for (let i = 0; i < n; i++) restores.push(await restoreOnce(path, warm.runtime));
+  } finally {
+    await warm.runtime.close();
+  }
+  say({ path, warmUpMs: warm.warmUpMs, restores });
+}
+
+/**
+ * One restoreLinux() of `path`, timed, on `runtime` (or a new one, whose start then counts, closed
+ * at the end); the VM is stopped at the end.
+ */
+async function restoreOnce(path: string, warmRuntime: VcpuRuntime | undefined): Promise<Record<string, unknown>> {
+  const tap = Tap.open(TAP);
+  const virtio = devices(tap);
+  const out: Record<string, unknown> = {};
+  let runtime = warmRuntime;
   // The echo requests wait in the TAP's queue until the restored virtio-net takes them.
   let replyAt: number | undefined;
   // Every 50 ms: one or two wait in the TAP before the clock starts. Faster floods leave hundreds
@@ -219,6 +255,10 @@ async function restore(path: string, mode: 'warm' | 'cold'): Promise<void> {
       20_000,
       'running vCPU, exit and echo reply',
     );
+    // When the worker entered KVM_RUN, by its own clock reading: this thread may be busy then (the
+    // devices' deferred restore work runs here while the guest runs), and would see it late.
+    const since = run.runningSince;
+    if (since !== undefined) at.runningMs = since - performance.timeOrigin - t0;
     Object.assign(out, { returnMs: tReturn - t0, ...at, rxAtReturn });
     if (replyAt !== undefined) out.pingMs = replyAt - t0;
     out.net = { ...net.stats };
@@ -233,12 +273,14 @@ async function restore(path: string, mode: 'warm' | 'cold'): Promise<void> {
   } finally {
     ping.kill();
     await linux?.stop();
-    const tc = now();
-    await runtime?.close();
-    out.closeMs = now() - tc;
+    if (warmRuntime === undefined) {
+      const tc = now();
+      await runtime?.close();
+      out.closeMs = now() - tc;
+    }
     tap.close();
   }
-  say(out);
+  return out;
 }
 
 /** The steps of restoreLinux() / restoreLinuxMachine() one by one. */
@@ -324,6 +366,7 @@ async function main(): Promise<void> {
   if (mode === 'take') await take(a[0], Number(a[1]), a[2], a[3] === '1');
   else if (mode === 'restore') await restore(a[0], a[1] === 'warm' ? 'warm' : 'cold');
   else if (mode === 'pieces') await pieces(a[0], Number(a[1]), a[2] || undefined);
+  else if (mode === 'series') await series(a[0], Number(a[1]));
   else throw new Error(`unknown mode ${mode}`);
 }
 

@@ -8,17 +8,21 @@
  * 3. with `trackDirtyPages`: a full snapshot, 1 s of running, one ping, then a diff snapshot;
  * 4. restore, each in a new process (`bench/snapshot-guest.ts`, so nothing is loaded or compiled
  *    yet and the file is only in the page cache), RUNS / COLD_RUNS times: (a) restoreLinux() to
- *    its return, (b) to the vCPU running (the run's state word, which the worker sets right before
- *    its first KVM_RUN; also getRegs answered once running, and the first exit to userspace), (c) to
- *    the first echo reply from the restored guest; on a runtime whose thread was started and loaded
- *    the Linux device pipeline before the clock (warm) or a new one (cold: the thread's start counts);
+ *    its return, (b) to the vCPU running (when the worker entered its first KVM_RUN, by the time it
+ *    wrote: `run.runningSince`; the main thread may be busy then with the devices' deferred work);
+ *    also getRegs answered once running, and the first exit to userspace, (c) to the first echo
+ *    reply from the restored guest; on a runtime whose thread was started and loaded the Linux
+ *    device pipeline before the clock (warm) or a new one (cold: the thread's start counts); then
+ *    SERIES restores one after the other in one process (a service restoring again and again):
+ *    the first, and the others;
  * 5. the pieces of a restore one by one, in a fresh process and then warm: readSnapshotChain,
  *    KVM_CREATE_VM, the irqchip, the mmap of RAM, the memory slot, the vCPU and VM restore ioctls,
  *    the virtio devices; and a bare Node worker thread's start.
  *
  *   npm run bench:snapshot   (env: RUNS (restores per size on a warm runtime, default 10), COLD_RUNS
  *                             (on a new runtime, default 3), SIZES (MiB, default 128,2048),
- *                             PIECES (repetitions, default 5))
+ *                             PIECES (repetitions, default 5), SERIES (restores in one process,
+ *                             default 10))
  *
  * Needs root (the namespace and the TAP), /dev/net/tun, ping and the guest kernel. Prints a table and
  * writes bench/results/<start time>-snapshot.{txt,json}.
@@ -37,6 +41,7 @@ const runs = Number(process.env.RUNS ?? 10);
 const coldRuns = Number(process.env.COLD_RUNS ?? 3);
 const sizes = (process.env.SIZES ?? '128,2048').split(',').map(Number);
 const pieceReps = Number(process.env.PIECES ?? 5);
+const seriesN = Number(process.env.SERIES ?? 10);
 const ns = `kvmrx-snap-${process.pid}`;
 
 function guestKernel(): string {
@@ -141,6 +146,8 @@ interface SizeResult {
   take: Take;
   takeTracked: Take;
   restores: Restore[];
+  /** SERIES restores one after the other in one process. */
+  series: Restore[];
   pieces: Pieces;
 }
 
@@ -183,6 +190,17 @@ function table(results: SizeResult[]): string[] {
     if (mode === 'warm')
       row(`   warm-up before the clock: thread + pipeline load (ms)`, (r) => stat(of(r).map((x) => x.warmUpMs ?? 0)));
   }
+  const ok = (r: SizeResult) => r.series.filter((x) => x.error === undefined);
+  const later = (r: SizeResult, k: 'returnMs' | 'runningMs' | 'pingMs') =>
+    `${ms(ok(r)[0]?.[k])}; ${stat(
+      ok(r)
+        .slice(1)
+        .map((x) => x[k]),
+    )}`;
+  row(`4. restore ${seriesN} times in one process, warm runtime: runs ok`, (r) => `${ok(r).length}/${r.series.length}`);
+  row('   (a) restoreLinux() returns (ms: the first; the others)', (r) => later(r, 'returnMs'));
+  row('   (b) vCPU running (ms: the first; the others)', (r) => later(r, 'runningMs'));
+  row('   (c) first echo reply (ms: the first; the others)', (r) => later(r, 'pingMs'));
   const steps = Object.keys(results[0]?.pieces.runs[0] ?? {});
   for (const s of steps)
     row(`5. ${s} (ms: fresh process; then warm median)`, (r) => {
@@ -250,7 +268,15 @@ async function main(): Promise<number> {
             `restore ${mode} ${i + 1}: ${r.error ?? `return ${ms(r.returnMs)}, running ${ms(r.runningMs)}, ping ${ms(r.pingMs)} ms`}`,
           );
         }
-      results.push({ mib, take, takeTracked, restores, pieces });
+      progress(`${seriesN} restores in one process`);
+      const { restores: series } = (await child(
+        ['series', take.full.path, String(seriesN)],
+        30_000 * seriesN,
+      )) as unknown as {
+        restores: Restore[];
+      };
+      progress(`series: running ${series.map((r) => ms(r.runningMs)).join(', ')} ms`);
+      results.push({ mib, take, takeTracked, restores, series, pieces });
     }
   } finally {
     cleanup();

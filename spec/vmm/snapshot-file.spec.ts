@@ -17,6 +17,7 @@ import {
   checkSnapshotHost,
   decodeSnapshotState,
   encodeSnapshotState,
+  hostOfKvm,
   mapSnapshotMemory,
   mergeSnapshots,
   readSnapshotChain,
@@ -27,6 +28,9 @@ import {
 } from '../../src/vmm/snapshot-file';
 import { SnapshotError } from '../../src/vmm/errors';
 import type { KvmCpuidEntry2 } from '../../src/abi/layouts';
+import { MockBackend } from '../../src/backend/mock/index';
+import { KVM_MAX_CPUID_ENTRIES } from '../../src/wrappers/fam';
+import { Kvm } from '../../src/wrappers/kvm';
 
 const PAGE = 4096;
 const host: SnapshotHost = {
@@ -102,6 +106,16 @@ describe('snapshot state encoding', () => {
     expect(() => decodeSnapshotState('{"a":{"$bytes":"@@@@"}}')).toThrow(TypeError);
     // an object with more keys is data, not a tag
     expect(decodeSnapshotState('{"a":{"$bigint":"12","b":1}}')).toEqual({ a: { $bigint: '12', b: 1 } });
+  });
+
+  it('decodes tags at any depth, in arrays too, and keeps a __proto__ key a plain property', () => {
+    const got = decodeSnapshotState(
+      '{"a":[{"$bigint":"0x10"},[{"$bytes":"AQI="}]],"__proto__":{"$bigint":"-0x1"},"b":{"c":{"$bigint":"0x0"}}}',
+    ) as Record<string, unknown>;
+    expect(got.a).toEqual([16n, [Uint8Array.of(1, 2)]]);
+    expect(Object.getPrototypeOf(got)).toBe(Object.prototype);
+    expect(Object.getOwnPropertyDescriptor(got, '__proto__')?.value).toBe(-1n);
+    expect(got.b).toEqual({ c: 0n });
   });
 });
 
@@ -370,6 +384,24 @@ describe('snapshotHost / checkSnapshotHost', () => {
       '0x7.0.ebx': 0x21,
       '0x7.0.ecx': 0,
     });
+  });
+
+  it('hostOfKvm: what snapshotHost makes of KVM_GET_SUPPORTED_CPUID, asked once per backend, frozen', () => {
+    const backend = new MockBackend();
+    const kvm = new Kvm({ backend });
+    const spy = jest.spyOn(kvm, 'getSupportedCpuid');
+    const h = hostOfKvm(kvm);
+    expect(h).toEqual(snapshotHost(kvm.getSupportedCpuid(KVM_MAX_CPUID_ENTRIES).entries));
+    const other = new Kvm({ backend });
+    expect(hostOfKvm(other)).toBe(h);
+    expect(hostOfKvm(kvm)).toBe(h);
+    expect(spy).toHaveBeenCalledTimes(2); // once for hostOfKvm, once above
+    expect(Object.isFrozen(h) && Object.isFrozen(h.features)).toBe(true);
+    const third = new Kvm({ backend: new MockBackend() });
+    expect(hostOfKvm(third)).not.toBe(h);
+    third.close();
+    kvm.close();
+    other.close();
   });
 
   it('refuses another vendor and features this host does not offer, naming them', () => {

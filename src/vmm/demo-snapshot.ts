@@ -7,7 +7,6 @@
  *
  * @module
  */
-import { KVM_MAX_CPUID_ENTRIES } from '../wrappers/fam';
 import type { GuestMemory } from '../wrappers/guest-memory';
 import type { Kvm } from '../wrappers/kvm';
 import type { VcpuFd } from '../wrappers/vcpu-fd';
@@ -17,7 +16,7 @@ import {
   checkSnapshotFileArg,
   checkSnapshotHost,
   mapSnapshotMemory,
-  snapshotHost,
+  hostOfKvm,
   type SnapshotFile,
 } from './snapshot-file';
 import { restoreVcpuState, restoreVmState, type VcpuState, type VmState } from './vcpu-state';
@@ -126,7 +125,7 @@ export interface DemoMachine {
  */
 export function restoreDemoMachine(kvm: Kvm, chain: readonly SnapshotFile[], state: DemoSnapshotState): DemoMachine {
   const last = chain[chain.length - 1];
-  checkSnapshotHost(last, snapshotHost(kvm.getSupportedCpuid(KVM_MAX_CPUID_ENTRIES).entries));
+  checkSnapshotHost(last, hostOfKvm(kvm));
   const vm = kvm.createVm();
   let memory: GuestMemory | undefined;
   try {

@@ -12,7 +12,6 @@ import { KvmClosedError } from '../abi/errors';
 import { checkObject, checkString, invalidType } from '../abi/validate';
 import { VcpuRuntime } from '../runtime/pool';
 import type { RunOutcome, VcpuRun } from '../runtime/vcpu-run';
-import { KVM_MAX_CPUID_ENTRIES } from '../wrappers/fam';
 import { GuestMemory } from '../wrappers/guest-memory';
 import { Kvm } from '../wrappers/kvm';
 import type { VmFd } from '../wrappers/vm-fd';
@@ -29,7 +28,7 @@ import {
 } from './demo-snapshot';
 import { SnapshotError } from './errors';
 import { zeroFilledRegs } from './regs';
-import { readSnapshotChain, snapshotHost, writeSnapshotFile, type SnapshotHeader } from './snapshot-file';
+import { hostOfKvm, readSnapshotChain, writeSnapshotFile, type SnapshotHeader } from './snapshot-file';
 import { saveVcpuState, saveVmState, saveableMsrs } from './vcpu-state';
 
 /** The end of the demo guest's banner: from then on it takes input. */
@@ -443,7 +442,7 @@ function runDemoMachine(start: DemoStart): DemoVm {
           machine: DEMO_SNAPSHOT_MACHINE,
           state,
           regions: [{ guestPhysAddr: 0n, bytes: memory.bytes }],
-          host: snapshotHost(kvm.getSupportedCpuid(KVM_MAX_CPUID_ENTRIES).entries),
+          host: hostOfKvm(kvm),
           ...(snapOptions.checksumMemory === true ? { checksumMemory: true } : {}),
         });
       } finally {

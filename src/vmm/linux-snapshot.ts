@@ -7,10 +7,9 @@
  *
  * @module
  */
-import { KVM_MAX_CPUID_ENTRIES } from '../wrappers/fam';
 import type { Kvm } from '../wrappers/kvm';
-import type { GuestMemory } from '../wrappers/guest-memory';
 import type { VcpuFd } from '../wrappers/vcpu-fd';
+import type { VmFd } from '../wrappers/vm-fd';
 import type { BootInfo, LinuxMachine } from './boot';
 import { createLinuxVmShell } from './boot';
 import { SnapshotError } from './errors';
@@ -20,7 +19,7 @@ import {
   checkSnapshotFileArg,
   checkSnapshotHost,
   mapSnapshotMemory,
-  snapshotHost,
+  hostOfKvm,
   type SnapshotFile,
 } from './snapshot-file';
 import { restoreVcpuState, restoreVmState, type VcpuState, type VmState } from './vcpu-state';
@@ -138,18 +137,16 @@ export function restoreLinuxMachine(
   options: { trackDirtyPages: boolean },
 ): LinuxMachine {
   const last = chain[chain.length - 1];
-  const supported = kvm.getSupportedCpuid(KVM_MAX_CPUID_ENTRIES).entries;
-  checkSnapshotHost(last, snapshotHost(supported));
-  const vm = createLinuxVmShell(kvm, state.irqchip);
-  let memory: GuestMemory | undefined;
+  checkSnapshotHost(last, hostOfKvm(kvm));
+  const [memory] = mapSnapshotMemory(chain, kvm.backend);
+  let vm: VmFd;
   try {
-    [memory] = mapSnapshotMemory(chain, vm.backend);
-    vm.setUserMemoryRegion({
-      slot: 0,
-      guestPhysAddr: 0n,
-      memory,
-      flags: options.trackDirtyPages ? 1 /* KVM_MEM_LOG_DIRTY_PAGES */ : 0,
-    });
+    vm = createLinuxVmShell(kvm, state.irqchip, { memory, trackDirtyPages: options.trackDirtyPages });
+  } catch (e) {
+    memory.close();
+    throw e;
+  }
+  try {
     const vcpus: VcpuFd[] = [];
     for (const v of state.vcpus) vcpus.push(vm.createVcpu(v.id));
     try {
@@ -178,7 +175,7 @@ export function restoreLinuxMachine(
     };
   } catch (e) {
     vm.close(); // closes the vCPUs made so far
-    memory?.close();
+    memory.close();
     throw e;
   }
 }

@@ -15,7 +15,6 @@ import { Kvm } from '../wrappers/kvm';
 import { VirtioMmioDevice, type VirtioDevice } from '../devices/virtio/mmio-device';
 import { saveVcpuState, saveVmState, saveableMsrs, type VcpuState, type VmState } from './vcpu-state';
 import { KvmClosedError, KvmRangeError } from '../abi/errors';
-import { KVM_MAX_CPUID_ENTRIES } from '../wrappers/fam';
 import {
   LINUX_SNAPSHOT_MACHINE,
   checkLinuxSnapshotState,
@@ -24,7 +23,7 @@ import {
   type LinuxSnapshotVirtio,
 } from './linux-snapshot';
 import { SnapshotError } from './errors';
-import { readSnapshotChain, snapshotHost, writeSnapshotFile, type SnapshotHeader } from './snapshot-file';
+import { hostOfKvm, readSnapshotChain, writeSnapshotFile, type SnapshotHeader } from './snapshot-file';
 import { createLinuxMachine, type BootInfo, type LinuxMachine, type LinuxMachineConfig } from './boot';
 import type { LegacyPcDevices } from '../devices/legacy-pc';
 import type { DeviceStage } from '../devices/port-device';
@@ -337,7 +336,11 @@ export function restoreLinux(path: string, options: RestoreLinuxOptions = {}): L
       });
       virtioDevices.push(d);
       try {
-        d.restoreState(saved.state);
+        // Registers now; the device starts working at the next microtask checkpoint, after
+        // startLinux() below has handed the vCPUs to their threads (their notifications wait in
+        // the ioeventfds meanwhile): its work on restore (views of guest memory, held receive
+        // buffers handed back with a tap read each) then runs while the guest does.
+        d.restoreState(saved.state, { activation: 'deferred' });
       } catch (e) {
         if (e instanceof TypeError || e instanceof RangeError)
           throw new SnapshotError(
@@ -647,7 +650,7 @@ function startLinux(start: LinuxStart): LinuxVm {
           machine: LINUX_SNAPSHOT_MACHINE,
           state,
           regions: [{ guestPhysAddr: 0n, bytes, ...(dirty ? { dirty } : {}) }],
-          host: snapshotHost(kvm.getSupportedCpuid(KVM_MAX_CPUID_ENTRIES).entries),
+          host: hostOfKvm(kvm),
           ...(diff && parent ? { parent } : {}),
           ...(snapOptions.checksumMemory === true ? { checksumMemory: true } : {}),
         });
