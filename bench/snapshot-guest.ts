@@ -6,9 +6,9 @@
  * `result <JSON>`, and exits.
  *
  *   ip netns exec <ns> node -r ts-node/register/transpile-only bench/snapshot-guest.ts take <bzImage> <MiB> <dir> <track 0|1>
- *   … snapshot-guest.ts restore <snapshot> <warm|cold>
+ *   … snapshot-guest.ts restore <snapshot> <warm|cold> [prepared]
  *   … snapshot-guest.ts pieces <snapshot> <reps> [<diff snapshot>]
- *   … snapshot-guest.ts series <snapshot> <n>
+ *   … snapshot-guest.ts series <snapshot> <n> [prepared]
  *
  * - `take`: boots the guest kernel (virtio-net on the TAP, virtio-rng, the loop init), times
  *   bootLinux() to `Run /init`, then a full snapshot (`<dir>/<MiB>.full.snap`); with track=1 it
@@ -18,6 +18,7 @@
  *   first echo reply (a `ping` started before the clock, whose requests wait in the TAP), on a
  *   runtime whose thread is already started and has loaded the Linux device pipeline (`warm`) or a
  *   new one (`cold`).
+ * - `prepared` (restore, series): each restore into a VM made before its clock (`prepareLinuxRestore`).
  * - `series`: `n` restores as `restore warm` does them, one after the other in this process on one
  *   warm runtime (each VM stopped before the next): the first is this process's first restore,
  *   the others what a long-lived service restoring again and again sees.
@@ -43,8 +44,14 @@ import { Tap } from '../src/wrappers/tap';
 import { BOOT_LAYOUT } from '../src/vmm/boot';
 import { hostVirtualization, stockKernelCmdline } from '../src/vmm/host';
 import { bootLinux, restoreLinux, type LinuxVm } from '../src/vmm/linux';
-import { checkLinuxSnapshotState } from '../src/vmm/linux-snapshot';
-import { checkSnapshotHost, mapSnapshotMemory, readSnapshotChain, snapshotHost } from '../src/vmm/snapshot-file';
+import { checkLinuxSnapshotState, prepareLinuxRestore } from '../src/vmm/linux-snapshot';
+import {
+  checkSnapshotHost,
+  mapSnapshotMemory,
+  readSnapshotChain,
+  readSnapshotFile,
+  snapshotHost,
+} from '../src/vmm/snapshot-file';
 import { restoreVcpuState, restoreVmState } from '../src/vmm/vcpu-state';
 import type { VcpuFd } from '../src/wrappers/vcpu-fd';
 
@@ -179,34 +186,38 @@ async function warmRuntime(): Promise<{ runtime: VcpuRuntime; warmUpMs: number }
   }
 }
 
-async function restore(path: string, mode: 'warm' | 'cold'): Promise<void> {
+async function restore(path: string, mode: 'warm' | 'cold', prepared: boolean): Promise<void> {
   const warm = mode === 'warm' ? await warmRuntime() : undefined;
-  const out = await restoreOnce(path, warm?.runtime);
+  const out = await restoreOnce(path, warm?.runtime, prepared);
   if (warm) {
     const tc = now();
     await warm.runtime.close();
     out.closeMs = now() - tc;
   }
-  say({ path, mode, ...(warm ? { warmUpMs: warm.warmUpMs } : {}), ...out });
+  say({ path, mode, prepared, ...(warm ? { warmUpMs: warm.warmUpMs } : {}), ...out });
 }
 
 /** `n` restores one after the other in this process, on one warm runtime: a service restoring again and again. */
-async function series(path: string, n: number): Promise<void> {
+async function series(path: string, n: number, prepared: boolean): Promise<void> {
   const warm = await warmRuntime();
   const restores: Array<Record<string, unknown>> = [];
   try {
-    for (let i = 0; i < n; i++) restores.push(await restoreOnce(path, warm.runtime));
+    for (let i = 0; i < n; i++) restores.push(await restoreOnce(path, warm.runtime, prepared));
   } finally {
     await warm.runtime.close();
   }
-  say({ path, warmUpMs: warm.warmUpMs, restores });
+  say({ path, prepared, warmUpMs: warm.warmUpMs, restores });
 }
 
 /**
  * One restoreLinux() of `path`, timed, on `runtime` (or a new one, whose start then counts, closed
  * at the end); the VM is stopped at the end.
  */
-async function restoreOnce(path: string, warmRuntime: VcpuRuntime | undefined): Promise<Record<string, unknown>> {
+async function restoreOnce(
+  path: string,
+  warmRuntime: VcpuRuntime | undefined,
+  prepare: boolean,
+): Promise<Record<string, unknown>> {
   const tap = Tap.open(TAP);
   const virtio = devices(tap);
   const out: Record<string, unknown> = {};
@@ -220,13 +231,22 @@ async function restoreOnce(path: string, warmRuntime: VcpuRuntime | undefined): 
   ping.stdout.on('data', (b: Buffer) => {
     if (replyAt === undefined && b.toString().includes('bytes from')) replyAt = now();
   });
+  // A prepared VM is made before the clock, as a service keeps one ready for its next restore.
+  const prepared = prepare
+    ? prepareLinuxRestore({ memSize: (readSnapshotFile(path).state as { memSize: number }).memSize })
+    : undefined;
   await sleep(30);
   let linux: LinuxVm | undefined;
   try {
     const t0 = now();
     runtime ??= new VcpuRuntime({ maxVcpus: 1 });
     const got = capture(runtime);
-    linux = restoreLinux(path, { virtio, runtime, signal: AbortSignal.timeout(30_000) });
+    linux = restoreLinux(path, {
+      virtio,
+      runtime,
+      signal: AbortSignal.timeout(30_000),
+      ...(prepared ? { prepared } : {}),
+    });
     const tReturn = now();
     const run = got.run as VcpuRun;
     const net = virtio[0] as ReturnType<typeof virtioNet>;
@@ -273,6 +293,7 @@ async function restoreOnce(path: string, warmRuntime: VcpuRuntime | undefined): 
   } finally {
     ping.kill();
     await linux?.stop();
+    prepared?.close(); // nothing, once a restore took it
     if (warmRuntime === undefined) {
       const tc = now();
       await runtime?.close();
@@ -301,16 +322,17 @@ function restoreSteps(path: string, tap: Tap): Record<string, number> {
   lap('checkState+host');
   const vm = kvm.createVm();
   lap('KVM_CREATE_VM');
-  vm.setTssAddress(BOOT_LAYOUT.tss);
-  vm.setIdentityMapAddress(BOOT_LAYOUT.identityMap);
-  vm.createIrqChip();
-  vm.createPit2({ flags: 0 });
-  lap('TSS+irqchip+PIT');
   const [memory] = mapSnapshotMemory(chain, vm.backend);
   lap('mmap');
   try {
+    // In restoreLinux()'s order: the slot before the irqchip (after it, it costs 4-12 ms here).
     vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory });
     lap('SET_USER_MEMORY_REGION');
+    vm.setTssAddress(BOOT_LAYOUT.tss);
+    vm.setIdentityMapAddress(BOOT_LAYOUT.identityMap);
+    vm.createIrqChip();
+    vm.createPit2({ flags: 0 });
+    lap('TSS+irqchip+PIT');
     const vcpus = state.vcpus.map((v) => vm.createVcpu(v.id));
     lap('KVM_CREATE_VCPU');
     for (const [i, v] of state.vcpus.entries()) restoreVcpuState(vcpus[i], v);
@@ -364,9 +386,9 @@ async function pieces(path: string, reps: number, diffPath?: string): Promise<vo
 async function main(): Promise<void> {
   const [mode, ...a] = process.argv.slice(2);
   if (mode === 'take') await take(a[0], Number(a[1]), a[2], a[3] === '1');
-  else if (mode === 'restore') await restore(a[0], a[1] === 'warm' ? 'warm' : 'cold');
+  else if (mode === 'restore') await restore(a[0], a[1] === 'warm' ? 'warm' : 'cold', a[2] === 'prepared');
   else if (mode === 'pieces') await pieces(a[0], Number(a[1]), a[2] || undefined);
-  else if (mode === 'series') await series(a[0], Number(a[1]));
+  else if (mode === 'series') await series(a[0], Number(a[1]), a[2] === 'prepared');
   else throw new Error(`unknown mode ${mode}`);
 }
 

@@ -123,7 +123,8 @@ export type {
   RestoreLinuxOptions,
   RunLinuxOptions,
 } from './vmm/linux';
-export type { LinuxSnapshotState, LinuxSnapshotVirtio } from './vmm/linux-snapshot';
+export type { LinuxSnapshotState, LinuxSnapshotVirtio, PrepareLinuxRestoreOptions } from './vmm/linux-snapshot';
+export { PreparedLinuxVm, prepareLinuxRestore } from './vmm/linux-snapshot';
 export {
   SNAPSHOT_FORMAT_VERSION,
   SNAPSHOT_MAGIC,

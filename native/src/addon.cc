@@ -328,7 +328,19 @@ class Addon : public Napi::Addon<Addon> {
     if (f.Get("noreserve").ToBoolean()) flags |= MAP_NORESERVE;
     if (f.Get("hugetlb").ToBoolean()) flags |= MAP_HUGETLB;
     if (f.Get("populate").ToBoolean()) flags |= MAP_POPULATE;
-    void* p = mmap(nullptr, static_cast<size_t>(length), PROT_READ | PROT_WRITE, flags,
+    void* at = nullptr;
+    Napi::Value fixed = f.Get("fixed");
+    if (!fixed.IsUndefined()) {
+      bool lossless = false;
+      uint64_t a = fixed.IsBigInt() ? fixed.As<Napi::BigInt>().Uint64Value(&lossless) : 0;
+      if (!lossless || a == 0) {
+        ThrowType(env, "mmap: flags.fixed must be a non-zero u64 bigint");
+        return env.Undefined();
+      }
+      at = reinterpret_cast<void*>(static_cast<uintptr_t>(a));
+      flags |= MAP_FIXED;
+    }
+    void* p = mmap(at, static_cast<size_t>(length), PROT_READ | PROT_WRITE, flags,
                    static_cast<int>(fd), static_cast<off_t>(offset));
     if (p == MAP_FAILED) {
       ThrowErrno(env, errno, "mmap");

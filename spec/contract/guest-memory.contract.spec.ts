@@ -1,6 +1,9 @@
 /**
  * GuestMemory and GuestMemoryMap on both backends: sizes, bounds, views, slot ranges.
  */
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { IoctlBackend } from '../../src/backend/types';
 import { GuestMemory, GuestMemoryMap } from '../../src/wrappers/guest-memory';
 import { Kvm } from '../../src/wrappers/kvm';
@@ -22,6 +25,35 @@ describe.each(contractBackends())('GuestMemory contract: %s', (_name, make) => {
       m.write(0x2ffe, [1, 2]);
       expect([...m.read(0x2ffd, 3)]).toEqual([0, 1, 2]);
       m.close();
+    }
+  });
+
+  it('replaceWithFile maps a file over its own private mapping in place; the file is never written', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kvmrx-gm-'));
+    try {
+      const path = join(dir, 'ram');
+      const data = Buffer.alloc(0x5000);
+      for (let i = 0; i < data.length; i++) data[i] = (i * 7) & 0xff;
+      writeFileSync(path, data);
+      const m = GuestMemory.anonymous(0x3000, { backend, shared: false });
+      const view = m.bytes; // handed out before: it sees the file's pages after
+      const address = m.hostAddress;
+      view[0] = 0xee;
+      m.replaceWithFile(path, { offset: 0x1000 });
+      expect(m.hostAddress).toBe(address);
+      expect(Buffer.from(view).equals(data.subarray(0x1000, 0x4000))).toBe(true);
+      view[5] = 0x55; // copy-on-write
+      expect(readFileSync(path).equals(data)).toBe(true);
+      expectCode(() => m.replaceWithFile(path, { offset: 0x3000 }), 'RangeError', 'ERR_OUT_OF_RANGE'); // past the end
+      expectCode(() => m.replaceWithFile(path, { offset: 12 }), 'RangeError', 'ERR_OUT_OF_RANGE');
+      expectCode(() => m.replaceWithFile(join(dir, 'none')), 'Error', 'ENOENT');
+      m.close();
+      expectCode(() => m.replaceWithFile(path), 'KvmClosedError', 'ERR_KVM_CLOSED');
+      const shared = GuestMemory.anonymous(0x3000, { backend, shared: true });
+      expectCode(() => shared.replaceWithFile(path), 'Error', 'ERR_INVALID_STATE');
+      shared.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

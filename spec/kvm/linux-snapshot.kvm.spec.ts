@@ -3,7 +3,7 @@
  * COM1 input plus one (it polls the line status register): a session snapshotted with input still
  * in the UART's FIFO goes on byte for byte in the restored VM; hostile machine states (valid
  * checksums, malformed contents) are refused or fail cleanly; 100 snapshot/restore cycles leak no
- * fd and no mapping.
+ * fd and no mapping; a prepared VM (`prepareLinuxRestore`) takes a restore alike.
  */
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -12,6 +12,7 @@ import fc from 'fast-check';
 import { firstValueFrom, filter } from 'rxjs';
 import { VcpuRuntime } from '../../src/runtime/pool';
 import { bootLinux, restoreLinux, type LinuxVm } from '../../src/vmm/linux';
+import { prepareLinuxRestore } from '../../src/vmm/linux-snapshot';
 import { SnapshotError } from '../../src/vmm/errors';
 import { readSnapshotFile, writeSnapshotFile } from '../../src/vmm/snapshot-file';
 import { Kvm } from '../../src/wrappers/kvm';
@@ -87,6 +88,55 @@ describeKvm('Linux VM snapshots (crafted kernel)', () => {
     await out2.until(expected.length - before.length);
     expect(before + out2.text).toBe(expected);
     await restored.stop();
+  });
+
+  it('restores into a prepared VM alike; one that does not fit is refused and stays usable; used once', async () => {
+    const vm = bootLinux({ kernel: kernel(), memSize: 32 << 20, signal: AbortSignal.timeout(60_000) });
+    const out = collect(vm);
+    await out.until(1);
+    vm.send('ab');
+    await out.until(3);
+    const path = join(dir, 'prepared.snap');
+    await vm.snapshot(path);
+    await vm.stop();
+    const before = fds();
+
+    const small = prepareLinuxRestore({ memSize: 16 << 20 });
+    expect(() => restoreLinux(path, { prepared: small })).toThrow(
+      expect.objectContaining({
+        code: 'ERR_KVM_SNAPSHOT_MISMATCH',
+        message: expect.stringMatching(/33554432 bytes of RAM, not 16777216/),
+      }),
+    );
+    expect(small.used).toBe(false);
+    small.close();
+    expect(small.used).toBe(true);
+    expect(fds()).toBe(before);
+
+    // With dirty tracking, as the prepared VM says: the restored VM takes a diff.
+    const prepared = prepareLinuxRestore({ memSize: 32 << 20, trackDirtyPages: true });
+    const restored = restoreLinux(path, { prepared, signal: AbortSignal.timeout(60_000) });
+    expect(prepared.used).toBe(true);
+    const out2 = collect(restored);
+    restored.send('cd');
+    expect(await out2.until(2)).toBe('de');
+    const diff = await restored.snapshot(join(dir, 'prepared.diff.snap'), { diff: true });
+    expect(diff.kind).toBe('diff');
+    await restored.stop();
+    expect(() => restoreLinux(path, { prepared })).toThrow(expect.objectContaining({ code: 'ERR_KVM_CLOSED' }));
+    const other = new Kvm();
+    const p3 = prepareLinuxRestore({ memSize: 32 << 20 });
+    expect(() => restoreLinux(path, { prepared: p3, kvm: other })).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }),
+    );
+    p3.close();
+    other.close();
+    expect(() => prepareLinuxRestore({ memSize: 4097 })).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
+    expect(() => restoreLinux(path, { prepared: {} as never })).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }),
+    );
+    expect(fds()).toBe(before);
+    expect(mapped(dir)).toEqual([]);
   });
 
   it('refuses restoring a snapshot of another machine, or with virtio devices that differ', async () => {
@@ -192,7 +242,7 @@ describeKvm('Linux VM snapshots (crafted kernel)', () => {
     expect(mapped(dir)).toEqual([]);
   });
 
-  it('100 snapshot/restore cycles leak no fd and no mapping', async () => {
+  it('100 snapshot/restore cycles (half of them into prepared VMs) leak no fd and no mapping', async () => {
     const runtime = new VcpuRuntime({ maxVcpus: 1 });
     const kvm = new Kvm();
     let path = join(dir, 'cycle-0.snap');
@@ -203,7 +253,14 @@ describeKvm('Linux VM snapshots (crafted kernel)', () => {
     let fdsAt10 = 0;
     let mapsAt10 = 0;
     for (let i = 1; i <= 100; i++) {
-      const vm = restoreLinux(path, { runtime, kvm, signal: AbortSignal.timeout(30_000) });
+      // Every other cycle into a prepared VM (made with the same Kvm).
+      const prepared = i % 2 === 0 ? prepareLinuxRestore({ memSize: 32 << 20, kvm }) : undefined;
+      const vm = restoreLinux(path, {
+        runtime,
+        kvm,
+        signal: AbortSignal.timeout(30_000),
+        ...(prepared ? { prepared } : {}),
+      });
       const out = collect(vm);
       vm.send(String.fromCharCode(0x40 + (i % 32)));
       expect(await out.until(1)).toBe(String.fromCharCode(0x41 + (i % 32)));

@@ -24,6 +24,12 @@ export interface MmapFlags {
   hugetlb?: boolean;
   populate?: boolean;
   /**
+   * `MAP_FIXED` at this address: the new mapping replaces what was mapped there. The backend does
+   * not check whose mapping that is; the safe layer (`GuestMemory.replaceWithFile`) only passes
+   * the address of a mapping it owns.
+   */
+  fixed?: bigint;
+  /**
    * Unmap it when this thread's environment is torn down, if it is still mapped then (a worker
    * thread that ends, e.g. by `process.exit()`, without closing its objects). For mappings that
    * only this thread uses, such as its own kvm_run view.

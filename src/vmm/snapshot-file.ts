@@ -819,7 +819,9 @@ export function readSnapshotChain(path: string, options: ReadSnapshotOptions = {
  * Maps a snapshot chain's memory as guest RAM, region by region: the full snapshot's pages mapped
  * privately from its file (constant time, copy-on-write), then each diff's pages copied over them
  * in order (time in proportion to the pages the diffs hold). Close the memories when done (after
- * the VM's slots).
+ * the VM's slots). With `into` (one private `GuestMemory` per region, of its size: a prepared
+ * VM's RAM, already in its memory slots), the file is mapped over those in place
+ * (`GuestMemory.replaceWithFile`) and they are returned.
  *
  * @example
  * ```ts
@@ -827,16 +829,38 @@ export function readSnapshotChain(path: string, options: ReadSnapshotOptions = {
  * const [ram] = mapSnapshotMemory(chain);
  * vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: chain[0].regions[0].gpa, memory: ram });
  * ```
- * @throws {@link KvmError} from `mmap`; `Error` from the file system (a mapping made is closed)
+ * @throws {@link KvmError} from `mmap`; `Error` from the file system (a mapping made is closed);
+ *   `TypeError` `ERR_INVALID_ARG_VALUE` for `into` that does not fit the snapshot's regions
  */
-export function mapSnapshotMemory(chain: readonly SnapshotFile[], backend?: IoctlBackend): GuestMemory[] {
+export function mapSnapshotMemory(
+  chain: readonly SnapshotFile[],
+  backend?: IoctlBackend,
+  into?: readonly GuestMemory[],
+): GuestMemory[] {
   if (!isList(chain) || chain.length === 0 || chain[0].header.kind !== 'full')
     invalidType('chain', 'a snapshot chain starting with a full snapshot (readSnapshotChain)', chain);
   const base = chain[0];
+  if (into !== undefined) {
+    if (
+      !isList(into) ||
+      into.length !== base.regions.length ||
+      into.some((m, i) => !(m instanceof GuestMemory) || m.size !== base.regions[i].size)
+    )
+      invalidValue(
+        'into',
+        `must be ${base.regions.length} GuestMemory of the snapshot's region sizes (${base.regions.map((r) => r.size).join(', ')})`,
+        into,
+      );
+  }
   const out: GuestMemory[] = [];
   try {
-    for (const r of base.regions)
-      out.push(GuestMemory.fromFile(base.path, { offset: r.offset, size: r.size, ...(backend ? { backend } : {}) }));
+    for (const [i, r] of base.regions.entries()) {
+      if (into !== undefined) {
+        into[i].replaceWithFile(base.path, { offset: r.offset });
+        out.push(into[i]);
+      } else
+        out.push(GuestMemory.fromFile(base.path, { offset: r.offset, size: r.size, ...(backend ? { backend } : {}) }));
+    }
     for (const diff of chain.slice(1)) {
       const fd = openSync(diff.path, 'r');
       try {
@@ -867,7 +891,7 @@ export function mapSnapshotMemory(chain: readonly SnapshotFile[], backend?: Ioct
     }
     return out;
   } catch (e) {
-    for (const m of out) m.close();
+    if (into === undefined) for (const m of out) m.close(); // the caller's own are left to it
     throw e;
   }
 }

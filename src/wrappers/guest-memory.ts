@@ -178,6 +178,69 @@ export class GuestMemory implements Disposable {
     }
   }
 
+  /**
+   * Maps `this.size` bytes of a file at `offset` privately over this mapping, in place
+   * (`MAP_FIXED`): the same address and size, so a VM memory slot over it and the views already
+   * handed out stay valid and now see the file's pages, read when first touched, copied on write.
+   * A prepared VM takes a snapshot's RAM this way without a new memory slot. The mapping must be
+   * this object's own and private (`GuestMemory.anonymous(size, { shared: false })` or
+   * `fromFile`); with the mock backend the bytes are copied in. Do it before a vCPU runs over
+   * the memory: what the guest wrote before is gone.
+   *
+   * @example
+   * ```ts
+   * // @ts-setup: declare const vm: import('kvm-rx').VmFd;
+   * using mem = GuestMemory.anonymous(0x800_0000, { shared: false });
+   * vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0n, memory: mem });
+   * mem.replaceWithFile('vm.snap', { offset: 0x10000 }); // later, in place
+   * ```
+   * @throws `RangeError` `ERR_OUT_OF_RANGE` for an offset that is not a multiple of the page size
+   *   or a range beyond the end of the file; `Error` `ERR_INVALID_STATE` for a shared or borrowed
+   *   mapping; {@link KvmClosedError} after {@link close}; `Error` from `fs.openSync`;
+   *   {@link KvmError} from `mmap`
+   */
+  replaceWithFile(path: string, options: { offset?: number } = {}): void {
+    this.#check();
+    checkString('path', path);
+    checkObject('options', options);
+    const page = this.backend.pageSize;
+    const offset = checkInt('options.offset', options.offset ?? 0, 0, Number.MAX_SAFE_INTEGER);
+    if (offset % page !== 0) outOfRange('options.offset', `a multiple of the page size (${page})`, offset);
+    if (this.shared || this.#borrowed)
+      throw Object.assign(
+        new Error(
+          `only a private mapping this GuestMemory owns can be replaced (this one is ${this.#borrowed ? 'borrowed' : 'shared'})`,
+        ),
+        { code: 'ERR_INVALID_STATE' },
+      );
+    const fd = openSync(path, 'r');
+    try {
+      const fileSize = fstatSync(fd).size;
+      if (offset + this.size > fileSize)
+        throw new KvmRangeError(
+          'ERR_OUT_OF_RANGE',
+          `${path}: [${offset}, ${offset + this.size}) is beyond the end of the file (${fileSize} bytes)`,
+        );
+      if (this.backend.kind !== 'native') {
+        readFully(fd, this.bytes, offset);
+        return;
+      }
+      const at = this.backend.mmap(
+        this.size,
+        { shared: false, anonymous: false, noreserve: true, fixed: this.#address },
+        fd,
+        offset,
+      );
+      if (at !== this.#address) {
+        // Linux maps MAP_FIXED at the address or fails; anything else would leave two mappings.
+        this.backend.munmap(at, this.size);
+        throw new Error(`mmap(MAP_FIXED) returned 0x${at.toString(16)}, not 0x${this.#address.toString(16)}`);
+      }
+    } finally {
+      closeSync(fd);
+    }
+  }
+
   /** Whether `close()` has been called. */
   get closed(): boolean {
     return this.#closed;

@@ -265,6 +265,9 @@ export class MockBackend implements IoctlBackend {
 
   mmap(length: number, flags: MmapFlags, fd: number, offset: number): bigint {
     if (!Number.isInteger(length) || length <= 0) throw new KvmError(errnoOf('EINVAL'), 'mmap');
+    // The mock has no files to map over its memory (GuestMemory copies instead).
+    if (flags.fixed !== undefined)
+      throw new KvmError(errnoOf('EINVAL'), 'mmap', { detail: 'the mock does not map at a fixed address' });
     let buffer: ArrayBuffer;
     if (flags.anonymous) {
       buffer = new ArrayBuffer(length);
