@@ -88,6 +88,10 @@ function fail(code: SandboxErrorCode, message: string, extra: { fault?: SandboxF
   throw new SandboxError(code, message, { poisoned: true, ...extra });
 }
 
+/** @internal For specs: a sandbox's guest RAM (to break its ring-0 structures on purpose). */
+// eslint-disable-next-line prefer-const -- assigned in Sandbox's static block
+export let memoryOf: (sandbox: Sandbox) => Uint8Array;
+
 /**
  * A sandbox: one guest ELF in a micro-VM of its own (one vCPU, no devices), booted to its ready
  * point. Its exports are called with {@link call}; one call at a time.
@@ -118,6 +122,10 @@ export class Sandbox implements Disposable, AsyncDisposable {
   #closed = false;
   #poison: SandboxError | undefined;
   #watchdog: Watchdog;
+
+  static {
+    memoryOf = (s) => s.#bytes;
+  }
 
   private constructor(kvm: Kvm, ownKvm: boolean, image: Uint8Array, elf: ElfKernel, options: SandboxOptions) {
     this.#kvm = kvm;
