@@ -47,7 +47,7 @@ export const SANDBOX_LAYOUT = {
   imageBase: 0x400000,
   /** `KVMRX_STACK_SIZE`: the top of guest RAM is the guest's stack. */
   stackSize: 0x200000,
-  /** `KVMRX_DOORBELL`: a guest exits with a 4-byte write of a {@link SandboxExit} code here (MMIO: no RAM behind it). */
+  /** `KVMRX_DOORBELL`: a guest exits with a 4-byte write of a `KVMRX_EXIT_*` code here (MMIO: no RAM behind it). */
   doorbell: 0x4000_0000,
 } as const;
 

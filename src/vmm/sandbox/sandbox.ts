@@ -89,7 +89,6 @@ function fail(code: SandboxErrorCode, message: string, extra: { fault?: SandboxF
 }
 
 /** @internal For specs: a sandbox's guest RAM (to break its ring-0 structures on purpose). */
-// eslint-disable-next-line prefer-const -- assigned in Sandbox's static block
 export let memoryOf: (sandbox: Sandbox) => Uint8Array;
 
 /**
