@@ -115,6 +115,17 @@ export { cpioNewc } from './vmm/cpio';
 export { saveVcpuState, restoreVcpuState, saveVmState, restoreVmState, saveableMsrs } from './vmm/vcpu-state';
 export type { VcpuState, VmState } from './vmm/vcpu-state';
 export type { CpioEntry } from './vmm/cpio';
+// Sandboxes: a guest built with the guest SDK (guest/sdk/), called function by function.
+export { Sandbox, SandboxError, GuestError, SANDBOX_ABI_VERSION, SANDBOX_LAYOUT } from './vmm/sandbox/index';
+export type {
+  SandboxOptions,
+  CallOptions,
+  HostFunction,
+  SandboxErrorCode,
+  SandboxFault,
+  SandboxValue,
+  JsonValue,
+} from './vmm/sandbox/index';
 export type {
   BootLinuxOptions,
   LinuxOutcome,
