@@ -91,6 +91,8 @@ function fail(code: SandboxErrorCode, message: string, extra: { fault?: SandboxF
 /** @internal For specs: a sandbox's guest RAM (to break its ring-0 structures on purpose). */
 export let memoryOf: (sandbox: Sandbox) => Uint8Array;
 
+const CREATE = Symbol('Sandbox.create');
+
 /**
  * A sandbox: one guest ELF in a micro-VM of its own (one vCPU, no devices), booted to its ready
  * point. Its exports are called with {@link call}; one call at a time.
@@ -126,7 +128,17 @@ export class Sandbox implements Disposable, AsyncDisposable {
     memoryOf = (s) => s.#bytes;
   }
 
-  private constructor(kvm: Kvm, ownKvm: boolean, image: Uint8Array, elf: ElfKernel, options: SandboxOptions) {
+  private constructor(
+    token: symbol,
+    kvm: Kvm,
+    ownKvm: boolean,
+    image: Uint8Array,
+    elf: ElfKernel,
+    options: SandboxOptions,
+  ) {
+    // `private` is TypeScript's; from JavaScript the constructor is reachable.
+    if (token !== CREATE)
+      throw Object.assign(new TypeError('a Sandbox is made by Sandbox.create()'), { code: 'ERR_ILLEGAL_CONSTRUCTOR' });
     this.#kvm = kvm;
     this.#ownKvm = ownKvm;
     this.#memSize = options.memSize ?? DEFAULT_MEM;
@@ -189,7 +201,7 @@ export class Sandbox implements Disposable, AsyncDisposable {
     const kvm = options.kvm ?? new Kvm();
     let sandbox: Sandbox;
     try {
-      sandbox = new Sandbox(kvm, ownKvm, image, elf, options);
+      sandbox = new Sandbox(CREATE, kvm, ownKvm, image, elf, options);
     } catch (e) {
       if (ownKvm) kvm.close();
       throw e;
