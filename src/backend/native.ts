@@ -52,7 +52,8 @@ export interface NativeAddon {
   setAffinity(cpu: number): void;
 }
 
-function packageRoot(): string {
+/** @internal The package's root: the first folder above this file that holds binding.gyp. */
+export function packageRoot(): string {
   let dir = __dirname;
   for (;;) {
     if (existsSync(join(dir, 'binding.gyp'))) return dir;

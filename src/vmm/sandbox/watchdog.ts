@@ -14,10 +14,8 @@
  *
  * @module
  */
-import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { loadAddon } from '../../backend/native';
+import { loadAddon, packageRoot } from '../../backend/native';
 
 const STATE = 0; // Int32 index: 0 idle, 1 armed
 const GEN = 1; // Int32 index: bumped on every arm and disarm
@@ -72,7 +70,7 @@ export class Watchdog {
     const nodeGypBuild = require.resolve('node-gyp-build');
     this.#worker = new Worker(WORKER_SOURCE, {
       eval: true,
-      workerData: { sab, nodeGypBuild, root: packageRootOf() },
+      workerData: { sab, nodeGypBuild, root: packageRoot() },
       stdout: false,
       stderr: false,
     });
@@ -101,15 +99,5 @@ export class Watchdog {
   disarm(): void {
     Atomics.store(this.#i32, STATE, 0);
     Atomics.add(this.#i32, GEN, 1);
-  }
-}
-
-function packageRootOf(): string {
-  let dir = __dirname;
-  for (;;) {
-    if (existsSync(join(dir, 'binding.gyp'))) return dir;
-    const up = dirname(dir);
-    if (up === dir) throw new Error('kvm-rx: cannot find the package root (binding.gyp) above ' + __dirname);
-    dir = up;
   }
 }
