@@ -5,7 +5,7 @@
  *
  * @module
  */
-export { attachGdb } from './server';
+export { attachGdb, parseGdbListen } from './server';
 export type { AttachGdbOptions, GdbListen, GdbServer } from './server';
 export { GdbSession, stopReply, MAX_READ } from './session';
 export type { GdbSessionOptions, GdbTransport, SessionEnd } from './session';

@@ -51,7 +51,13 @@ export interface GdbServer extends AsyncDisposable {
 
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1']);
 
-function parseListen(listen: GdbListen): { host: string; port: number } | { path: string } {
+/**
+ * Where {@link attachGdb} would listen for `listen` (for checking a command-line value early).
+ *
+ * @example `parseGdbListen('1234') // { host: '127.0.0.1', port: 1234 }`
+ * @throws `TypeError` `ERR_INVALID_ARG_VALUE` for a port out of range or a non-loopback host
+ */
+export function parseGdbListen(listen: GdbListen): { host: string; port: number } | { path: string } {
   const port = (p: unknown, host: string) => {
     if (typeof p !== 'number' || !Number.isInteger(p) || p < 0 || p > 65535)
       invalidValue('options.listen', 'must have a port from 0 to 65535', p);
@@ -101,7 +107,7 @@ function machineOf(m: Debuggable | GdbMachine): GdbMachine {
  */
 export async function attachGdb(machine: Debuggable | GdbMachine, options: AttachGdbOptions): Promise<GdbServer> {
   checkObject('options', options);
-  const where = parseListen(options.listen);
+  const where = parseGdbListen(options.listen);
   if (options.wait !== undefined && typeof options.wait !== 'boolean')
     invalidType('options.wait', 'of type boolean', options.wait);
   if (

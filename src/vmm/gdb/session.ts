@@ -237,7 +237,8 @@ export class GdbSession {
     try {
       reply = await this.#dispatch(text, payload);
     } catch (e) {
-      this.#log(`'${text.slice(0, 40)}' failed: ${(e as Error).message}`);
+      // A target's refusal (memory not mapped, no free slot) is gdb's to report; anything else is logged.
+      if (!(e instanceof GdbTargetError)) this.#log(`'${text.slice(0, 40)}' failed: ${(e as Error).message}`);
       reply = errorReply(e);
     }
     if (reply !== undefined) this.#send(reply);
