@@ -2,7 +2,7 @@
  * The x86 parts of the GDB stub without KVM: the page walk (every paging mode, large pages,
  * faults, tables outside guest memory), the register block and the watchpoint splitting.
  */
-import type { KvmFpu, KvmRegs, KvmSregs } from '../../src/abi/layouts';
+import type { KvmFpu, KvmRegs } from '../../src/abi/layouts';
 import { alignedPieces } from '../../src/vmm/gdb/kvm-target';
 import { translate, type PagingRegisters } from '../../src/vmm/gdb/paging';
 import { GdbTargetError } from '../../src/vmm/gdb/target';
@@ -163,7 +163,7 @@ describe('x86-64 registers for gdb', () => {
       efer: 0xd01n,
       apicBase: 0xfee0_0900n,
       interruptBitmap: [0n, 0n, 0n, 0n],
-    } as unknown as KvmSregs,
+    },
     fpu: {
       fpr: new Uint8Array(128),
       fcw: 0x37f,
