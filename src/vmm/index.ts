@@ -67,3 +67,4 @@ export { bootLinux } from './linux';
 export type { BootLinuxOptions, LinuxOutcome, LinuxVm } from './linux';
 export { LINUX_EVENT_CHANNELS } from './linux-devices';
 export type { LinuxDeviceStage, LinuxDevicesOptions, LinuxDevicesStats, LinuxResetCause } from './linux-devices';
+export * from './gdb/index';
