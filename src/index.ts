@@ -178,3 +178,21 @@ export { checkHost, hostSummary, formatReport, reportJson, RELIED_ON_CAPS } from
 export type { CapNeed, CheckHostOptions, CheckStatus, HostCheck, HostFacts, HostReport } from './vmm/doctor';
 export { EmulationFailureError } from './vmm/emulation-fallback';
 export type { EmulationFallbackStats } from './vmm/emulation-fallback';
+// The GDB remote stub: attachGdb(machine, { listen }) for bootLinux()/startDemo() handles (or a
+// GdbMachine of your own); GdbSession and GdbTarget to serve gdb for a target of your own.
+export { attachGdb, parseGdbListen, GdbSession, GdbTargetError, KvmGdbTarget, GDB_MACHINE } from './vmm/gdb/index';
+export type {
+  AttachGdbOptions,
+  Debuggable,
+  GdbListen,
+  GdbMachine,
+  GdbServer,
+  GdbSessionOptions,
+  GdbTarget,
+  GdbTransport,
+  KvmGdbTargetOptions,
+  SessionEnd,
+  SoftwareBreakpoints,
+  StopReason,
+  TargetExited,
+} from './vmm/gdb/index';

@@ -21,6 +21,8 @@ import { Tap } from '../wrappers/tap';
 import { Subject } from 'rxjs';
 import { LINUX_EVENT_CHANNELS } from '../vmm/linux-devices';
 import { attachConsole } from './console';
+import { GDB_OPTIONS, GDB_USAGE, parseGdbOptions, startGdb, type GdbCli } from './gdb';
+import type { GdbServer } from '../vmm/gdb/server';
 
 /** The minimal kernel command line (what `--cmdline` should at least contain). */
 export const DEFAULT_CMDLINE = BASE_CMDLINE;
@@ -84,7 +86,7 @@ Options:
                      LinuxDeviceStage (see docs/vmm.md), run in the vCPU's thread in
                      front of the VM's devices. What it emits (ctx.emit) is printed on
                      stderr as "[kvm-rx] <channel>: <data>".
-  -h, --help         Show this help.
+${GDB_USAGE}  -h, --help         Show this help.
 
 Keys: Ctrl-A x quits; Ctrl-A s writes a snapshot (to --snapshot <file>, or
 kvm-rx-<pid>-<n>.snap here); Ctrl-A Ctrl-A sends Ctrl-A. Everything else goes to the guest.
@@ -278,6 +280,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
   let snap: SnapshotCli;
   let cpus = 1;
   let hvcConsole = false;
+  let gdb: GdbCli | undefined;
   try {
     let values;
     try {
@@ -295,6 +298,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
           devices: { type: 'string' },
           ...DEVICE_OPTIONS,
           ...SNAPSHOT_OPTIONS,
+          ...GDB_OPTIONS,
           cpus: { type: 'string' },
         },
         strict: true,
@@ -316,6 +320,9 @@ export async function cmdBoot(argv: string[]): Promise<number> {
     }
     devs = parseDeviceOptions(values);
     snap = parseSnapshotOptions(values);
+    const g = parseGdbOptions(values);
+    if (typeof g === 'string') throw new UsageError(g);
+    gdb = g;
     hvcConsole = devs.hvcConsole;
     cmdline = values.cmdline ?? stockKernelCmdline(hostVirtualization());
     if (hvcConsole && values.cmdline === undefined) cmdline = cmdline.replace('console=ttyS0', 'console=hvc0');
@@ -368,6 +375,7 @@ export async function cmdBoot(argv: string[]): Promise<number> {
         trace,
         signal: ac.signal,
         output: (bytes) => watch.write(bytes),
+        ...(gdb?.wait === true ? { paused: true } : {}),
         ...(devicesPath !== undefined ? { devices: { pipeline: resolve(devicesPath) } } : {}),
         ...(virtio.length > 0 ? { virtio, virtioLog: (m: string) => process.stderr.write(`\r\n[kvm-rx] ${m}\n`) } : {}),
       }),
@@ -400,18 +408,33 @@ export async function cmdBoot(argv: string[]): Promise<number> {
     throw e;
   }
 
-  return superviseLinux({
-    cmd: 'kvm-rx boot',
-    vm,
-    hvcConsole,
-    hvcInput,
-    tap,
-    timeoutS,
-    trace,
-    devicesPath,
-    snapshot: { ...snap, meta: { cli: cliMeta } },
-    watch,
-  });
+  let gdbServer: GdbServer | undefined;
+  if (gdb !== undefined) {
+    try {
+      gdbServer = await startGdb(vm.handle, gdb);
+    } catch (e) {
+      process.stderr.write(`kvm-rx boot: --gdb ${gdb.listen}: ${(e as Error).message}\n`);
+      await vm.handle.stop();
+      tap?.close();
+      return BOOT_STATUS.error;
+    }
+  }
+  try {
+    return await superviseLinux({
+      cmd: 'kvm-rx boot',
+      vm,
+      hvcConsole,
+      hvcInput,
+      tap,
+      timeoutS,
+      trace,
+      devicesPath,
+      snapshot: { ...snap, meta: { cli: cliMeta } },
+      watch,
+    });
+  } finally {
+    await gdbServer?.close();
+  }
 }
 
 /** What {@link superviseLinux} runs: a VM started by `kvm-rx boot` or `kvm-rx restore`. */

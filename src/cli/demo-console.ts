@@ -6,6 +6,8 @@
 import { resolve } from 'node:path';
 import type { DemoOptions, DemoVm } from '../vmm/demo';
 import { attachConsole } from './console';
+import { startGdb, type GdbCli } from './gdb';
+import type { GdbServer } from '../vmm/gdb/server';
 
 /**
  * @internal Runs a demo VM (`start` makes it: `startDemo` or `restoreDemo`) with its UART on the
@@ -16,6 +18,7 @@ export async function demoOnConsole(
   start: (options: DemoOptions) => DemoVm,
   timeoutS: number | undefined,
   snapshotPath: string | undefined,
+  gdb?: GdbCli,
 ): Promise<number> {
   const ac = new AbortController();
   let why: 'timeout' | 'quit' | 'input ended' | 'signal' | undefined;
@@ -47,6 +50,7 @@ export async function demoOnConsole(
   const onSignal = () => stop('signal');
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  let gdbServer: GdbServer | undefined;
   try {
     vm = start({
       output: (bytes) => {
@@ -56,11 +60,21 @@ export async function demoOnConsole(
       onStart: (send) => console_.connect(send),
       signal: ac.signal,
     });
+    if (gdb !== undefined) {
+      try {
+        gdbServer = await startGdb(vm, gdb);
+      } catch (e) {
+        process.stderr.write(`\r\n[kvm-rx] --gdb ${gdb.listen}: ${(e as Error).message}\r\n`);
+        await vm.stop();
+        return 1;
+      }
+    }
     const outcome = await vm.done;
     const end = outcome.reset ? 'guest reset the machine' : `VM ${outcome.reason}${why ? ` (${why})` : ''}`;
     process.stderr.write(`\r\n[kvm-rx] ${end} after ${outcome.exits} exits\r\n`);
     return 0;
   } finally {
+    await gdbServer?.close();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     console_.close();

@@ -11,6 +11,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { startDemo } from '../vmm/demo';
 import { demoOnConsole } from './demo-console';
+import { GDB_OPTIONS, parseGdbOptions, type GdbCli } from './gdb';
 
 const USAGE = `Usage: kvm-rx <command> [options]
 
@@ -45,6 +46,10 @@ Options:
   --timeout <s>   Stop the VM after this many seconds.
   --snapshot <f>  Where Ctrl-A s writes a snapshot (default kvm-rx-<pid>-<n>.snap here);
                   resume it with kvm-rx restore <f>.
+  --gdb <where>   Serve gdb on 127.0.0.1:<port> (a number) or on the Unix socket <path>:
+                  gdb -ex 'target remote :<port>'. A gdb connecting stops the guest;
+                  detach or quit lets it run on. See docs/debugging.md.
+  --gdb-wait      Keep the guest stopped before its first instruction until gdb connects.
   -h, --help      Show this help.
 
 Exit status: 0 when the guest reset the machine or the VM was stopped (Ctrl-A x, end of
@@ -69,12 +74,18 @@ function version(): string {
 async function cmdRun(argv: string[]): Promise<number> {
   let timeoutS: number | undefined;
   let snapshotPath: string | undefined;
+  let gdb: GdbCli | undefined;
   try {
     let values;
     try {
       ({ values } = parseArgs({
         args: argv,
-        options: { help: { type: 'boolean', short: 'h' }, timeout: { type: 'string' }, snapshot: { type: 'string' } },
+        options: {
+          help: { type: 'boolean', short: 'h' },
+          timeout: { type: 'string' },
+          snapshot: { type: 'string' },
+          ...GDB_OPTIONS,
+        },
         strict: true,
         allowPositionals: false,
       }));
@@ -86,6 +97,9 @@ async function cmdRun(argv: string[]): Promise<number> {
       return 0;
     }
     if (values.snapshot !== undefined) snapshotPath = resolve(values.snapshot);
+    const g = parseGdbOptions(values);
+    if (typeof g === 'string') throw new UsageError(g);
+    gdb = g;
     if (values.timeout !== undefined) {
       timeoutS = Number(values.timeout);
       if (!Number.isFinite(timeoutS) || timeoutS <= 0)
@@ -95,7 +109,12 @@ async function cmdRun(argv: string[]): Promise<number> {
     if (e instanceof UsageError) return usageError('kvm-rx run', e.message);
     throw e;
   }
-  return demoOnConsole(startDemo, timeoutS, snapshotPath);
+  return demoOnConsole(
+    gdb?.wait === true ? (o) => startDemo({ ...o, paused: true }) : startDemo,
+    timeoutS,
+    snapshotPath,
+    gdb,
+  );
 }
 
 async function main(argv: string[]): Promise<number> {

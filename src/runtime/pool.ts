@@ -78,6 +78,12 @@ export interface StartOptions {
    * docs/performance.md). Default: no pinning.
    */
   pinCpu?: number;
+  /**
+   * Start paused: the worker parks before the vCPU's first instruction, as after `run.pause()`
+   * (`run.paused` turns true once it has; the vCPU's ioctls then work from this thread), until
+   * `run.resume()`. For a debugger that must see the first instruction. Default `false`.
+   */
+  paused?: boolean;
 }
 
 function workerFile(): { filename: string; execArgv: string[] | undefined } {
@@ -192,6 +198,8 @@ export class VcpuRuntime implements AsyncDisposable {
     if (!['main', 'error', 'ignore'].includes(unhandled))
       invalidValue('options.unhandled', "must be 'main', 'error' or 'ignore'", unhandled);
     const pinCpu = options.pinCpu === undefined ? undefined : checkInt('options.pinCpu', options.pinCpu, 0, 1023);
+    if (options.paused !== undefined && typeof options.paused !== 'boolean')
+      invalidType('options.paused', 'of type boolean', options.paused);
     const vm = vcpu.vm;
     // The worker gets fds of its own: closing the VM or the vCPU here, even before the thread has
     // started, neither breaks the run (it is kicked and stops) nor lets it use a reused fd number.
@@ -231,6 +239,7 @@ export class VcpuRuntime implements AsyncDisposable {
       for (const r of releases.splice(0)) r();
     };
     if (pinCpu !== undefined) task.pinCpu = pinCpu;
+    if (options.paused === true) task.paused = true;
     vcpu.setOwner(`a VcpuRuntime worker thread`);
     let result: Promise<TaskOutcome>;
     try {
@@ -242,7 +251,7 @@ export class VcpuRuntime implements AsyncDisposable {
       backend.close(vmFd);
       throw e;
     }
-    const run = new VcpuRun(vcpu, sab, port1, result, options.signal, releaseMemory);
+    const run = new VcpuRun(vcpu, sab, port1, result, options.signal, releaseMemory, options.paused === true);
     this.#runs.add(run);
     const control = new Int32Array(sab, 0, CONTROL_BYTES / 4);
     const release = () => {

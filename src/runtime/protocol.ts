@@ -22,7 +22,7 @@
 
 import type { MessagePort } from 'node:worker_threads';
 import type { RecordedExit } from './recording';
-import { VCPU_EXIT_KINDS, type IoOutExit, type MmioWriteExit } from '../wrappers/vcpu-exit';
+import { VCPU_EXIT_KINDS, type DebugExit, type IoOutExit, type MmioWriteExit } from '../wrappers/vcpu-exit';
 import type { SerializedError } from './errors';
 
 /** Int32 word indices of the control block. */
@@ -46,6 +46,11 @@ export const ControlWord = {
   wakeRequested: 8,
   /** Set by the worker once it closed the task's duplicated fds (else the pool closes them). */
   fdsClosed: 9,
+  /**
+   * How many `debug$` subscribers the main thread has: while > 0 the worker parks the vCPU at a
+   * `Debug` exit (as if paused) and posts it to the main thread instead of giving it to the pipeline.
+   */
+  debugSubscribers: 10,
 } as const;
 
 /** {@link ControlWord.state}: where the worker is. */
@@ -56,8 +61,8 @@ export const MailboxState = { empty: 0, posted: 1, answered: 2 } as const;
 
 /** Bytes of the control block. */
 export const CONTROL_BYTES = 64;
-/** BigInt64 index (in a BigInt64Array over the SAB) of the worker's pthread id: byte 40. */
-export const THREAD_ID_SLOT = 5;
+/** BigInt64 index (in a BigInt64Array over the SAB) of the worker's pthread id: byte 56. */
+export const THREAD_ID_SLOT = 7;
 /**
  * Float64 index (in a Float64Array over the control block) of the time the worker entered
  * {@link RunState.running}, `performance.timeOrigin + performance.now()` in ms: byte 48.
@@ -191,6 +196,8 @@ export interface VcpuTask {
   port: MessagePort;
   /** Pin the worker thread to this CPU while the task runs (benchmarks); undefined: no pinning. */
   pinCpu?: number;
+  /** Park before the first `KVM_RUN`, as if paused with id 1, until `resume`. */
+  paused?: boolean;
 }
 
 /** How a run ended, as the worker reports it. */
@@ -220,7 +227,9 @@ export type WorkerToMain =
   | { type: 'result'; id: number; value?: unknown; error?: SerializedError }
   | { type: 'end' }
   /** Parked between exits after a `pause`: the vCPU is out of `KVM_RUN` until `resume`. */
-  | { type: 'paused'; id: number };
+  | { type: 'paused'; id: number }
+  /** Parked at a `Debug` exit (while `debug$` has subscribers): out of `KVM_RUN` until `resume`. */
+  | { type: 'debug'; exit: DebugExit };
 
 /**
  * The exit a posted-write record stands for (an `IoOut` or `MmioWrite` with a copy of the data),

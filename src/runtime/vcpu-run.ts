@@ -9,7 +9,7 @@ import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { deliverExit } from './hold';
 import type { RecordedExit } from './recording';
 import type { IoctlBackend } from '../backend/types';
-import { VCPU_EXIT_KINDS, decodeExit, type VcpuExit } from '../wrappers/vcpu-exit';
+import { VCPU_EXIT_KINDS, decodeExit, type DebugExit, type VcpuExit } from '../wrappers/vcpu-exit';
 import type { VcpuFd } from '../wrappers/vcpu-fd';
 import { RUN } from '../wrappers/kvm-run';
 import { UnhandledExitError, describeExit, reviveError, serializeError } from './errors';
@@ -107,6 +107,31 @@ export class VcpuRun implements AsyncDisposable {
    * after that exit. Completes when the run ends (after every emitted value), also when it fails.
    */
   readonly events$: Observable<{ channel: string; data: unknown }>;
+  /**
+   * `Debug` exits (single-step, hardware breakpoints and watchpoints, `KVM_GUESTDBG_*` set with
+   * `vcpu.setGuestDebug()`), for a debugger on this thread. While someone is subscribed, the worker
+   * does not give `Debug` exits to its pipeline: it parks the vCPU at each one, out of `KVM_RUN`,
+   * as {@link pause} does, and the exit is emitted here with {@link paused} already true: read and
+   * change the vCPU's state from this thread, then {@link resume}. A `Debug` exit that arrives
+   * when the last subscriber has left resumes the vCPU at once (unless a {@link pause} is pending).
+   * Without subscribers nothing changes: `Debug` exits go to the pipeline. Hot; completes when the
+   * run ends.
+   *
+   * @example
+   * ```ts
+   * // @ts-setup: declare const run: VcpuRun;
+   * import { constants } from 'kvm-rx';
+   * run.debug$.subscribe((exit) => {
+   *   console.log(`stepped to 0x${exit.pc.toString(16)}`); // run.paused is true here
+   *   run.vcpu.setGuestDebug({ control: 0 });
+   *   run.resume();
+   * });
+   * await run.pause();
+   * run.vcpu.setGuestDebug({ control: constants.KVM_GUESTDBG_ENABLE | constants.KVM_GUESTDBG_SINGLESTEP });
+   * run.resume();
+   * ```
+   */
+  readonly debug$: Observable<DebugExit>;
   readonly #ctrl: Int32Array;
   readonly #tid: BigInt64Array;
   readonly #ring: DataView;
@@ -118,6 +143,8 @@ export class VcpuRun implements AsyncDisposable {
   readonly #exits = new Subject<VcpuExit>();
   readonly #monitor = new Subject<ExitSummary>();
   readonly #events = new Subject<{ channel: string; data: unknown }>();
+  readonly #debug = new Subject<DebugExit>();
+  #debugObservers = 0;
   #exitObservers = 0;
   #pullQueue: VcpuExit[] = [];
   #pullWaiters: Array<(r: IteratorResult<VcpuExit>) => void> = [];
@@ -155,8 +182,14 @@ export class VcpuRun implements AsyncDisposable {
     task: Promise<TaskOutcome>,
     signal?: AbortSignal,
     releaseMemory: () => void = () => undefined,
+    startPaused = false,
   ) {
     this.vcpu = vcpu;
+    if (startPaused) {
+      // The worker parks before its first KVM_RUN and answers as to a pause with id 1.
+      this.#pauseId = 1;
+      this.#pausing.push({ resolve: () => undefined, reject: () => undefined });
+    }
     this.#releaseMemory = releaseMemory;
     const run = vcpu.getKvmRun();
     // The kick writes immediate_exit through this mapping: it stays mapped until the run ends,
@@ -213,6 +246,20 @@ export class VcpuRun implements AsyncDisposable {
       };
     }).pipe(share());
     this.events$ = this.#events.asObservable();
+    this.debug$ = new Observable<DebugExit>((sub) => {
+      if (this.#released) {
+        sub.complete();
+        return undefined;
+      }
+      this.#debugObservers++;
+      Atomics.add(this.#ctrl, ControlWord.debugSubscribers, 1);
+      const s = this.#debug.subscribe(sub);
+      return () => {
+        this.#debugObservers--;
+        if (!this.#released) Atomics.sub(this.#ctrl, ControlWord.debugSubscribers, 1);
+        s.unsubscribe();
+      };
+    });
     const onAbort = () => void this.stop();
     if (signal?.aborted) queueMicrotask(onAbort);
     signal?.addEventListener('abort', onAbort, { once: true });
@@ -251,7 +298,14 @@ export class VcpuRun implements AsyncDisposable {
 
   #onMessage(m: WorkerToMain): void {
     if (m.type === 'emit') this.#events.next({ channel: m.channel, data: m.data });
-    else if (m.type === 'end') this.#portEnded();
+    else if (m.type === 'debug') {
+      if (this.#ended) return;
+      // Parked at a Debug exit, out of KVM_RUN: paused, as after pause().
+      this.#paused = true;
+      this.vcpu.setOwner(undefined);
+      if (this.#debugObservers > 0) this.#debug.next(m.exit);
+      else if (this.#pausing.length === 0) this.resume(); // the debugger left meanwhile
+    } else if (m.type === 'end') this.#portEnded();
     else if (m.type === 'paused') {
       // Resumed before the worker parked (it wakes at once), or the answer to an earlier pause.
       if (this.#pausing.length === 0 || m.id !== this.#pauseId) return;
@@ -378,11 +432,13 @@ export class VcpuRun implements AsyncDisposable {
       this.#exits.error(error);
       this.#monitor.complete();
       this.#events.complete();
+      this.#debug.complete();
       throw error;
     }
     this.#exits.complete();
     this.#monitor.complete();
     this.#events.complete();
+    this.#debug.complete();
     const r: RunOutcome = {
       reason: outcome.reason === 'completed' || this.#completedByMain ? 'completed' : 'stopped',
       exits: outcome.exits,

@@ -14,7 +14,7 @@ import type { IoctlBackend } from '../backend/types';
 import { nativeBackend } from '../backend/native';
 import { GuestMemory, GuestMemoryMap } from '../wrappers/guest-memory';
 import { RUN } from '../wrappers/kvm-run';
-import { VCPU_EXIT_KINDS, decodeExit, type VcpuExit } from '../wrappers/vcpu-exit';
+import { VCPU_EXIT_KINDS, decodeExit, type DebugExit, type VcpuExit } from '../wrappers/vcpu-exit';
 import type { VcpuFd } from '../wrappers/vcpu-fd';
 import { VmFd } from '../wrappers/vm-fd';
 import { recordExit, type RecordedExit } from './recording';
@@ -253,9 +253,12 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
   const stopped = new Promise<void>((r) => (onStop = r));
   const inputs = new Subject<{ channel: string; data: unknown }>();
   let callTarget: VcpuFd | undefined;
-  let pauseRequested = false;
-  let pauseMessages = 0;
-  let pauseId = 0;
+  // Started paused: parked before the first KVM_RUN as if a pause with id 1 had been taken.
+  let pauseRequested = task.paused === true;
+  let pauseMessages = pauseRequested ? 1 : 0;
+  let pauseId = pauseRequested ? 1 : 0;
+  /** A Debug exit the vCPU is parked at, to post once it is out of KVM_RUN (debug$). */
+  let debugStop: DebugExit | undefined;
   const onMessage = (m: MainToWorker): void => {
     if (m.type === 'stop') onStop();
     else if (m.type === 'pause') {
@@ -365,6 +368,10 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
         }
         // Paused between two exits: out of KVM_RUN, so the main thread may use the vCPU's ioctls
         // (its mutex is free). Sleep until resumed or stopped; calls and input are taken meanwhile.
+        if (debugStop !== undefined) {
+          post({ type: 'debug', exit: debugStop });
+          debugStop = undefined;
+        }
         post({ type: 'paused', id: pauseId });
         let answered = pauseMessages;
         while (pauseRequested && !shared.stopRequested) {
@@ -412,6 +419,14 @@ export default async function runVcpu(task: VcpuTask): Promise<TaskOutcome> {
       outcome.exits++;
       outcome.lastExit = exit.kind;
       Atomics.add(control, ControlWord.exitCount, 1);
+      if (exit.kind === 'Debug' && Atomics.load(control, ControlWord.debugSubscribers) !== 0) {
+        // A debugger on the main thread (debug$) takes Debug exits: park here, as a pause does.
+        const { exception, pc, dr6, dr7 } = exit;
+        debugStop = { kind: 'Debug', exception, pc, dr6, dr7 };
+        pauseRequested = true;
+        if (monitoring()) shared.writeRecord(RecordKind.monitor, HandledBy.main, exit);
+        continue;
+      }
       const held = pipe.deliver(exit);
       if (held !== undefined) {
         let stoppedWhileHeld = false;

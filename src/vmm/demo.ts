@@ -27,6 +27,7 @@ import {
   type DemoSnapshotState,
 } from './demo-snapshot';
 import { SnapshotError } from './errors';
+import { GDB_MACHINE, type Debuggable } from './gdb/kvm-target';
 import { zeroFilledRegs } from './regs';
 import { hostOfKvm, readSnapshotChain, writeSnapshotFile, type SnapshotHeader } from './snapshot-file';
 import { saveVcpuState, saveVmState, saveableMsrs } from './vcpu-state';
@@ -44,6 +45,11 @@ export interface DemoOptions {
   signal?: AbortSignal;
   /** A runtime to use (default: a new one with one vCPU thread, closed at the end). */
   runtime?: VcpuRuntime;
+  /**
+   * Start with the vCPU parked before its first instruction, until `resume()` (or a debugger's
+   * `continue`: `attachGdb(demo, { listen, wait: true })`). Default `false`.
+   */
+  paused?: boolean;
 }
 
 /** Options of {@link restoreDemo}: how to run the restored VM, and how to read the file. */
@@ -64,8 +70,8 @@ export interface DemoOutcome extends RunOutcome {
   reset: boolean;
 }
 
-/** A running demo VM ({@link startDemo}, {@link restoreDemo}). */
-export interface DemoVm {
+/** A running demo VM ({@link startDemo}, {@link restoreDemo}). `attachGdb(demo, { listen })` serves gdb for it. */
+export interface DemoVm extends Debuggable {
   /**
    * Types `bytes` (a string is Latin-1) into the guest's serial port. Input typed before the
    * guest's banner is out is held back until it is (the guest resets its UART's FIFOs while it
@@ -152,6 +158,8 @@ function checkDemoOptions(options: DemoOptions): void {
     invalidType('options.signal', 'an AbortSignal', options.signal);
   if (options.runtime !== undefined && !(options.runtime instanceof VcpuRuntime))
     invalidType('options.runtime', 'a VcpuRuntime', options.runtime);
+  if (options.paused !== undefined && typeof options.paused !== 'boolean')
+    invalidType('options.paused', 'of type boolean', options.paused);
 }
 
 /** The fresh demo machine: 64 KiB of RAM with the guest at 0x1000, the irqchip, vCPU 0 in real mode there. */
@@ -294,6 +302,7 @@ function runDemoMachine(start: DemoStart): DemoVm {
       pipeline: join(__dirname, `demo-devices${extname(__filename)}`),
       pipelineOptions,
       signal: options.signal,
+      ...(options.paused === true ? { paused: true } : {}),
     });
   } catch (e) {
     kvm.close(); // closes the VM and the vCPU
@@ -311,7 +320,7 @@ function runDemoMachine(start: DemoStart): DemoVm {
   // Input typed while a snapshot is being taken: after it, so the state saved is one moment's.
   let snapshotting = false;
   const deferred: Uint8Array[] = [];
-  let userPaused = false;
+  let userPaused = options.paused === true;
   let ended = false;
   const flush = () => {
     if (up && ready && !snapshotting) for (const b of held.splice(0)) run.send('stdin', b);
@@ -459,6 +468,7 @@ function runDemoMachine(start: DemoStart): DemoVm {
       return done;
     },
     done,
+    [GDB_MACHINE]: () => ({ runs: [run], memory: vm.guestMemory, done, stop: () => run.stop() }),
   };
   if (options.onStart !== undefined) {
     try {

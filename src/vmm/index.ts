@@ -68,3 +68,4 @@ export type { BootLinuxOptions, LinuxOutcome, LinuxVm } from './linux';
 export { LINUX_EVENT_CHANNELS } from './linux-devices';
 export type { LinuxDeviceStage, LinuxDevicesOptions, LinuxDevicesStats, LinuxResetCause } from './linux-devices';
 export * from './sandbox/index';
+export * from './gdb/index';

@@ -24,6 +24,7 @@ import {
   type LinuxSnapshotVirtio,
 } from './linux-snapshot';
 import { SnapshotError } from './errors';
+import { GDB_MACHINE, type Debuggable } from './gdb/kvm-target';
 import { hostOfKvm, readSnapshotChain, writeSnapshotFile, type SnapshotHeader } from './snapshot-file';
 import { createLinuxMachine, type BootInfo, type LinuxMachine, type LinuxMachineConfig } from './boot';
 import type { LegacyPcDevices } from '../devices/legacy-pc';
@@ -68,6 +69,11 @@ export interface RunLinuxOptions {
   devices?: { pipeline: string | URL; export?: string; options?: unknown };
   /** Where a virtio device that needs a reset says why (default: `process.emitWarning`). */
   virtioLog?: (message: string) => void;
+  /**
+   * Start with every vCPU parked before its first instruction, until `resume()` (or a debugger's
+   * `continue`: `attachGdb(vm, { listen, wait: true })`). Default `false`.
+   */
+  paused?: boolean;
 }
 
 /** Options of {@link bootLinux}: the machine (see `LinuxMachineConfig`) and how to run it. */
@@ -112,8 +118,8 @@ export interface LinuxOutcome {
   openBus: number;
 }
 
-/** A booting Linux VM. */
-export interface LinuxVm {
+/** A booting Linux VM. `attachGdb(vm, { listen })` serves gdb for it. */
+export interface LinuxVm extends Debuggable {
   /** Where the loader put the kernel, initrd, command line and zero page. */
   readonly boot: BootInfo;
   /** The virtio devices, in the order given (closed at the end). */
@@ -215,6 +221,8 @@ function pipelinePath(): string {
  */
 export function bootLinux(options: BootLinuxOptions): LinuxVm {
   checkObject('options', options);
+  if (options.paused !== undefined && typeof options.paused !== 'boolean')
+    invalidType('options.paused', 'of type boolean', options.paused);
   if (options.output !== undefined && typeof options.output !== 'function')
     invalidType('options.output', 'of type function', options.output);
   const devices = options.devices === undefined ? undefined : checkDevices(options.devices);
@@ -305,6 +313,8 @@ export interface RestoreLinuxOptions extends RunLinuxOptions {
 export function restoreLinux(path: string, options: RestoreLinuxOptions = {}): LinuxVm {
   checkString('path', path);
   checkObject('options', options);
+  if (options.paused !== undefined && typeof options.paused !== 'boolean')
+    invalidType('options.paused', 'of type boolean', options.paused);
   if (options.output !== undefined && typeof options.output !== 'function')
     invalidType('options.output', 'of type function', options.output);
   if (options.trackDirtyPages !== undefined && typeof options.trackDirtyPages !== 'boolean')
@@ -459,6 +469,7 @@ function startLinux(start: LinuxStart): LinuxVm {
           pipelineOptions,
           signal: options.signal,
           ...(smp ? { unhandled: 'main' as const } : {}),
+          ...(options.paused === true ? { paused: true } : {}),
         }),
       );
     }
@@ -697,6 +708,12 @@ function startLinux(start: LinuxStart): LinuxVm {
       return done;
     },
     done,
+    [GDB_MACHINE]: () => ({
+      runs,
+      memory: machine.vm.guestMemory,
+      done,
+      stop: () => Promise.all(runs.map((r) => r.stop())),
+    }),
   };
 }
 
