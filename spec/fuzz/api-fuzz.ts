@@ -571,6 +571,15 @@ interface Summary {
   members: number;
 }
 
+/** The error classes kvm-rx exports (subclasses of Error other than the built-ins). */
+const libErrorClasses: Array<abstract new (...a: never[]) => Error> = (Object.values(lib) as unknown[]).filter(
+  (v): v is abstract new (...a: never[]) => Error =>
+    typeof v === 'function' &&
+    (v as { prototype?: unknown }).prototype instanceof Error &&
+    v !== TypeError &&
+    v !== RangeError,
+);
+
 function classify(e: unknown): { ok: boolean; key: string } {
   if (e instanceof HostileError) return { ok: true, key: 'hostile getter (propagated)' };
   const x = e as { name?: string; code?: unknown; message?: string; constructor?: { name?: string } };
@@ -581,6 +590,21 @@ function classify(e: unknown): { ok: boolean; key: string } {
   if (e instanceof Error && code?.startsWith('ERR_KVM_'))
     return { ok: true, key: `${x.constructor?.name ?? x.name} ${code}` };
   if (e instanceof lib.AbortError) return { ok: true, key: 'AbortError' };
+  // kvm-rx's own typed errors with an ERR_ code (VirtqueueError, SandboxError, …).
+  if (e instanceof Error && code?.startsWith('ERR_') && libErrorClasses.some((C) => e instanceof C))
+    return { ok: true, key: `${x.constructor?.name ?? x.name} ${code}` };
+  // Node's own system errors from the file system (a snapshot or image path that does not exist):
+  // the same contract as a KvmError (code, negative errno, syscall), as the members document.
+  const sys = e as { errno?: unknown; syscall?: unknown };
+  if (
+    e instanceof Error &&
+    code !== undefined &&
+    /^E[A-Z0-9]+$/.test(code) &&
+    typeof sys.errno === 'number' &&
+    sys.errno < 0 &&
+    typeof sys.syscall === 'string'
+  )
+    return { ok: true, key: `system error ${code} (${sys.syscall})` };
   // The engine's own TypeError for an argument no built-in can convert either (`new Error(Symbol())`,
   // `Array.from(detachedTypedArray)`): same behaviour as the built-ins, counted apart.
   if (

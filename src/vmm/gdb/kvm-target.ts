@@ -10,6 +10,7 @@ import { existsSync } from 'node:fs';
 import { Subscription } from 'rxjs';
 import { kvm as K } from '../../abi/kvm-constants';
 import { KvmError } from '../../abi/errors';
+import { checkObject, invalidType, invalidValue } from '../../abi/validate';
 import type { VcpuRun } from '../../runtime/vcpu-run';
 import type { GuestMemoryMap } from '../../wrappers/guest-memory';
 import type { DebugExit } from '../../wrappers/vcpu-exit';
@@ -123,6 +124,21 @@ export class KvmGdbTarget implements GdbTarget {
   #detached = false;
 
   constructor(machine: GdbMachine, options: KvmGdbTargetOptions = {}) {
+    checkObject('machine', machine);
+    const runs: unknown = machine.runs;
+    if (!Array.isArray(runs) || runs.length === 0) invalidType('machine.runs', 'a non-empty array of VcpuRun', runs);
+    if (typeof machine.memory !== 'object' || machine.memory === null || typeof machine.stop !== 'function')
+      invalidType('machine', 'a GdbMachine (runs, memory, done, stop)', machine);
+    checkObject('options', options);
+    if (
+      options.softwareBreakpoints !== undefined &&
+      !['auto', 'hardware', 'memory'].includes(options.softwareBreakpoints)
+    )
+      invalidValue(
+        'options.softwareBreakpoints',
+        "must be 'auto', 'hardware' or 'memory'",
+        options.softwareBreakpoints,
+      );
     this.#m = machine;
     this.threads = machine.runs.map((_, i) => i + 1);
     const mode = options.softwareBreakpoints ?? 'auto';

@@ -7,6 +7,7 @@
  *
  * @module
  */
+import { checkObject, invalidType } from '../../abi/validate';
 import {
   MAX_PACKET,
   PacketDecoder,
@@ -105,6 +106,16 @@ export class GdbSession {
   readonly ended: Promise<SessionEnd>;
 
   constructor(target: GdbTarget, transport: GdbTransport, options: GdbSessionOptions = {}) {
+    checkObject('target', target);
+    const threads: unknown = target.threads;
+    if (!Array.isArray(threads) || threads.length === 0 || !threads.every((t) => Number.isInteger(t)))
+      invalidType('target.threads', 'a non-empty array of thread ids', threads);
+    checkObject('transport', transport);
+    if (typeof transport.write !== 'function' || typeof transport.end !== 'function')
+      invalidType('transport', 'an object with write() and end()', transport);
+    checkObject('options', options);
+    if (options.log !== undefined && typeof options.log !== 'function')
+      invalidType('options.log', 'a function', options.log);
     this.#target = target;
     this.#io = transport;
     this.#log = options.log ?? (() => undefined);
