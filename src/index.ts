@@ -182,7 +182,9 @@ export type { EmulationFallbackStats } from './vmm/emulation-fallback';
 // GdbMachine of your own); GdbSession and GdbTarget to serve gdb for a target of your own.
 export { attachGdb, parseGdbListen, GdbSession, GdbTargetError, KvmGdbTarget, GDB_MACHINE } from './vmm/gdb/index';
 export type {
+  AddressSpace,
   AttachGdbOptions,
+  BreakpointType,
   Debuggable,
   GdbListen,
   GdbMachine,
