@@ -50,7 +50,7 @@ describe.each(contractBackends())('GuestMemory contract: %s', (_name, make) => {
       m.close();
       expectCode(() => m.replaceWithFile(path), 'KvmClosedError', 'ERR_KVM_CLOSED');
       const shared = GuestMemory.anonymous(0x3000, { backend, shared: true });
-      expectCode(() => shared.replaceWithFile(path), 'Error', 'ERR_INVALID_STATE');
+      expectCode(() => shared.replaceWithFile(path), 'Error', 'ERR_KVM_NOT_PRIVATE');
       shared.close();
     } finally {
       rmSync(dir, { recursive: true, force: true });

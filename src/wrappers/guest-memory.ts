@@ -195,7 +195,7 @@ export class GuestMemory implements Disposable {
    * mem.replaceWithFile('vm.snap', { offset: 0x10000 }); // later, in place
    * ```
    * @throws `RangeError` `ERR_OUT_OF_RANGE` for an offset that is not a multiple of the page size
-   *   or a range beyond the end of the file; `Error` `ERR_INVALID_STATE` for a shared or borrowed
+   *   or a range beyond the end of the file; `Error` `ERR_KVM_NOT_PRIVATE` for a shared or borrowed
    *   mapping; {@link KvmClosedError} after {@link close}; `Error` from `fs.openSync`;
    *   {@link KvmError} from `mmap`
    */
@@ -211,7 +211,7 @@ export class GuestMemory implements Disposable {
         new Error(
           `only a private mapping this GuestMemory owns can be replaced (this one is ${this.#borrowed ? 'borrowed' : 'shared'})`,
         ),
-        { code: 'ERR_INVALID_STATE' },
+        { code: 'ERR_KVM_NOT_PRIVATE' },
       );
     const fd = openSync(path, 'r');
     try {
